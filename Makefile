@@ -1,0 +1,46 @@
+# Every target that needs the venv depends on it, so `make run` and `make test`
+# are the whole set-up on a fresh clone.
+PY       ?= python3
+VENV     := .venv
+BIN      := $(VENV)/bin
+STAMP    := $(VENV)/.installed
+ARGS     ?=
+
+.PHONY: run test unit e2e bench lint proto proto-check clean
+
+$(STAMP): pyproject.toml
+	@bash .ci/ensure-venv "$(PY)" "$(VENV)"
+	@touch $@
+
+run: $(STAMP)
+	$(BIN)/bridge-server $(ARGS)
+
+test: $(STAMP) proto-check lint
+	$(BIN)/python -m pytest -q $(ARGS)
+
+unit: $(STAMP)
+	$(BIN)/python -m pytest -q tests/unit $(ARGS)
+
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -q tests/e2e $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+proto: $(STAMP)
+	bash .ci/gen-proto sdk/snakebridge/_generated
+
+# Regenerate into a scratch dir and compare: the committed stubs must match the .proto.
+proto-check: $(STAMP)
+	@tmp=$$(mktemp -d) && bash .ci/gen-proto $$tmp && \
+	  diff -r -x __pycache__ $$tmp sdk/snakebridge/_generated && rm -rf $$tmp && \
+	  echo "proto-check: generated stubs are up to date" || \
+	  { echo "proto-check: sdk/snakebridge/_generated is stale; run 'make proto'"; exit 1; }
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

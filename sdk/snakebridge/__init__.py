@@ -1,0 +1,76 @@
+"""snakebridge: call Python in sandboxed worker processes of a ``bridge-server``.
+
+::
+
+    async with snakebridge.Client("127.0.0.1:50051") as client:
+        await client.call("math", "sqrt", [16])   # 4.0
+
+Public names are imported lazily so that the worker process, which only needs the value
+codec, does not pay for grpclib and betterproto at start.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BridgeError",
+    "CallTimeout",
+    "Client",
+    "ModuleProxy",
+    "Ref",
+    "RefNotFound",
+    "RemoteError",
+    "Session",
+    "SessionLost",
+    "StreamRef",
+    "WorkerCrashed",
+    "__version__",
+    "errors",
+]
+
+if TYPE_CHECKING:
+    from . import errors
+    from ._client import Client, ModuleProxy, Session
+    from ._refs import Ref, StreamRef
+    from .errors import (
+        BridgeError,
+        CallTimeout,
+        RefNotFound,
+        RemoteError,
+        SessionLost,
+        WorkerCrashed,
+    )
+
+_LAZY = {
+    "Client": "._client",
+    "ModuleProxy": "._client",
+    "Session": "._client",
+    "Ref": "._refs",
+    "StreamRef": "._refs",
+    "BridgeError": ".errors",
+    "CallTimeout": ".errors",
+    "RefNotFound": ".errors",
+    "RemoteError": ".errors",
+    "SessionLost": ".errors",
+    "WorkerCrashed": ".errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    from importlib import import_module
+
+    if name == "errors":
+        return import_module(".errors", __name__)
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'snakebridge' has no attribute {name!r}")
+    value = getattr(import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,518 @@
+"""The async client: the Runtime API over one grpclib channel."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import ssl as _ssl
+import uuid
+from collections.abc import Generator, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Final, TypeVar
+
+import msgpack
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+
+from . import _codec
+from ._generated.snakebridge import v1 as pb
+from ._protocol import (
+    AFFINITY_STRICT,
+    DEFAULT_HOST,
+    DEFAULT_PORT,
+    ERROR_TRAILER,
+    KIND_CLASS,
+    KIND_FUNCTION,
+    KIND_HELPER,
+    KIND_METHOD,
+    KIND_MODULE_ATTR,
+    PROTOCOL_VERSION,
+    SERVICE,
+)
+from ._refs import Ref, StreamRef
+from ._wire import CallReplyWire, CallRequestWire
+from .errors import (
+    BridgeError,
+    CallCancelled,
+    CallTimeout,
+    ConnectionFailed,
+    ProtocolMismatch,
+    error_class,
+    remote_error,
+)
+
+__all__ = ["Client", "ModuleProxy", "Session"]
+
+_ADDRESS_ENV: Final = "SNAKEBRIDGE_ADDRESS"
+_T = TypeVar("_T")
+
+_STATUS_FALLBACK: Final[dict[Status, type[BridgeError]]] = {
+    Status.DEADLINE_EXCEEDED: CallTimeout,
+    Status.CANCELLED: CallCancelled,
+    Status.UNAVAILABLE: ConnectionFailed,
+}
+
+
+def parse_address(address: str) -> tuple[str | None, int | None, str | None]:
+    """``host:port``, ``[v6]:port`` or ``unix:///abs/path`` -> (host, port, path)."""
+    if address.startswith("unix://"):
+        path = address[len("unix://") :]
+        if not path.startswith("/"):
+            raise ValueError(f"unix socket address must be absolute: {address!r}")
+        return None, None, path
+    host, sep, port = address.rpartition(":")
+    if not sep:
+        return address, DEFAULT_PORT, None
+    if not port.isdigit():
+        raise ValueError(f"bad address {address!r}: expected HOST:PORT or unix:///path")
+    return host.strip("[]") or DEFAULT_HOST, int(port), None
+
+
+def _error_from_grpc(exc: GRPCError, trailers: Mapping[str, Any] | None) -> BridgeError:
+    raw = trailers.get(ERROR_TRAILER) if trailers is not None else None
+    if isinstance(raw, bytes):
+        try:
+            details = msgpack.unpackb(raw, raw=False)
+            code = details["code"]
+            message = details.get("message", "")
+            if code == "RemoteError":
+                return remote_error(details.get("type", ""), message, details.get("traceback", ""))
+            return error_class(code)(message)
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            pass
+    cls = _STATUS_FALLBACK.get(exc.status, BridgeError)
+    return cls(f"{exc.status.name}: {exc.message or ''}".rstrip(": "))
+
+
+class _Runtime:
+    """The Runtime API, shared by ``Client`` (auto session) and ``Session``."""
+
+    _client: Client
+
+    def _session_id(self, session: str | Session | None) -> str:
+        raise NotImplementedError
+
+    async def call(
+        self,
+        module: str,
+        function: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        session: str | Session | None = None,
+        pool: str | None = None,
+        timeout: float | None = None,
+        idempotent: bool = False,
+        affinity: str | None = None,
+    ) -> Any:
+        """``module.function(*args, **kwargs)`` in a worker; returns the decoded result.
+
+        ``function`` may be dotted (``"Path.home"``). Unencodable results come back as
+        ``Ref``s in place; iterators as ``StreamRef``s.
+        """
+        return await self._client._invoke(
+            KIND_FUNCTION, module, function, "", args, kwargs,
+            self._session_id(session), pool, timeout, idempotent, affinity,
+        )  # fmt: skip
+
+    async def call_dynamic(
+        self,
+        path: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Any:
+        """``call`` with one dotted path: ``call_dynamic("os.path.join", ["a", "b"])``."""
+        return await self.call("", path, args, kwargs, **options)
+
+    async def call_class(
+        self,
+        module: str,
+        cls: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        session: str | Session | None = None,
+        pool: str | None = None,
+        timeout: float | None = None,
+        affinity: str | None = None,
+    ) -> Ref:
+        """Instantiate ``module.cls(*args, **kwargs)``; always returns a ``Ref``."""
+        ref: Ref = await self._client._invoke(
+            KIND_CLASS, module, cls, "", args, kwargs,
+            self._session_id(session), pool, timeout, False, affinity,
+        )  # fmt: skip
+        return ref
+
+    async def call_method(
+        self,
+        ref: Ref,
+        method: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        session: str | Session | None = None,
+        timeout: float | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        """``ref.method(*args, **kwargs)`` in the worker that holds ``ref``."""
+        return await self._client._invoke(
+            KIND_METHOD, "", method, _ref_id(ref), args, kwargs,
+            self._session_id(session), None, timeout, idempotent, None,
+        )  # fmt: skip
+
+    async def get_attr(
+        self, ref: Ref, name: str, *, session: str | Session | None = None,
+        timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """``ref.name`` (may be dotted)."""
+        req = pb.GetAttrRequest(
+            protocol_version=PROTOCOL_VERSION,
+            target_ref=_ref_id(ref),
+            name=name,
+            session_id=self._session_id(session),
+        )
+        reply = await self._client._unary("GetAttr", req, pb.GetAttrRequest, CallReplyWire, timeout)
+        return self._client._decode(reply.result)
+
+    async def set_attr(
+        self, ref: Ref, name: str, value: Any, *, session: str | Session | None = None,
+        timeout: float | None = None,
+    ) -> None:  # fmt: skip
+        """``ref.name = value``."""
+        ref_ids: list[str] = []
+        encoded = _codec.encode(value, ref_ids=ref_ids)
+        req = pb.SetAttrRequest(
+            protocol_version=PROTOCOL_VERSION,
+            target_ref=_ref_id(ref),
+            name=name,
+            value=encoded,
+            arg_refs=ref_ids,
+            session_id=self._session_id(session),
+        )
+        await self._client._unary("SetAttr", req, pb.SetAttrRequest, CallReplyWire, timeout)
+
+    async def get_module_attr(
+        self, module: str, name: str, *, session: str | Session | None = None,
+        pool: str | None = None, timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """``module.name`` without calling it."""
+        return await self._client._invoke(
+            KIND_MODULE_ATTR, module, name, "", None, None,
+            self._session_id(session), pool, timeout, False, None,
+        )  # fmt: skip
+
+    async def call_helper(
+        self,
+        name: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        session: str | Session | None = None,
+        pool: str | None = None,
+        timeout: float | None = None,
+        idempotent: bool = False,
+    ) -> Any:
+        """Call a helper the server operator registered (``bridge-server --helpers``)."""
+        return await self._client._invoke(
+            KIND_HELPER, "", name, "", args, kwargs,
+            self._session_id(session), pool, timeout, idempotent, None,
+        )  # fmt: skip
+
+    def module(self, name: str, **options: Any) -> ModuleProxy:
+        """A proxy whose attributes are awaitable callables: ``await np.linalg.norm(x)``."""
+        return ModuleProxy(self, name, "", options)
+
+
+def _ref_id(ref: Ref) -> str:
+    if not isinstance(ref, Ref):
+        raise TypeError(f"expected a snakebridge Ref, got {type(ref).__name__}")
+    ref._check()
+    return ref.id
+
+
+class ModuleProxy:
+    """``client.module("numpy").linalg.norm`` -> an awaitable callable; awaiting an
+    attribute without calling it fetches its value (``await client.module("math").pi``)."""
+
+    __slots__ = ("_module", "_options", "_path", "_runtime")
+
+    def __init__(self, runtime: _Runtime, module: str, path: str, options: dict[str, Any]):
+        self._runtime = runtime
+        self._module = module
+        self._path = path
+        self._options = options
+
+    def __getattr__(self, name: str) -> ModuleProxy:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        path = f"{self._path}.{name}" if self._path else name
+        return ModuleProxy(self._runtime, self._module, path, self._options)
+
+    async def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self._path:
+            raise TypeError(f"module {self._module!r} is not callable")
+        return await self._runtime.call(self._module, self._path, args, kwargs, **self._options)
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        if not self._path:
+            raise TypeError("await an attribute of the module, not the module itself")
+        opts = {k: v for k, v in self._options.items() if k in ("session", "pool", "timeout")}
+        return self._runtime.get_module_attr(self._module, self._path, **opts).__await__()
+
+    def __repr__(self) -> str:
+        return f"<ModuleProxy {self._module}{'.' + self._path if self._path else ''}>"
+
+
+class Session(_Runtime):
+    """An explicit session: refs created through it are freed together on exit."""
+
+    def __init__(self, client: Client, session_id: str) -> None:
+        self._client = client
+        self.id = session_id
+
+    def _session_id(self, session: str | Session | None) -> str:
+        return self.id if session is None else _session_value(session)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._client._release_quietly(self.id)
+
+    async def release(self) -> int:
+        return await self._client.release_session(self.id)
+
+    def __repr__(self) -> str:
+        return f"<Session {self.id}>"
+
+
+def _session_value(session: str | Session) -> str:
+    return session.id if isinstance(session, Session) else str(session)
+
+
+class Client(_Runtime):
+    """A connection to a ``bridge-server``.
+
+    ``address`` is ``HOST:PORT`` or ``unix:///abs/path.sock``; it defaults to
+    ``$SNAKEBRIDGE_ADDRESS``, then ``127.0.0.1:50051``. ``timeout`` is the default
+    per-call timeout in seconds (None: the server's default). Use as
+    ``async with Client(...) as client:``; leaving releases the auto session.
+    """
+
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        self.address = address or os.environ.get(_ADDRESS_ENV) or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+        self._host, self._port, self._path = parse_address(self.address)
+        self._ssl = ssl
+        self._metadata = {"authorization": f"Bearer {token}"} if token else None
+        self.timeout = timeout
+        self._channel: Channel | None = None
+        self._auto_session: str | None = None
+        self._client = self
+        self.server_version: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Client {self.address}>"
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def __aenter__(self) -> Client:
+        await self.connect()
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    def _ensure_channel(self) -> Channel:
+        if self._channel is None:
+            if self._path is not None:
+                self._channel = Channel(path=self._path, ssl=self._ssl)
+            else:
+                self._channel = Channel(self._host, self._port, ssl=self._ssl)
+        return self._channel
+
+    async def connect(self) -> None:
+        """Open the connection and check the server speaks our protocol version."""
+        info = await self.describe()
+        if info.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolMismatch(
+                f"server speaks protocol {info.protocol_version}, "
+                f"this SDK speaks {PROTOCOL_VERSION}; upgrade the older side"
+            )
+        self.server_version = info.server_version
+
+    async def close(self) -> None:
+        """Release the auto session (best effort) and close the connection."""
+        if self._channel is None:
+            return
+        try:
+            if self._auto_session is not None:
+                session, self._auto_session = self._auto_session, None
+                await asyncio.shield(self._release_quietly(session))
+        finally:
+            self._channel.close()
+            self._channel = None
+
+    async def _release_quietly(self, session_id: str) -> None:
+        try:
+            await self.release_session(session_id, timeout=5.0)
+        except (TimeoutError, BridgeError):
+            pass
+
+    # -- sessions -----------------------------------------------------------------------
+
+    def _session_id(self, session: str | Session | None) -> str:
+        return self.current_session() if session is None else _session_value(session)
+
+    def current_session(self) -> str:
+        """The auto session's id, created on first use."""
+        if self._auto_session is None:
+            self._auto_session = uuid.uuid4().hex
+        return self._auto_session
+
+    def clear_auto_session(self) -> None:
+        """Forget the auto session without releasing it; the next call starts a new one."""
+        self._auto_session = None
+
+    async def release_auto_session(self) -> int:
+        """Release the auto session's refs on the server and start afresh."""
+        if self._auto_session is None:
+            return 0
+        session, self._auto_session = self._auto_session, None
+        return await self.release_session(session)
+
+    def session(self, session_id: str | None = None) -> Session:
+        """An explicit session, released when its ``async with`` block exits."""
+        return Session(self, session_id or uuid.uuid4().hex)
+
+    async def release_session(
+        self, session_id: str | Session, *, timeout: float | None = None
+    ) -> int:
+        """Free every ref of the session on every worker; returns how many were freed."""
+        req = pb.ReleaseSessionRequest(
+            protocol_version=PROTOCOL_VERSION, session_id=_session_value(session_id)
+        )
+        reply = await self._unary(
+            "ReleaseSession", req, pb.ReleaseSessionRequest, pb.ReleaseSessionReply, timeout
+        )
+        return int(reply.released_refs)
+
+    async def release_ref(self, *refs: Ref, timeout: float | None = None) -> int:
+        """Free remote objects. Released refs fail locally with ``RefNotFound`` afterwards."""
+        live = [r for r in refs if isinstance(r, Ref) and not r.released]
+        if len(live) != len(refs) and any(not isinstance(r, Ref) for r in refs):
+            raise TypeError("release_ref takes Ref objects")
+        if not live:
+            return 0
+        req = pb.ReleaseRefRequest(protocol_version=PROTOCOL_VERSION, ref_ids=[r.id for r in live])
+        reply = await self._unary(
+            "ReleaseRef", req, pb.ReleaseRefRequest, pb.ReleaseRefReply, timeout
+        )
+        for ref in live:
+            ref._mark_released()
+        return int(reply.released)
+
+    async def describe(self, *, timeout: float | None = 10.0) -> pb.DescribeReply:
+        """Server version, protocol version, pools and their workers."""
+        req = pb.DescribeRequest(protocol_version=PROTOCOL_VERSION)
+        reply: pb.DescribeReply = await self._unary(
+            "Describe", req, pb.DescribeRequest, pb.DescribeReply, timeout
+        )
+        return reply
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    def _make_ref(self, payload: _codec.RefPayload) -> Ref:
+        return (StreamRef if payload.stream else Ref)(payload, self)
+
+    def _decode(self, data: bytes) -> Any:
+        return _codec.decode(data, ref_factory=self._make_ref)
+
+    async def _invoke(
+        self,
+        kind: int,
+        module: str,
+        name: str,
+        target_ref: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        session_id: str,
+        pool: str | None,
+        timeout: float | None,
+        idempotent: bool,
+        affinity: str | None,
+    ) -> Any:
+        ref_ids: list[str] = []
+        if args is None and kwargs is None:
+            encoded = b""
+        else:
+            if isinstance(args, str | bytes) or not isinstance(args, Sequence):
+                raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
+            if kwargs is not None and not all(isinstance(k, str) for k in kwargs):
+                raise TypeError("kwargs keys must be strings")
+            encoded = _codec.encode([list(args), dict(kwargs or {})], ref_ids=ref_ids)
+        if affinity not in (None, "", AFFINITY_STRICT):
+            raise ValueError(f"affinity must be None or 'strict', not {affinity!r}")
+        timeout = self.timeout if timeout is None else timeout
+        req = CallRequestWire(
+            protocol_version=PROTOCOL_VERSION,
+            kind=kind,
+            module=module,
+            name=name,
+            session_id=session_id,
+            target_ref=target_ref,
+            args=encoded,
+            arg_refs=ref_ids,
+            timeout=timeout or 0.0,
+            idempotent=idempotent,
+            pool=pool or "",
+            affinity=affinity or "",
+        )
+        reply = await self._unary("Call", req, CallRequestWire, CallReplyWire, timeout)
+        return self._decode(reply.result)
+
+    async def _unary(
+        self, method: str, request: Any, req_type: type[Any], reply_type: type[_T],
+        timeout: float | None,
+    ) -> _T:  # fmt: skip
+        channel = self._ensure_channel()
+        try:
+            async with channel.request(
+                SERVICE + method,
+                Cardinality.UNARY_UNARY,
+                req_type,
+                reply_type,
+                timeout=timeout,
+                metadata=self._metadata,
+            ) as stream:
+                try:
+                    await stream.send_message(request, end=True)
+                    reply = await stream.recv_message()
+                    await stream.recv_trailing_metadata()
+                except GRPCError as exc:
+                    raise _error_from_grpc(exc, stream.trailing_metadata) from None
+        except BridgeError:
+            raise
+        except GRPCError as exc:
+            raise _error_from_grpc(exc, None) from None
+        except TimeoutError:
+            raise CallTimeout(f"{method} did not finish within {timeout:g}s") from None
+        except (StreamTerminatedError, ConnectionError, OSError) as exc:
+            raise ConnectionFailed(f"{method} to {self.address} failed: {exc}") from exc
+        except ProtocolError as exc:
+            raise BridgeError(f"{method}: gRPC protocol error: {exc}") from exc
+        if reply is None:
+            raise BridgeError(f"{method}: the server sent no reply message")
+        return reply

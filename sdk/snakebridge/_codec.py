@@ -1,0 +1,459 @@
+"""The value codec: Python values <-> bytes, shared by the SDK and the worker.
+
+Pure functions over msgpack (docs/wire.md is the normative description). msgpack carries
+None, bool, int (64-bit), float, str, bytes, list and dict natively; every other supported
+type is a msgpack *extension* whose payload is itself msgpack or raw bytes. The packer runs
+with ``strict_types`` so a ``tuple`` never silently becomes a list and a subclass never
+passes for its base.
+
+What cannot be encoded is handed to ``on_unencodable``: the worker turns such values into
+refs in place ("graceful serialization"); the SDK raises ``SerializationError``.
+
+Decoding is bounded by ``Limits`` (total size, items per container, nesting depth) and
+every failure is a ``SerializationError``. No pickle, ever.
+
+This module must stay importable without grpclib/betterproto: the worker imports it.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import struct
+import sys
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, Final
+
+import msgpack
+
+from .errors import SerializationError
+
+__all__ = [
+    "EXT_REF",
+    "EXT_STREAM_REF",
+    "Limits",
+    "RefPayload",
+    "decode",
+    "encode",
+]
+
+# Extension type codes (docs/wire.md). Never reuse a number.
+EXT_TUPLE: Final = 1
+EXT_SET: Final = 2
+EXT_FROZENSET: Final = 3
+EXT_BIGINT: Final = 4
+EXT_BYTEARRAY: Final = 5
+EXT_COMPLEX: Final = 6
+EXT_DATETIME: Final = 7
+EXT_DATE: Final = 8
+EXT_TIME: Final = 9
+EXT_TIMEDELTA: Final = 10
+EXT_DECIMAL: Final = 11
+EXT_UUID: Final = 12
+EXT_NDARRAY: Final = 13
+EXT_NPSCALAR: Final = 14
+EXT_REF: Final = 15
+EXT_STREAM_REF: Final = 16
+
+_COMPLEX: Final = struct.Struct(">dd")
+# Plain numeric / string dtypes only: an object dtype decoded from raw bytes would forge
+# pointers, and structured dtypes would lose their field names.
+_DTYPE_RE: Final = re.compile(r"^[<>|=][biufcmMUS]\d{1,4}(\[[0-9A-Za-z]{1,8}\])?$")
+_MAX_NDIM: Final = 32
+# Every tuple/set/frozenset is packed by a fresh packb whose own list/dict recursion may
+# reach ~511 C frames, so ext nesting multiplies C stack use: 40 tuples each wrapping 500
+# lists overflowed the 8 MiB stack (a segfault). Past _UNCHECKED_EXT_DEPTH ext levels the
+# value is walked once and rejected if any path nests deeper than _MAX_TOTAL_DEPTH.
+_UNCHECKED_EXT_DEPTH: Final = 8
+_MAX_TOTAL_DEPTH: Final = 2000
+_NESTING_TYPES: Final = frozenset({list, tuple, dict, set, frozenset})
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Bounds applied while decoding untrusted bytes."""
+
+    max_size: int = 64 * 1024 * 1024
+    """Largest encoded value accepted, in bytes."""
+    max_items: int = 16 * 1024 * 1024
+    """Most elements in any one list/dict/set/tuple (the total is bounded by ``max_size``)."""
+    max_depth: int = 100
+    """Deepest nesting of extension containers (tuple, set, frozenset). Plain list/dict
+    nesting is bounded by msgpack's decoder itself (1024 levels); both fail with
+    ``SerializationError``."""
+
+    def __post_init__(self) -> None:
+        for name in ("max_size", "max_items", "max_depth"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"Limits.{name} must be >= 1")
+
+
+DEFAULT_LIMITS: Final = Limits()
+
+
+@dataclass(frozen=True, slots=True)
+class RefPayload:
+    """A ref as it travels: produced by the worker, carried by the SDK's ``Ref``."""
+
+    stream: bool
+    id: str
+    session_id: str
+    pool: str
+    type_name: str
+
+
+Unencodable = Callable[[Any], "msgpack.ExtType"]
+
+
+def _pack(obj: Any, default: Callable[[Any], Any]) -> bytes:
+    return msgpack.packb(  # type: ignore[no-any-return]
+        obj,
+        default=default,
+        use_bin_type=True,
+        strict_types=True,
+        unicode_errors="surrogatepass",
+    )
+
+
+def ref_ext(ref: RefPayload) -> msgpack.ExtType:
+    """The extension value for a ref (used by the worker and the SDK alike)."""
+    payload = _pack([ref.id, ref.session_id, ref.pool, ref.type_name], _no_default)
+    return msgpack.ExtType(EXT_STREAM_REF if ref.stream else EXT_REF, payload)
+
+
+def _no_default(obj: Any) -> Any:
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def _tz_payload(tz: _dt.tzinfo | None, probe: Any) -> Any:
+    """None, an offset in microseconds (``datetime.timezone``) or a zone key (``ZoneInfo``)."""
+    if tz is None:
+        return None
+    if type(tz) is _dt.timezone:
+        offset = tz.utcoffset(None)
+        return offset // _dt.timedelta(microseconds=1)
+    key = getattr(tz, "key", None)
+    if type(tz).__name__ == "ZoneInfo" and isinstance(key, str):
+        return key
+    raise _Unsupported(probe)
+
+
+class _Unsupported(Exception):
+    def __init__(self, obj: Any) -> None:
+        self.obj = obj
+
+
+class _Encoder:
+    """One encode pass. ``default`` is msgpack's hook for every non-native value."""
+
+    __slots__ = ("depth", "max_depth", "on_unencodable", "ref_ids", "root", "walked")
+
+    def __init__(
+        self, on_unencodable: Unencodable | None, max_depth: int, ref_ids: list[str] | None
+    ) -> None:
+        self.on_unencodable = on_unencodable
+        self.max_depth = max_depth
+        self.ref_ids = ref_ids
+        self.depth = 0
+        self.root: Any = None
+        self.walked = False
+
+    def nested(self, value: Any) -> bytes:
+        self.depth += 1
+        if self.depth > self.max_depth:
+            raise SerializationError(f"value nests deeper than {self.max_depth} levels")
+        if self.depth > _UNCHECKED_EXT_DEPTH and not self.walked:
+            self.walked = True
+            if _nests_deeper_than(self.root, _MAX_TOTAL_DEPTH):
+                raise SerializationError(
+                    f"value is cyclic or nests deeper than {_MAX_TOTAL_DEPTH} levels"
+                )
+        try:
+            return _pack(value, self.default)
+        finally:
+            self.depth -= 1
+
+    def default(self, obj: Any) -> Any:
+        try:
+            return self._known(obj)
+        except _Unsupported as exc:
+            if self.on_unencodable is None:
+                raise SerializationError(
+                    f"cannot encode value of type {_type_name(exc.obj)}; "
+                    "pass a Ref or a supported type (docs/wire.md)"
+                ) from None
+            return self.on_unencodable(exc.obj)
+
+    def _known(self, obj: Any) -> Any:
+        t = type(obj)
+        if t is tuple:
+            return msgpack.ExtType(EXT_TUPLE, self.nested(list(obj)))
+        if t is int:  # only reached when it does not fit 64 bits
+            length = (obj.bit_length() + 8) // 8
+            return msgpack.ExtType(EXT_BIGINT, obj.to_bytes(length, "big", signed=True))
+        if t is set or t is frozenset:
+            code = EXT_SET if t is set else EXT_FROZENSET
+            return msgpack.ExtType(code, self.nested(list(obj)))
+        if t is bytearray:
+            return msgpack.ExtType(EXT_BYTEARRAY, bytes(obj))
+        if t is complex:
+            return msgpack.ExtType(EXT_COMPLEX, _COMPLEX.pack(obj.real, obj.imag))
+        if t is _dt.datetime:
+            tz = _tz_payload(obj.tzinfo, obj)
+            fields = [obj.year, obj.month, obj.day, obj.hour, obj.minute, obj.second]
+            fields += [obj.microsecond, obj.fold, tz]
+            return msgpack.ExtType(EXT_DATETIME, _pack(fields, _no_default))
+        if t is _dt.date:
+            return msgpack.ExtType(EXT_DATE, _pack([obj.year, obj.month, obj.day], _no_default))
+        if t is _dt.time:
+            tz = _tz_payload(obj.tzinfo, obj)
+            fields = [obj.hour, obj.minute, obj.second, obj.microsecond, obj.fold, tz]
+            return msgpack.ExtType(EXT_TIME, _pack(fields, _no_default))
+        if t is _dt.timedelta:
+            fields = [obj.days, obj.seconds, obj.microseconds]
+            return msgpack.ExtType(EXT_TIMEDELTA, _pack(fields, _no_default))
+        if t is Decimal:
+            return msgpack.ExtType(EXT_DECIMAL, str(obj).encode("ascii"))
+        if t is uuid.UUID:
+            return msgpack.ExtType(EXT_UUID, obj.bytes)
+        # Looked up on the type, like a special method: an instance ``__getattr__`` that
+        # answers every name (proxies, attribute dicts) must not pass for a Ref.
+        if getattr(t, "__snakebridge_ref__", None) is not None and not isinstance(obj, type):
+            payload: RefPayload = obj.__snakebridge_ref__()
+            if self.ref_ids is not None:
+                self.ref_ids.append(payload.id)
+            return ref_ext(payload)
+        if t.__module__ == "numpy":
+            return self._numpy(obj)
+        raise _Unsupported(obj)
+
+    def _numpy(self, obj: Any) -> Any:
+        np = sys.modules["numpy"]
+        if type(obj) is np.ndarray:
+            dtype = obj.dtype
+            # Only what the decoder accepts (_DTYPE_RE), so graceful serialization turns
+            # the rest into refs instead of producing bytes the peer must reject.
+            if not _DTYPE_RE.match(dtype.str) or obj.ndim > _MAX_NDIM:
+                raise _Unsupported(obj)
+            # ascontiguousarray would turn a 0-d array into shape (1,).
+            arr = obj if obj.flags.c_contiguous else obj.copy(order="C")
+            # A uint8 view: datetime64/timedelta64 arrays do not export a buffer themselves.
+            body = arr.reshape(-1).view(np.uint8).data if arr.size else b""
+            payload = _pack([dtype.str, list(arr.shape), body], _no_default)
+            return msgpack.ExtType(EXT_NDARRAY, payload)
+        if isinstance(obj, np.generic):
+            dtype = obj.dtype
+            if not _DTYPE_RE.match(dtype.str):
+                raise _Unsupported(obj)
+            return msgpack.ExtType(EXT_NPSCALAR, _pack([dtype.str, obj.tobytes()], _no_default))
+        raise _Unsupported(obj)
+
+
+def _nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether some path through lists, dicts, tuples and sets is longer than ``limit``
+    (a cycle always is). Iterative, so it cannot overflow the stack itself."""
+    stack = [(value, 1)] if type(value) in _NESTING_TYPES else []
+    while stack:
+        obj, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = [*obj.keys(), *obj.values()] if type(obj) is dict else obj
+        stack.extend((c, depth + 1) for c in children if type(c) in _NESTING_TYPES)
+    return False
+
+
+def _type_name(obj: Any) -> str:
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def encode(
+    value: Any,
+    *,
+    on_unencodable: Unencodable | None = None,
+    max_depth: int = DEFAULT_LIMITS.max_depth,
+    ref_ids: list[str] | None = None,
+) -> bytes:
+    """Encode ``value``. Values the codec cannot carry go to ``on_unencodable`` (which
+    returns an extension value, typically a ref); without it they raise
+    ``SerializationError``. Cycles and over-deep nesting raise ``SerializationError``.
+
+    Objects with a ``__snakebridge_ref__()`` method (the SDK's ``Ref``) encode as refs;
+    their ids are appended to ``ref_ids`` when given, so the caller can route the call."""
+    enc = _Encoder(on_unencodable, max_depth, ref_ids)
+    enc.root = value
+    try:
+        return _pack(value, enc.default)
+    except SerializationError:
+        raise
+    except (ValueError, RecursionError) as exc:
+        # msgpack's own recursion limit: a cycle, or nesting past ~500 plain levels.
+        raise SerializationError(f"value is cyclic or nests too deeply: {exc}") from None
+    except (TypeError, OverflowError, UnicodeError) as exc:
+        raise SerializationError(f"cannot encode value: {exc}") from None
+
+
+RefFactory = Callable[[RefPayload], Any]
+
+
+class _Decoder:
+    __slots__ = ("depth", "limits", "ref_factory")
+
+    def __init__(self, limits: Limits, ref_factory: RefFactory | None) -> None:
+        self.limits = limits
+        self.ref_factory = ref_factory
+        self.depth = 0
+
+    def unpack(self, data: bytes) -> Any:
+        lim = self.limits
+        return msgpack.unpackb(
+            data,
+            ext_hook=self.ext_hook,
+            raw=False,
+            strict_map_key=False,
+            unicode_errors="surrogatepass",
+            # unpackb has no max_buffer_size; decode() checks the total size up front.
+            max_str_len=lim.max_size,
+            max_bin_len=lim.max_size,
+            max_ext_len=lim.max_size,
+            max_array_len=lim.max_items,
+            max_map_len=lim.max_items,
+        )
+
+    def nested_list(self, data: bytes) -> list[Any]:
+        self.depth += 1
+        try:
+            if self.depth > self.limits.max_depth:
+                raise SerializationError(f"value nests deeper than {self.limits.max_depth} levels")
+            value = self.unpack(data)
+        finally:
+            self.depth -= 1
+        if type(value) is not list:
+            raise SerializationError("malformed container extension")
+        return value
+
+    def ext_hook(self, code: int, data: bytes) -> Any:
+        if code == EXT_TUPLE:
+            return tuple(self.nested_list(data))
+        if code == EXT_SET:
+            return set(self.nested_list(data))
+        if code == EXT_FROZENSET:
+            return frozenset(self.nested_list(data))
+        if code == EXT_BIGINT:
+            return int.from_bytes(data, "big", signed=True)
+        if code == EXT_BYTEARRAY:
+            return bytearray(data)
+        if code == EXT_COMPLEX:
+            real, imag = _COMPLEX.unpack(data)
+            return complex(real, imag)
+        if code == EXT_DATETIME:
+            y, mo, d, h, mi, s, us, fold, tz = self._fields(data, 9)
+            return _dt.datetime(y, mo, d, h, mi, s, us, tzinfo=_tz(tz), fold=fold)
+        if code == EXT_DATE:
+            y, mo, d = self._fields(data, 3)
+            return _dt.date(y, mo, d)
+        if code == EXT_TIME:
+            h, mi, s, us, fold, tz = self._fields(data, 6)
+            return _dt.time(h, mi, s, us, tzinfo=_tz(tz), fold=fold)
+        if code == EXT_TIMEDELTA:
+            days, secs, us = self._fields(data, 3)
+            return _dt.timedelta(days=days, seconds=secs, microseconds=us)
+        if code == EXT_DECIMAL:
+            return Decimal(data.decode("ascii"))
+        if code == EXT_UUID:
+            return uuid.UUID(bytes=data)
+        if code == EXT_NDARRAY:
+            return _ndarray(self._fields(data, 3))
+        if code == EXT_NPSCALAR:
+            dtype_str, body = self._fields(data, 2)
+            return _ndarray([dtype_str, [], body])[()]
+        if code in (EXT_REF, EXT_STREAM_REF):
+            ref_id, session_id, pool, type_name = self._fields(data, 4)
+            if not all(isinstance(x, str) for x in (ref_id, session_id, pool, type_name)):
+                raise SerializationError("malformed ref")
+            payload = RefPayload(code == EXT_STREAM_REF, ref_id, session_id, pool, type_name)
+            if self.ref_factory is None:
+                raise SerializationError("refs are not accepted here")
+            return self.ref_factory(payload)
+        raise SerializationError(f"unknown extension type {code}")
+
+    def _fields(self, data: bytes, n: int) -> list[Any]:
+        fields = msgpack.unpackb(data, raw=False, max_array_len=16, max_map_len=0)
+        if type(fields) is not list or len(fields) != n:
+            raise SerializationError("malformed extension payload")
+        return fields
+
+
+def _tz(tz: Any) -> _dt.tzinfo | None:
+    if tz is None:
+        return None
+    if type(tz) is int:
+        return _dt.timezone(_dt.timedelta(microseconds=tz))
+    if type(tz) is str:
+        from zoneinfo import ZoneInfo
+
+        return ZoneInfo(tz)
+    raise SerializationError("malformed time zone")
+
+
+def _ndarray(fields: list[Any]) -> Any:
+    dtype_str, shape, body = fields
+    if not (isinstance(dtype_str, str) and _DTYPE_RE.match(dtype_str)):
+        raise SerializationError(f"unsupported array dtype {dtype_str!r}")
+    if not (
+        isinstance(shape, list)
+        and len(shape) <= _MAX_NDIM
+        and all(type(n) is int and n >= 0 for n in shape)
+    ):
+        raise SerializationError("malformed array shape")
+    if not isinstance(body, bytes):
+        raise SerializationError("malformed array body")
+    try:
+        import numpy as np
+    except ImportError:
+        raise SerializationError("received a numpy array but numpy is not installed") from None
+    dtype = np.dtype(dtype_str)
+    count = 1
+    for n in shape:
+        count *= n
+    if count * dtype.itemsize != len(body):
+        raise SerializationError("array body does not match its shape and dtype")
+    if dtype.itemsize == 0:  # "<U0" / "|S0": the dtype of np.str_("") and np.bytes_(b"")
+        return np.zeros(shape, dtype=dtype)
+    # frombuffer over immutable bytes is read-only; callers expect a normal array.
+    return np.frombuffer(body, dtype=dtype).reshape(shape).copy()
+
+
+def decode(
+    data: bytes | bytearray | memoryview,
+    *,
+    limits: Limits = DEFAULT_LIMITS,
+    ref_factory: RefFactory | None = None,
+) -> Any:
+    """Decode bytes produced by ``encode``. Refs are passed to ``ref_factory``; without one
+    they are rejected. Every malformed or over-limit input raises ``SerializationError``."""
+    if len(data) > limits.max_size:
+        raise SerializationError(
+            f"encoded value is {len(data)} bytes, over the {limits.max_size}-byte limit"
+        )
+    dec = _Decoder(limits, ref_factory)
+    try:
+        return dec.unpack(data)
+    except SerializationError:
+        raise
+    except msgpack.StackError:
+        raise SerializationError("value nests too deeply") from None
+    except (
+        ValueError,
+        TypeError,
+        OverflowError,
+        UnicodeError,
+        LookupError,
+        ArithmeticError,
+        struct.error,
+    ) as exc:
+        # ExtraData / FormatError / BufferFull / unhashable keys / bad dates all land here.
+        raise SerializationError(f"cannot decode value: {exc}") from None

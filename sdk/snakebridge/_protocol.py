@@ -1,0 +1,42 @@
+"""Constants both sides of the wire agree on (see docs/wire.md).
+
+Kept free of heavy imports: the worker process imports this module.
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+#: Bumped on any incompatible change to bridge.proto or the value codec.
+PROTOCOL_VERSION: Final = 1
+
+#: gRPC method paths of the Bridge service.
+SERVICE: Final = "/snakebridge.v1.Bridge/"
+
+#: Trailing-metadata key carrying the codec-encoded error details of a failed call.
+ERROR_TRAILER: Final = "snakebridge-error-bin"
+
+#: Default address the SDK connects to and the server listens on.
+DEFAULT_HOST: Final = "127.0.0.1"
+DEFAULT_PORT: Final = 50051
+
+# CallKind values (mirror of the proto enum, used on the hot path without betterproto).
+KIND_FUNCTION: Final = 1
+KIND_CLASS: Final = 2
+KIND_METHOD: Final = 3
+KIND_MODULE_ATTR: Final = 4
+KIND_HELPER: Final = 5
+KIND_GET_ATTR: Final = 6
+KIND_SET_ATTR: Final = 7
+
+KIND_NAMES: Final = {
+    KIND_FUNCTION: "function",
+    KIND_CLASS: "class",
+    KIND_METHOD: "method",
+    KIND_MODULE_ATTR: "module_attr",
+    KIND_HELPER: "helper",
+    KIND_GET_ATTR: "get_attr",
+    KIND_SET_ATTR: "set_attr",
+}
+
+AFFINITY_STRICT: Final = "strict"

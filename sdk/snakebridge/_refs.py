@@ -1,0 +1,83 @@
+"""Handles to objects that live in a worker."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from ._codec import RefPayload
+from .errors import RefNotFound
+
+if TYPE_CHECKING:
+    from ._client import Client
+
+
+class Ref:
+    """A remote object. Pass it back as an argument or call methods on it.
+
+    ``repr`` makes no remote call. After ``client.release_ref(ref)`` (or leaving
+    ``async with ref:``) every use raises ``RefNotFound`` without a round trip.
+    """
+
+    __slots__ = ("_client", "_released", "id", "pool", "session_id", "type_name")
+
+    def __init__(self, payload: RefPayload, client: Client | None = None) -> None:
+        self.id = payload.id
+        self.session_id = payload.session_id
+        self.pool = payload.pool
+        self.type_name = payload.type_name
+        self._client = client
+        self._released = False
+
+    @property
+    def released(self) -> bool:
+        return self._released
+
+    def __snakebridge_ref__(self) -> RefPayload:
+        """The wire form of this ref (used by the value codec)."""
+        self._check()
+        return RefPayload(
+            isinstance(self, StreamRef), self.id, self.session_id, self.pool, self.type_name
+        )
+
+    def _check(self) -> None:
+        if self._released:
+            raise RefNotFound(f"{self!r} was released")
+
+    def _mark_released(self) -> None:
+        self._released = True
+
+    def __repr__(self) -> str:
+        state = " released" if self._released else ""
+        name = type(self).__name__
+        return f"<{name} {self.type_name} id={self.id} session={self.session_id}{state}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Ref) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    async def __aenter__(self) -> Ref:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.release()
+
+    async def release(self) -> None:
+        """Free the remote object (same as ``client.release_ref(self)``)."""
+        if self._released or self._client is None:
+            self._released = True
+            return
+        await self._client.release_ref(self)
+
+    def __getstate__(self) -> Any:
+        raise TypeError("a Ref cannot be pickled; it only has meaning on its server")
+
+
+class StreamRef(Ref):
+    """A remote iterator or generator. Iteration arrives with the streaming API."""
+
+    __slots__ = ()

@@ -1,0 +1,274 @@
+"""Every error the SDK raises, as one tree.
+
+::
+
+    BridgeError                      base of everything below            (gRPC INTERNAL)
+    ├── RemoteError                  the Python code raised              (UNKNOWN)
+    │     └── Remote<Builtin>        also inherits the builtin, e.g. RemoteZeroDivisionError
+    ├── BadRequest                   the request itself is malformed     (INVALID_ARGUMENT)
+    ├── SerializationError           a value cannot be encoded/decoded   (INVALID_ARGUMENT)
+    ├── RefNotFound                  the ref was released or never existed (NOT_FOUND)
+    ├── HelperNotFound               no helper of that name is registered (NOT_FOUND)
+    ├── SessionLost                  the worker holding the ref restarted (FAILED_PRECONDITION)
+    ├── WorkerCrashed                the worker died during the call     (ABORTED)
+    ├── CallTimeout                  the deadline passed (also TimeoutError) (DEADLINE_EXCEEDED)
+    ├── CallCancelled                the call was cancelled              (CANCELLED)
+    ├── PoolSaturated                the pool's queue is full            (RESOURCE_EXHAUSTED)
+    ├── LimitExceeded                a session/ref cap was reached       (RESOURCE_EXHAUSTED)
+    ├── PoolUnavailable              the pool cannot take calls now      (UNAVAILABLE)
+    ├── ProtocolMismatch             the two sides speak other versions (FAILED_PRECONDITION)
+    └── ConnectionFailed             the server cannot be reached        (UNAVAILABLE)
+
+Each class maps to exactly one gRPC status (``grpc_status``); the server sends the class
+name in the ``snakebridge-error-bin`` trailer so the SDK raises the precise class.
+"""
+
+from __future__ import annotations
+
+import builtins
+from enum import IntEnum
+from typing import Any, ClassVar
+
+
+class GrpcStatus(IntEnum):
+    """The gRPC status codes (same numbers as ``grpclib.const.Status``); kept here so the
+    worker process can import this module without grpclib."""
+
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+__all__ = [
+    "BadRequest",
+    "BridgeError",
+    "CallCancelled",
+    "CallTimeout",
+    "ConnectionFailed",
+    "GrpcStatus",
+    "HelperNotFound",
+    "LimitExceeded",
+    "PoolSaturated",
+    "PoolUnavailable",
+    "ProtocolMismatch",
+    "RefNotFound",
+    "RemoteError",
+    "SerializationError",
+    "SessionLost",
+    "WorkerCrashed",
+    "error_class",
+    "remote_error",
+]
+
+
+class BridgeError(Exception):
+    """Base of every snakebridge error. Raised as-is for unexpected server failures.
+
+    Catch this to handle any failure of a bridge call in one place.
+    """
+
+    grpc_status: ClassVar[GrpcStatus] = GrpcStatus.INTERNAL
+
+    def __init__(self, message: str = "") -> None:
+        super().__init__(message)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class RemoteError(BridgeError):
+    """The Python code run in the worker raised an exception.
+
+    ``type_name`` is the remote exception's qualified type (``"builtins.ValueError"``),
+    ``message`` its ``str()``, ``traceback`` the formatted remote traceback. For builtin
+    exception types the raised object is also an instance of that builtin, so
+    ``except ZeroDivisionError:`` works. Fix the call or handle the exception.
+    """
+
+    grpc_status = GrpcStatus.UNKNOWN
+
+    def __init__(self, message: str = "", *, type_name: str = "", traceback: str = "") -> None:
+        BridgeError.__init__(self, message)
+        self.type_name = type_name
+        self.traceback = traceback
+
+    def __str__(self) -> str:
+        return f"{self.type_name}: {self.message}" if self.type_name else self.message
+
+    def __reduce__(self) -> Any:  # keep copy/pickling-free reprs sane
+        return (
+            type(self),
+            (self.message,),
+            {"type_name": self.type_name, "traceback": self.traceback},
+        )
+
+
+class BadRequest(BridgeError):
+    """The request is malformed (empty module name, unknown kind, bad option value).
+
+    The caller must fix the request; retrying it unchanged fails the same way.
+    """
+
+    grpc_status = GrpcStatus.INVALID_ARGUMENT
+
+
+class SerializationError(BridgeError):
+    """A value could not be encoded or decoded by the value codec.
+
+    Raised client-side for arguments the codec cannot carry (they are not refs), and for
+    payloads past the codec's limits (depth, element count, size). Pass a Ref instead, or
+    send less data.
+    """
+
+    grpc_status = GrpcStatus.INVALID_ARGUMENT
+
+
+class RefNotFound(BridgeError):
+    """The ref was released (locally or on the server) or never existed.
+
+    A released ``Ref`` fails with this without a round trip. Obtain a fresh ref.
+    """
+
+    grpc_status = GrpcStatus.NOT_FOUND
+
+
+class HelperNotFound(BridgeError):
+    """No helper of that name is registered on the server. Check ``client.helpers()``."""
+
+    grpc_status = GrpcStatus.NOT_FOUND
+
+
+class SessionLost(BridgeError):
+    """The worker that held this ref (or session state) has restarted; the object is gone.
+
+    Recreate the objects from scratch; the server never looks a stale ref up in a fresh
+    worker.
+    """
+
+    grpc_status = GrpcStatus.FAILED_PRECONDITION
+
+
+class WorkerCrashed(BridgeError):
+    """The worker process died while running the call (segfault, kill, ``os._exit``).
+
+    The worker is replaced; the call's effects are unknown. Retry only if it is
+    idempotent (or pass ``idempotent=True`` and the server retries once for you).
+    """
+
+    grpc_status = GrpcStatus.ABORTED
+
+
+class CallTimeout(BridgeError, TimeoutError):
+    """The call did not finish before its deadline; the worker was told to stop it.
+
+    Raise the timeout, make the call cheaper, or split it.
+    """
+
+    grpc_status = GrpcStatus.DEADLINE_EXCEEDED
+
+
+class CallCancelled(BridgeError):
+    """The call was cancelled before it finished (server shutdown or client cancel)."""
+
+    grpc_status = GrpcStatus.CANCELLED
+
+
+class PoolSaturated(BridgeError):
+    """The pool's queue is full; the call was rejected without running. Back off and retry."""
+
+    grpc_status = GrpcStatus.RESOURCE_EXHAUSTED
+
+
+class LimitExceeded(BridgeError):
+    """A server cap was reached: sessions, refs per session, or refs in total.
+
+    Release refs or sessions you no longer need.
+    """
+
+    grpc_status = GrpcStatus.RESOURCE_EXHAUSTED
+
+
+class PoolUnavailable(BridgeError):
+    """The pool cannot take calls (unknown pool, shutting down, or no live workers)."""
+
+    grpc_status = GrpcStatus.UNAVAILABLE
+
+
+class ProtocolMismatch(BridgeError):
+    """Client and server speak different protocol versions. Upgrade the older side."""
+
+    grpc_status = GrpcStatus.FAILED_PRECONDITION
+
+
+class ConnectionFailed(BridgeError):
+    """The server could not be reached or the connection dropped. Check the address."""
+
+    grpc_status = GrpcStatus.UNAVAILABLE
+
+
+_BY_NAME: dict[str, type[BridgeError]] = {
+    cls.__name__: cls
+    for cls in (
+        BridgeError,
+        RemoteError,
+        BadRequest,
+        SerializationError,
+        RefNotFound,
+        HelperNotFound,
+        SessionLost,
+        WorkerCrashed,
+        CallTimeout,
+        CallCancelled,
+        PoolSaturated,
+        LimitExceeded,
+        PoolUnavailable,
+        ProtocolMismatch,
+        ConnectionFailed,
+    )
+}
+
+_REMOTE_SUBCLASSES: dict[str, type[RemoteError]] = {}
+
+
+def error_class(name: str) -> type[BridgeError]:
+    """The error class called ``name``; ``BridgeError`` for names this SDK does not know."""
+    return _BY_NAME.get(name, BridgeError)
+
+
+def _remote_class(type_name: str) -> type[RemoteError]:
+    cls = _REMOTE_SUBCLASSES.get(type_name)
+    if cls is not None:
+        return cls
+    cls = RemoteError
+    module, _, qualname = type_name.rpartition(".")
+    if module == "builtins":
+        builtin = getattr(builtins, qualname, None)
+        # Only Exception subclasses: a remote KeyboardInterrupt must not look local.
+        if isinstance(builtin, type) and issubclass(builtin, Exception):
+            cls = type(f"Remote{qualname}", (RemoteError, builtin), {"__module__": __name__})
+            _REMOTE_SUBCLASSES[type_name] = cls
+    return cls
+
+
+def remote_error(type_name: str, message: str, traceback: str = "") -> RemoteError:
+    """Build the ``RemoteError`` (or builtin-inheriting subclass) for a remote exception."""
+    cls = _remote_class(type_name)
+    err = cls.__new__(cls)
+    RemoteError.__init__(err, message, type_name=type_name, traceback=traceback)
+    err.args = (message,)
+    return err

@@ -1,0 +1,91 @@
+"""Server lifecycle: start pools, serve gRPC, stop cleanly on SIGINT/SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+
+from grpclib.health.service import Health
+from grpclib.server import Server
+
+from .bridge import Bridge
+from .config import ServerConfig
+from .service import BridgeService
+
+log = logging.getLogger("snakebridge.server")
+
+
+def _bound_address(server: Server, config: ServerConfig) -> str:
+    if config.uds:
+        return f"unix://{config.uds}"
+    inner = getattr(server, "_server", None)  # grpclib keeps the asyncio.Server here
+    sockets = getattr(inner, "sockets", None) or ()
+    port = sockets[0].getsockname()[1] if sockets else config.port
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    return f"{host}:{port}"
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run until ``stop`` is set (or SIGINT/SIGTERM arrives)."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    bridge = Bridge(config)
+    try:
+        await bridge.start()
+        server = Server([BridgeService(bridge), Health()])
+        if config.uds:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.uds)
+            old_umask = os.umask(0o177)  # the socket is created 0600: owner only
+            try:
+                await server.start(path=config.uds)
+            finally:
+                os.umask(old_umask)
+        else:
+            await server.start(config.host, config.port)
+        pools = ", ".join(
+            f"pool {p.name}: {p.size} workers (pids {' '.join(str(w.pid) for w in p.workers if w)})"
+            for p in bridge.pools.values()
+        )
+        log.info("bridge-server SERVING on %s (%s)", _bound_address(server, config), pools)
+        try:
+            await stop.wait()
+        finally:
+            log.info("bridge-server stopping")
+            server.close()
+            await server.wait_closed()
+    finally:
+        await bridge.close()
+        if config.uds:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(config.uds)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+        log.info("bridge-server stopped")
+
+
+def run(config: ServerConfig) -> int:
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        try:
+            runner.run(serve(config))
+        except OSError as exc:
+            log.error("bridge-server failed: %s", exc)
+            return 1
+    return 0

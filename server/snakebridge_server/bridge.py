@@ -1,0 +1,233 @@
+"""The bridge: pools + session table + the rules tying a request to a worker.
+
+Transport-free: the gRPC service (``service.py``) decodes requests and calls these
+methods; everything here raises ``snakebridge.errors`` classes, which the service maps
+to gRPC statuses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import time
+from collections import defaultdict
+
+from snakebridge._protocol import (
+    AFFINITY_STRICT,
+    KIND_CLASS,
+    KIND_FUNCTION,
+    KIND_GET_ATTR,
+    KIND_HELPER,
+    KIND_METHOD,
+    KIND_MODULE_ATTR,
+    KIND_NAMES,
+    KIND_SET_ATTR,
+    PROTOCOL_VERSION,
+)
+from snakebridge._wire import CallRequestWire
+from snakebridge.errors import (
+    BadRequest,
+    BridgeError,
+    CallTimeout,
+    PoolUnavailable,
+    ProtocolMismatch,
+    WorkerCrashed,
+)
+
+from .config import ServerConfig
+from .pool import Pool
+from .refids import WorkerKey, owner_of, parse_ref_id
+from .sessions import SessionTable
+from .worker_handle import Reply, WorkerHandle, WorkerSpec
+
+log = logging.getLogger("snakebridge.bridge")
+
+_NEEDS_TARGET = frozenset({KIND_METHOD, KIND_GET_ATTR, KIND_SET_ATTR})
+_NEEDS_MODULE = frozenset({KIND_MODULE_ATTR})
+_NEEDS_NAME = frozenset(KIND_NAMES) - {KIND_FUNCTION}  # function: module.name or dotted name
+
+
+def check_protocol(version: int) -> None:
+    if version != PROTOCOL_VERSION:
+        raise ProtocolMismatch(
+            f"client speaks protocol {version}, this server speaks {PROTOCOL_VERSION}; "
+            "upgrade the older side"
+        )
+
+
+def validate_call(req: CallRequestWire) -> None:
+    """Reject malformed requests before they reach a worker."""
+    check_protocol(req.protocol_version)
+    kind = req.kind
+    if kind not in KIND_NAMES:
+        raise BadRequest(f"unknown call kind {kind}")
+    if kind in _NEEDS_TARGET and not req.target_ref:
+        raise BadRequest(f"a {KIND_NAMES[kind]} call needs a target ref")
+    if kind in _NEEDS_MODULE and not req.module:
+        raise BadRequest(f"a {KIND_NAMES[kind]} call needs a module")
+    if kind in _NEEDS_NAME and not req.name:
+        raise BadRequest(f"a {KIND_NAMES[kind]} call needs a name")
+    if kind in (KIND_FUNCTION, KIND_CLASS) and not (req.module or "." in req.name):
+        raise BadRequest("a call needs a module, or a dotted name such as 'os.path.join'")
+    if req.affinity not in ("", AFFINITY_STRICT):
+        raise BadRequest(f"affinity must be '' or 'strict', not {req.affinity!r}")
+    if req.timeout < 0 or req.timeout != req.timeout:
+        raise BadRequest("timeout must be a positive number of seconds (0 = server default)")
+    if kind != KIND_SET_ATTR and kind != KIND_HELPER and req.module.startswith("."):
+        raise BadRequest("relative module names are not allowed")
+
+
+class Bridge:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.boot = secrets.token_hex(4)
+        self.sessions = SessionTable(
+            max_sessions=config.max_sessions,
+            max_refs_per_session=config.max_refs_per_session,
+            max_refs_total=config.max_refs_total,
+            ttl=config.session_ttl,
+        )
+        spec = WorkerSpec(
+            python=config.python,
+            boot=self.boot,
+            max_refs=config.max_refs_total,
+            max_frame=config.max_message_size + 1024 * 1024,
+            start_timeout=config.worker_start_timeout,
+            cancel_grace=config.cancel_grace,
+            helpers=config.helpers,
+            env=(("PYTHONUNBUFFERED", "1"),),
+        )
+        self.default_pool = config.pool
+        self.pools: dict[str, Pool] = {
+            config.pool: Pool(
+                config.pool,
+                config.workers,
+                spec,
+                max_queued=config.max_queued,
+                on_worker_lost=self.sessions.worker_gone,
+            )
+        }
+        self._sweeper: asyncio.Task[None] | None = None
+        self._sweep_wakeup = asyncio.Event()
+
+    async def start(self) -> None:
+        for pool in self.pools.values():
+            await pool.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_sessions())
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+        await asyncio.gather(*(p.close() for p in self.pools.values()))
+
+    def pool(self, name: str) -> Pool:
+        try:
+            return self.pools[name or self.default_pool]
+        except KeyError:
+            raise PoolUnavailable(
+                f"no pool named {name!r}; pools: {', '.join(sorted(self.pools))}"
+            ) from None
+
+    def _timeout(self, requested: float) -> float:
+        cfg = self.config
+        return min(requested or cfg.call_timeout_default, cfg.call_timeout_max)
+
+    # -- calls --------------------------------------------------------------------------
+
+    async def call(self, req: CallRequestWire) -> bytes:
+        validate_call(req)
+        refs = [*req.arg_refs, req.target_ref] if req.target_ref else req.arg_refs
+        owner = owner_of(refs, self.boot)
+        pool = self.pool(owner.pool if owner is not None else req.pool)
+        pool.check_capacity()
+        timeout = self._timeout(req.timeout)
+        session = self.sessions.begin_call(req.session_id, time.monotonic())
+        worker: WorkerHandle | None = None
+        reply: Reply | None = None
+        try:
+            async with asyncio.timeout(timeout):
+                for attempt in (1, 2):
+                    if owner is not None:
+                        worker = pool.owner(owner)
+                    else:
+                        strict = req.affinity == AFFINITY_STRICT
+                        worker = await pool.pick(session.last_worker, strict)
+                    try:
+                        reply = await worker.call(
+                            req.kind,
+                            req.module,
+                            req.name,
+                            req.target_ref,
+                            req.session_id,
+                            req.args,
+                            self.sessions.ref_budget(session),
+                        )
+                        break
+                    except WorkerCrashed:
+                        # Retry once, elsewhere, only what the caller marked safe to repeat
+                        # and what does not depend on the dead worker's objects.
+                        if attempt == 2 or not req.idempotent or owner is not None:
+                            raise
+                        log.info("retrying idempotent call after crash of %s", worker.key)
+        except TimeoutError:
+            raise CallTimeout(f"call did not finish within {timeout:g}s") from None
+        finally:
+            self.sessions.end_call(
+                session,
+                worker.key if worker is not None and reply is not None else None,
+                reply.new_refs if reply is not None else 0,
+                time.monotonic(),
+            )
+        assert reply is not None
+        result: bytes = reply.value
+        return result
+
+    # -- releases -----------------------------------------------------------------------
+
+    async def release_refs(self, ref_ids: list[str]) -> int:
+        """Free the given refs wherever they live; unknown or lost refs count as 0."""
+        by_worker: dict[WorkerKey, list[str]] = defaultdict(list)
+        for ref_id in ref_ids:
+            try:
+                by_worker[parse_ref_id(ref_id, self.boot)].append(ref_id)
+            except BridgeError:
+                continue
+        released = 0
+        for key, ids in by_worker.items():
+            try:
+                worker = self.pool(key.pool).owner(key)
+                counts = await worker.release(ids)
+            except BridgeError:
+                continue  # its worker is gone, and the refs with it
+            for session_id, count in counts.items():
+                self.sessions.refs_released(session_id, key, count)
+                released += count
+        return released
+
+    async def release_session(self, session_id: str) -> tuple[int, bool]:
+        session = self.sessions.remove(session_id)
+        if session is None:
+            return 0, False
+        released = 0
+        for key in session.refs_by_worker:
+            try:
+                released += await self.pool(key.pool).owner(key).release_session(session_id)
+            except BridgeError:
+                continue
+        return released, True
+
+    async def _sweep_sessions(self) -> None:
+        """Release sessions idle past the TTL. Sleeps until the next one can expire."""
+        while True:
+            expiry = self.sessions.next_expiry()
+            delay = self.config.session_ttl if expiry is None else expiry - time.monotonic()
+            await asyncio.sleep(max(0.05, delay))
+            for session in self.sessions.expired(time.monotonic()):
+                log.info("session %s expired after %gs idle", session.id, self.sessions.ttl)
+                for key in session.refs_by_worker:
+                    with contextlib.suppress(BridgeError):
+                        await self.pool(key.pool).owner(key).release_session(session.id)

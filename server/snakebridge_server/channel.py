@@ -1,0 +1,89 @@
+"""The server <-> worker channel: length-prefixed msgpack frames over a socketpair.
+
+Pure: no I/O here. Both the server (``worker_handle``) and the worker process
+(``worker_main``) import it, so it must stay light.
+
+Frame: 4-byte big-endian payload length, then a msgpack array whose first element is an
+opcode. Argument and result values stay opaque ``bin`` blobs produced by the value codec.
+
+server -> worker
+  [OP_CALL, call_id, kind, module, name, target_ref, session_id, args, ref_budget]
+  [OP_RELEASE, call_id, [ref_id, ...]]
+  [OP_RELEASE_SESSION, call_id, session_id]
+worker -> server
+  [R_READY, pid, python_version]                       once, first frame
+  [R_OK, call_id, value, new_refs]                     value: codec bytes or a count
+  [R_ERR, call_id, code, type_name, message, traceback]
+
+Cancellation travels on a second socketpair (the control channel) as 8-byte big-endian
+call ids, followed by SIGUSR1 so a busy worker notices between bytecodes.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any, Final
+
+import msgpack
+
+OP_CALL: Final = 1
+OP_RELEASE: Final = 2
+OP_RELEASE_SESSION: Final = 3
+
+R_OK: Final = 0
+R_ERR: Final = 1
+R_READY: Final = 9
+
+HEADER: Final = struct.Struct(">I")
+CANCEL: Final = struct.Struct(">Q")
+
+#: Largest frame either side accepts; a bigger one means a broken or hostile peer.
+DEFAULT_MAX_FRAME: Final = 80 * 1024 * 1024
+
+
+class FrameTooLarge(Exception):
+    """A frame header announced more than the configured maximum."""
+
+
+def pack_frame(message: list[Any]) -> bytes:
+    body: bytes = msgpack.packb(message, use_bin_type=True)
+    return HEADER.pack(len(body)) + body
+
+
+def unpack_message(body: bytes | memoryview) -> list[Any]:
+    message = msgpack.unpackb(body, raw=False, use_list=True)
+    if type(message) is not list or not message:
+        raise ValueError("malformed channel message")
+    return message
+
+
+class FrameDecoder:
+    """Accumulates bytes and yields complete frame bodies. Synchronous and I/O-free."""
+
+    __slots__ = ("_buf", "_max_frame")
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._max_frame = max_frame
+
+    def feed(self, data: bytes) -> list[bytes]:
+        buf = self._buf
+        buf += data
+        frames: list[bytes] = []
+        pos = 0
+        end = len(buf)
+        while end - pos >= 4:
+            (length,) = HEADER.unpack_from(buf, pos)
+            if length > self._max_frame:
+                raise FrameTooLarge(f"frame of {length} bytes exceeds {self._max_frame}")
+            if end - pos - 4 < length:
+                break
+            frames.append(bytes(buf[pos + 4 : pos + 4 + length]))
+            pos += 4 + length
+        if pos:
+            del buf[:pos]
+        return frames
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)

@@ -1,0 +1,77 @@
+"""``bridge-server`` command line. Each flag can also be set as ``SNAKEBRIDGE_<NAME>``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from .config import ConfigError, ServerConfig, parse_listen
+
+ENV_PREFIX = "SNAKEBRIDGE_"
+
+# flag, config field (or "listen"), parser, help
+_FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
+    ("--listen", "listen", str, "HOST:PORT to serve on (default 127.0.0.1:50051)"),
+    ("--uds", "uds", str, "serve on this unix socket path (mode 0600) instead of TCP"),
+    ("--workers", "workers", int, "worker processes in the default pool (default: CPU count)"),
+    ("--pool", "pool", str, "name of the default pool (default: default)"),
+    ("--python", "python", str, "interpreter the workers run (default: this one)"),
+    ("--helpers", "helpers", str, "comma-separated modules whose functions are helpers"),
+    ("--max-queued", "max_queued", int, "calls queued per pool before PoolSaturated"),
+    ("--call-timeout", "call_timeout_default", float, "default per-call timeout, seconds"),
+    ("--max-call-timeout", "call_timeout_max", float, "largest per-call timeout, seconds"),
+    ("--cancel-grace", "cancel_grace", float, "seconds a cancelled call may take to stop"),
+    ("--session-ttl", "session_ttl", float, "idle seconds before a session is released"),
+    ("--max-sessions", "max_sessions", int, "live sessions at most"),
+    ("--max-refs-per-session", "max_refs_per_session", int, "refs one session may hold"),
+    ("--max-refs", "max_refs_total", int, "refs all sessions together may hold"),
+    ("--log-level", "log_level", str, "debug | info | warning | error"),
+]
+
+
+def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> ServerConfig:
+    """CLI flags over ``SNAKEBRIDGE_*`` environment variables over defaults."""
+    environ = dict(os.environ if environ is None else environ)
+    parser = argparse.ArgumentParser(
+        prog="bridge-server",
+        description="Serve sandboxed Python interpreter workers over gRPC.",
+        epilog="Every flag can also be set as SNAKEBRIDGE_<FLAG> (e.g. SNAKEBRIDGE_WORKERS=4).",
+    )
+    for flag, _, _, help_text in _FLAGS:
+        parser.add_argument(flag, help=help_text)
+    ns = parser.parse_args(list(argv))
+    values: dict[str, Any] = {}
+    for flag, key, convert, _ in _FLAGS:
+        attr = flag[2:].replace("-", "_")
+        env_name = ENV_PREFIX + attr.upper()
+        raw = getattr(ns, attr)
+        source = flag
+        if raw is None and env_name in environ:
+            raw, source = environ[env_name], env_name
+        if raw is None:
+            continue
+        try:
+            value = convert(raw)
+        except ValueError:
+            raise ConfigError(f"invalid config {source}: {raw!r} is not a valid {key}") from None
+        if key == "listen":
+            values["host"], values["port"] = parse_listen(value)
+        elif key == "helpers":
+            values["helpers"] = tuple(m.strip() for m in value.split(",") if m.strip())
+        else:
+            values[key] = value
+    return ServerConfig(**values)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    from .app import run
+
+    try:
+        config = build_config(sys.argv[1:] if argv is None else argv)
+    except ConfigError as exc:
+        print(f"bridge-server: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    raise SystemExit(run(config))

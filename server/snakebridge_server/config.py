@@ -1,0 +1,104 @@
+"""Server configuration: one frozen, validated object.
+
+Every setting has a CLI flag and a ``SNAKEBRIDGE_<NAME>`` environment variable (the flag
+wins). ``ServerConfig.validate`` names the offending key and the reason.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import sys
+from dataclasses import dataclass, fields
+from typing import Final
+
+from .refids import POOL_NAME_RE
+
+DEFAULT_POOL: Final = "default"
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the key and the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    uds: str | None = None
+    workers: int = os.cpu_count() or 1
+    pool: str = DEFAULT_POOL
+    python: str = sys.executable
+    helpers: tuple[str, ...] = ()
+    max_queued: int = 4096
+    max_message_size: int = 64 * 1024 * 1024
+    call_timeout_default: float = 300.0
+    call_timeout_max: float = 3600.0
+    cancel_grace: float = 2.0
+    session_ttl: float = 1800.0
+    max_sessions: int = 10_000
+    max_refs_per_session: int = 100_000
+    max_refs_total: int = 1_000_000
+    worker_start_timeout: float = 30.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        def fail(key: str, reason: str) -> None:
+            raise ConfigError(f"invalid config {key}: {reason}")
+
+        if not 0 <= self.port <= 65535:
+            fail("port", f"{self.port} is not in 0..65535")
+        if not self.host:
+            fail("host", "must not be empty")
+        if self.uds is not None and not os.path.isabs(self.uds):
+            fail("uds", f"{self.uds!r} must be an absolute path")
+        if not 1 <= self.workers <= 256:
+            fail("workers", f"{self.workers} is not in 1..256")
+        if not POOL_NAME_RE.match(self.pool):
+            fail("pool", f"{self.pool!r} must match {POOL_NAME_RE.pattern}")
+        for key in (
+            "max_queued",
+            "max_message_size",
+            "max_sessions",
+            "max_refs_per_session",
+            "max_refs_total",
+        ):
+            if getattr(self, key) < 1:
+                fail(key, "must be >= 1")
+        for key in ("call_timeout_default", "call_timeout_max", "cancel_grace", "session_ttl"):
+            if not getattr(self, key) > 0:
+                fail(key, "must be > 0")
+        if self.worker_start_timeout <= 0:
+            fail("worker_start_timeout", "must be > 0")
+        if self.call_timeout_default > self.call_timeout_max:
+            fail("call_timeout_default", "must not exceed call_timeout_max")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            fail("log_level", f"{self.log_level!r} is not debug|info|warning|error")
+        if self.uds is None and not _is_loopback(self.host):
+            # Auth and TLS arrive with the production issue; until then never expose a
+            # worker pool beyond this machine.
+            fail("host", f"{self.host!r} is not a loopback address; bind 127.0.0.1 or a UDS")
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[V6]:PORT`` -> (host, port)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ConfigError(f"invalid config listen: {value!r} is not HOST:PORT")
+    return host.strip("[]"), int(port)

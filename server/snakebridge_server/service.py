@@ -1,0 +1,203 @@
+"""The gRPC face of the bridge (grpclib handlers). Decodes requests, calls ``Bridge``,
+maps ``BridgeError`` classes to gRPC statuses plus the ``snakebridge-error-bin`` trailer.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import msgpack
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.server import Stream
+from snakebridge import __version__
+from snakebridge._generated.snakebridge import v1 as pb
+from snakebridge._protocol import (
+    ERROR_TRAILER,
+    KIND_GET_ATTR,
+    KIND_SET_ATTR,
+    PROTOCOL_VERSION,
+    SERVICE,
+)
+from snakebridge._wire import CallReplyWire, CallRequestWire, WireError
+from snakebridge.errors import BadRequest, BridgeError, RemoteError
+
+from .bridge import Bridge, check_protocol
+
+log = logging.getLogger("snakebridge.service")
+
+_MAX_STATUS_MESSAGE = 2048
+
+
+def error_trailer(exc: BridgeError) -> dict[str, bytes]:
+    details: dict[str, str] = {"code": type(exc).__name__, "message": exc.message}
+    if isinstance(exc, RemoteError):
+        # Remote<Builtin> subclasses are rebuilt by the client from the type name.
+        details.update(code="RemoteError", type=exc.type_name, traceback=exc.traceback)
+    return {ERROR_TRAILER: msgpack.packb(details, use_bin_type=True)}
+
+
+async def send_error(stream: Stream[Any, Any], exc: BridgeError) -> None:
+    await stream.send_trailing_metadata(
+        status=Status(int(exc.grpc_status)),
+        status_message=str(exc)[:_MAX_STATUS_MESSAGE],
+        metadata=error_trailer(exc),
+    )
+
+
+Rpc = Callable[[Stream[Any, Any]], Awaitable[None]]
+
+
+def _guarded(fn: Callable[[Stream[Any, Any]], Awaitable[None]]) -> Rpc:
+    async def handler(stream: Stream[Any, Any]) -> None:
+        try:
+            await fn(stream)
+        except BridgeError as exc:
+            await send_error(stream, exc)
+        except WireError as exc:
+            await send_error(stream, BadRequest(f"malformed request: {exc}"))
+
+    handler.__name__ = fn.__name__
+    return handler
+
+
+class BridgeService:
+    """``snakebridge.v1.Bridge`` implemented over a ``Bridge``."""
+
+    def __init__(self, bridge: Bridge) -> None:
+        self.bridge = bridge
+
+    def __mapping__(self) -> dict[str, Handler]:
+        unary = Cardinality.UNARY_UNARY
+        return {
+            SERVICE + "Call": Handler(_guarded(self.call), unary, CallRequestWire, CallReplyWire),
+            SERVICE + "GetAttr": Handler(
+                _guarded(self.get_attr), unary, pb.GetAttrRequest, CallReplyWire
+            ),
+            SERVICE + "SetAttr": Handler(
+                _guarded(self.set_attr), unary, pb.SetAttrRequest, CallReplyWire
+            ),
+            SERVICE + "Stream": Handler(
+                _guarded(self.stream), Cardinality.UNARY_STREAM, pb.StreamRequest, pb.StreamBatch
+            ),
+            SERVICE + "StreamNext": Handler(
+                _guarded(self.stream_next), unary, pb.StreamNextRequest, pb.StreamNextReply
+            ),
+            SERVICE + "ReleaseRef": Handler(
+                _guarded(self.release_ref), unary, pb.ReleaseRefRequest, pb.ReleaseRefReply
+            ),
+            SERVICE + "ReleaseSession": Handler(
+                _guarded(self.release_session),
+                unary,
+                pb.ReleaseSessionRequest,
+                pb.ReleaseSessionReply,
+            ),
+            SERVICE + "Describe": Handler(
+                _guarded(self.describe), unary, pb.DescribeRequest, pb.DescribeReply
+            ),
+        }
+
+    async def call(self, stream: Stream[CallRequestWire, CallReplyWire]) -> None:
+        req = await stream.recv_message()
+        assert req is not None
+        result = await self.bridge.call(req)
+        await stream.send_message(CallReplyWire(result=result))
+
+    async def get_attr(self, stream: Stream[pb.GetAttrRequest, CallReplyWire]) -> None:
+        req = await stream.recv_message()
+        assert req is not None
+        call = CallRequestWire(
+            protocol_version=req.protocol_version,
+            kind=KIND_GET_ATTR,
+            name=req.name,
+            session_id=req.session_id,
+            target_ref=req.target_ref,
+            timeout=req.timeout,
+        )
+        await stream.send_message(CallReplyWire(result=await self.bridge.call(call)))
+
+    async def set_attr(self, stream: Stream[pb.SetAttrRequest, CallReplyWire]) -> None:
+        req = await stream.recv_message()
+        assert req is not None
+        call = CallRequestWire(
+            protocol_version=req.protocol_version,
+            kind=KIND_SET_ATTR,
+            name=req.name,
+            session_id=req.session_id,
+            target_ref=req.target_ref,
+            args=req.value,
+            arg_refs=list(req.arg_refs),
+            timeout=req.timeout,
+        )
+        await stream.send_message(CallReplyWire(result=await self.bridge.call(call)))
+
+    async def stream(self, stream: Stream[pb.StreamRequest, pb.StreamBatch]) -> None:
+        await stream.recv_message()
+        await stream.send_trailing_metadata(
+            status=Status.UNIMPLEMENTED,
+            status_message="Stream is not implemented yet (see the streaming issue)",
+        )
+
+    async def stream_next(self, stream: Stream[pb.StreamNextRequest, pb.StreamNextReply]) -> None:
+        await stream.recv_message()
+        await stream.send_trailing_metadata(
+            status=Status.UNIMPLEMENTED,
+            status_message="StreamNext is not implemented yet (see the streaming issue)",
+        )
+
+    async def release_ref(self, stream: Stream[pb.ReleaseRefRequest, pb.ReleaseRefReply]) -> None:
+        req = await stream.recv_message()
+        assert req is not None
+        check_protocol(req.protocol_version)
+        released = await self.bridge.release_refs(list(req.ref_ids))
+        await stream.send_message(pb.ReleaseRefReply(released=released))
+
+    async def release_session(
+        self, stream: Stream[pb.ReleaseSessionRequest, pb.ReleaseSessionReply]
+    ) -> None:
+        req = await stream.recv_message()
+        assert req is not None
+        check_protocol(req.protocol_version)
+        released, existed = await self.bridge.release_session(req.session_id)
+        await stream.send_message(pb.ReleaseSessionReply(released_refs=released, existed=existed))
+
+    async def describe(self, stream: Stream[pb.DescribeRequest, pb.DescribeReply]) -> None:
+        req = await stream.recv_message()
+        assert req is not None
+        check_protocol(req.protocol_version)
+        bridge = self.bridge
+        pools = []
+        for pool in bridge.pools.values():
+            workers = [
+                pb.WorkerInfo(
+                    worker_id=str(w.key),
+                    slot=w.key.slot,
+                    incarnation=w.key.incarnation,
+                    pid=w.pid,
+                    state=w.state,
+                    in_flight=w.in_flight,
+                    calls_done=w.calls_done,
+                    refs=max(0, w.refs_held),
+                )
+                for w in pool.workers
+                if w is not None
+            ]
+            pools.append(
+                pb.PoolInfo(
+                    name=pool.name,
+                    size=pool.size,
+                    workers=workers,
+                    in_flight=pool.in_flight,
+                    max_queued=pool.max_queued,
+                )
+            )
+        await stream.send_message(
+            pb.DescribeReply(
+                server_version=__version__,
+                protocol_version=PROTOCOL_VERSION,
+                pools=pools,
+                sessions=len(bridge.sessions),
+                helpers=list(bridge.config.helpers),
+            )
+        )

@@ -1,0 +1,124 @@
+"""Session bookkeeping. Pure and synchronous: the service asks it what to do and then
+does the I/O itself (httpcore's pool style).
+
+A session is a lifetime scope for refs, not a worker pin: it remembers which workers
+hold its refs (so a release reaches all of them), how many refs it holds (for the caps),
+its previous worker (for ``affinity="strict"``) and when it was last used (for the TTL).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from snakebridge.errors import LimitExceeded
+
+from .refids import WorkerKey
+
+
+@dataclass(slots=True)
+class Session:
+    id: str
+    last_used: float
+    refs_by_worker: dict[WorkerKey, int] = field(default_factory=dict)
+    last_worker: WorkerKey | None = None
+    in_flight: int = 0
+
+    @property
+    def refs(self) -> int:
+        return sum(self.refs_by_worker.values())
+
+
+class SessionTable:
+    def __init__(
+        self, *, max_sessions: int, max_refs_per_session: int, max_refs_total: int, ttl: float
+    ) -> None:
+        self.max_sessions = max_sessions
+        self.max_refs_per_session = max_refs_per_session
+        self.max_refs_total = max_refs_total
+        self.ttl = ttl
+        self._sessions: dict[str, Session] = {}
+        self.total_refs = 0
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __contains__(self, session_id: str) -> bool:
+        return session_id in self._sessions
+
+    def get(self, session_id: str) -> Session | None:
+        return self._sessions.get(session_id)
+
+    def begin_call(self, session_id: str, now: float) -> Session:
+        """The session for a call that is starting, created on first use."""
+        session = self._sessions.get(session_id)
+        if session is None:
+            if len(self._sessions) >= self.max_sessions:
+                raise LimitExceeded(
+                    f"the server holds {self.max_sessions} sessions, its maximum; "
+                    "release sessions you no longer use"
+                )
+            session = self._sessions[session_id] = Session(session_id, now)
+        session.in_flight += 1
+        session.last_used = now
+        return session
+
+    def ref_budget(self, session: Session) -> int:
+        """How many new refs the next call of ``session`` may create."""
+        return max(
+            0,
+            min(
+                self.max_refs_per_session - session.refs,
+                self.max_refs_total - self.total_refs,
+            ),
+        )
+
+    def end_call(
+        self, session: Session, worker: WorkerKey | None, new_refs: int, now: float
+    ) -> None:
+        session.in_flight -= 1
+        session.last_used = now
+        if worker is None:
+            return
+        session.last_worker = worker
+        if new_refs:
+            session.refs_by_worker[worker] = session.refs_by_worker.get(worker, 0) + new_refs
+            self.total_refs += new_refs
+
+    def refs_released(self, session_id: str, worker: WorkerKey, count: int) -> None:
+        session = self._sessions.get(session_id)
+        if session is None:
+            return
+        held = session.refs_by_worker.get(worker, 0)
+        count = min(count, held)
+        if held - count:
+            session.refs_by_worker[worker] = held - count
+        else:
+            session.refs_by_worker.pop(worker, None)
+        self.total_refs -= count
+
+    def remove(self, session_id: str) -> Session | None:
+        """Forget the session; the caller releases its refs on ``refs_by_worker``'s keys."""
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            self.total_refs -= session.refs
+        return session
+
+    def expired(self, now: float) -> list[Session]:
+        """Remove and return sessions idle for longer than the TTL (none with calls running)."""
+        cutoff = now - self.ttl
+        dead = [s for s in self._sessions.values() if s.in_flight == 0 and s.last_used < cutoff]
+        for session in dead:
+            self.remove(session.id)
+        return dead
+
+    def next_expiry(self) -> float | None:
+        idle = [s.last_used for s in self._sessions.values() if s.in_flight == 0]
+        return min(idle) + self.ttl if idle else None
+
+    def worker_gone(self, worker: WorkerKey) -> None:
+        """A worker died: the refs it held no longer count against anyone's caps."""
+        for session in self._sessions.values():
+            lost = session.refs_by_worker.pop(worker, 0)
+            self.total_refs -= lost
+            if session.last_worker == worker:
+                session.last_worker = None

@@ -1,0 +1,374 @@
+"""One worker process and its channel, seen from the server (the async shell).
+
+Lifecycle, after anyio's ``to_process``: spawn (exec of a fresh interpreter, never a fork
+of the server), READY handshake under a timeout, length-prefixed frames over a socketpair,
+worker stdout/stderr captured and logged line by line, and on any failure kill + reap and
+fail every pending call with ``WorkerCrashed``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from snakebridge.errors import BridgeError, WorkerCrashed, error_class, remote_error
+
+from .channel import (
+    CANCEL,
+    OP_CALL,
+    OP_RELEASE,
+    OP_RELEASE_SESSION,
+    R_ERR,
+    R_OK,
+    R_READY,
+    FrameDecoder,
+    FrameTooLarge,
+    pack_frame,
+    unpack_message,
+)
+from .refids import WorkerKey
+
+log = logging.getLogger("snakebridge.worker")
+
+
+class WorkerStartError(Exception):
+    """A worker process failed to start or to complete its READY handshake."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSpec:
+    """What every worker of a pool is started with."""
+
+    python: str
+    boot: str
+    max_refs: int
+    max_frame: int
+    start_timeout: float
+    cancel_grace: float
+    helpers: tuple[str, ...] = ()
+    env: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(slots=True)
+class Reply:
+    value: Any
+    new_refs: int
+
+
+class _Channel(asyncio.Protocol):
+    """Frames in, futures resolved. All state changes happen in callbacks, no tasks."""
+
+    def __init__(self, handle: WorkerHandle, max_frame: int) -> None:
+        self.handle = handle
+        self.decoder = FrameDecoder(max_frame)
+        self.transport: asyncio.Transport | None = None
+        self.ready: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+            for body in frames:
+                self._dispatch(unpack_message(body))
+        except (FrameTooLarge, ValueError) as exc:
+            self.handle._fail(f"broken channel: {exc}")
+
+    def _dispatch(self, message: list[Any]) -> None:
+        op = message[0]
+        if op == R_OK or op == R_ERR:
+            self.handle._last_reply_id = message[1]
+            fut = self.handle._pending.pop(message[1], None)
+            if fut is None or fut.done():
+                return  # the caller gave up (cancelled / timed out) already
+            if op == R_OK:
+                fut.set_result(Reply(message[2], message[3]))
+            else:
+                fut.set_exception(_error_from(message))
+        elif op == R_READY and not self.ready.done():
+            self.ready.set_result(message)
+        else:
+            raise ValueError(f"unexpected frame opcode {op}")
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.ready.done():
+            self.ready.set_exception(WorkerStartError("worker closed its channel during start"))
+        self.handle._fail("worker process exited")
+
+
+def _error_from(message: list[Any]) -> BridgeError:
+    _, _, code, type_name, text, tb = message
+    if code == "RemoteError":
+        return remote_error(type_name, text, tb)
+    return error_class(code)(text)
+
+
+class WorkerHandle:
+    """A live worker. ``call`` sends one frame and awaits its reply."""
+
+    def __init__(self, key: WorkerKey, spec: WorkerSpec, on_exit: Callable[[WorkerHandle], None]):
+        self.key = key
+        self.spec = spec
+        self._on_exit = on_exit
+        self.state = "starting"
+        self.pid = 0
+        self.calls_done = 0
+        self.refs_held = 0
+        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._next_id = 1
+        self._last_reply_id = 0  # the worker answers in order: it is busy with the next id
+        self._proc: asyncio.subprocess.Process | None = None
+        self._channel: _Channel | None = None
+        self._ctrl: socket.socket | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._kill_timers: dict[int, asyncio.TimerHandle] = {}
+        self.exited = asyncio.Event()
+        self.death_reason = ""
+
+    def __repr__(self) -> str:
+        return f"<WorkerHandle {self.key} pid={self.pid} {self.state} in_flight={self.in_flight}>"
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._pending)
+
+    @property
+    def alive(self) -> bool:
+        return self.state == "ready"
+
+    # -- start --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ctrl_parent, ctrl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            argv = [
+                self.spec.python,
+                "-m",
+                "snakebridge_server.worker_main",
+                f"--fd={child.fileno()}",
+                f"--ctrl-fd={ctrl_child.fileno()}",
+                f"--ref-prefix={self.key.ref_prefix(self.spec.boot)}",
+                f"--pool={self.key.pool}",
+                f"--max-refs={self.spec.max_refs}",
+                f"--max-frame={self.spec.max_frame}",
+                f"--helpers={','.join(self.spec.helpers)}",
+            ]
+            env = {**os.environ, **dict(self.spec.env)}
+            self._proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                pass_fds=(child.fileno(), ctrl_child.fileno()),
+                start_new_session=True,
+                env=env,
+            )
+        except BaseException:
+            for s in (parent, child, ctrl_parent, ctrl_child):
+                s.close()
+            raise
+        # Only the worker may hold the child ends, so its death is our EOF.
+        child.close()
+        ctrl_child.close()
+        self.pid = self._proc.pid
+        self._ctrl = ctrl_parent
+        ctrl_parent.setblocking(False)
+        self._spawn(self._pump_output())
+        self._spawn(self._reap())
+        try:
+            _, channel = await loop.create_unix_connection(
+                lambda: _Channel(self, self.spec.max_frame), sock=parent
+            )
+            self._channel = channel
+            async with asyncio.timeout(self.spec.start_timeout):
+                await channel.ready
+        except BaseException as exc:
+            await self.kill(f"start failed: {exc!r}")
+            if isinstance(exc, TimeoutError):
+                raise WorkerStartError(
+                    f"worker {self.key} sent no READY within {self.spec.start_timeout}s"
+                ) from exc
+            if isinstance(exc, WorkerStartError):
+                raise WorkerStartError(f"worker {self.key} failed to start: {exc}") from exc
+            raise
+        self.state = "ready"
+        log.debug("worker %s ready pid=%d", self.key, self.pid)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _pump_output(self) -> None:
+        assert self._proc is not None and self._proc.stdout is not None
+        stream = self._proc.stdout
+        while True:
+            try:
+                line = await stream.readline()
+            except (ValueError, asyncio.LimitOverrunError):  # over-long line: drop it
+                continue
+            if not line:
+                return
+            log.info("[worker %s] %s", self.key, line.decode(errors="replace").rstrip())
+
+    async def _reap(self) -> None:
+        assert self._proc is not None
+        code = await self._proc.wait()
+        if self.state != "dead":
+            self._fail(f"worker process exited with code {code}")
+        self.exited.set()
+
+    # -- calls --------------------------------------------------------------------------
+
+    def _send(self, op: int, *fields: Any) -> tuple[int, asyncio.Future[Reply]]:
+        if self.state != "ready" or self._channel is None or self._channel.transport is None:
+            raise WorkerCrashed(f"worker {self.key} is not running")
+        call_id = self._next_id
+        self._next_id += 1
+        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = fut
+        self._channel.transport.write(pack_frame([op, call_id, *fields]))
+        return call_id, fut
+
+    async def call(
+        self,
+        kind: int,
+        module: str,
+        name: str,
+        target_ref: str,
+        session_id: str,
+        args: bytes,
+        ref_budget: int,
+    ) -> Reply:
+        call_id, fut = self._send(
+            OP_CALL, kind, module, name, target_ref, session_id, args, ref_budget
+        )
+        try:
+            reply = await fut
+        except asyncio.CancelledError:
+            self.cancel(call_id)
+            raise
+        self.calls_done += 1
+        self.refs_held += reply.new_refs
+        return reply
+
+    async def release(self, ref_ids: list[str]) -> dict[str, int]:
+        _, fut = self._send(OP_RELEASE, ref_ids)
+        counts = {s: n for s, n in (await fut).value}
+        self.refs_held -= sum(counts.values())
+        return counts
+
+    async def release_session(self, session_id: str) -> int:
+        _, fut = self._send(OP_RELEASE_SESSION, session_id)
+        count: int = (await fut).value
+        self.refs_held -= count
+        return count
+
+    def cancel(self, call_id: int) -> None:
+        """Stop ``call_id``: drop it if queued, interrupt it if running; if the worker has
+        not answered within the grace period, kill it (the pool replaces it)."""
+        fut = self._pending.pop(call_id, None)
+        if fut is not None and not fut.done():
+            fut.cancel()
+        if self.state != "ready" or self._ctrl is None:
+            return
+        try:
+            self._ctrl.send(CANCEL.pack(call_id))
+            os.kill(self.pid, signal.SIGUSR1)
+        except (BlockingIOError, ProcessLookupError, OSError):
+            pass
+        self._arm_kill_timer(call_id)
+
+    def _arm_kill_timer(self, call_id: int) -> None:
+        loop = asyncio.get_running_loop()
+        self._kill_timers[call_id] = loop.call_later(
+            self.spec.cancel_grace, self._kill_if_stuck, call_id
+        )
+
+    def _kill_if_stuck(self, call_id: int) -> None:
+        self._kill_timers.pop(call_id, None)
+        if self.state != "ready" or self._last_reply_id >= call_id:
+            return  # answered (interrupted, or skipped while queued)
+        if self._last_reply_id + 1 < call_id:
+            self._arm_kill_timer(call_id)  # still busy with an earlier call; check again later
+            return
+        log.warning("worker %s ignored cancellation of call %d; killing it", self.key, call_id)
+        self._fail(f"killed: call {call_id} ignored cancellation for {self.spec.cancel_grace}s")
+
+    # -- death --------------------------------------------------------------------------
+
+    def _fail(self, reason: str) -> None:
+        """Mark dead, fail all pending calls, kill the process. Idempotent, synchronous."""
+        if self.state == "dead":
+            return
+        previous = self.state
+        self.state = "dead"
+        self.death_reason = reason
+        for timer in self._kill_timers.values():
+            timer.cancel()
+        self._kill_timers.clear()
+        pending, self._pending = self._pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(WorkerCrashed(f"worker {self.key} died: {reason}"))
+        if self._channel is not None and self._channel.transport is not None:
+            self._channel.transport.abort()
+        if self._ctrl is not None:
+            self._ctrl.close()
+        if self._proc is not None and self._proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._proc.kill()
+        if previous == "ready":
+            log.warning("worker %s (pid %d) lost: %s", self.key, self.pid, reason)
+            self._on_exit(self)
+
+    async def kill(self, reason: str) -> None:
+        self._fail(reason)
+        await self._wait_exited(5.0)
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Ask the worker to exit (EOF on its channel), then SIGKILL after ``timeout``."""
+        if self.state == "dead":
+            await self._wait_exited(timeout)
+            return
+        self.state = "closing"
+        if self._channel is not None and self._channel.transport is not None:
+            self._channel.transport.close()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.exited.wait()
+        except TimeoutError:
+            pass
+        self._fail("closed")
+        await self._wait_exited(timeout)
+
+    async def _wait_exited(self, timeout: float) -> None:
+        if self._proc is None:
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                await asyncio.shield(self.exited.wait())
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def default_python() -> str:
+    return sys.executable
+
+
+def now() -> float:
+    return time.monotonic()

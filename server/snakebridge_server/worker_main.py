@@ -1,0 +1,414 @@
+"""The worker process: ``python -m snakebridge_server.worker_main``.
+
+Runs one call at a time on its main thread, reading frames from the channel socket the
+server passed as an inherited fd. Kept import-light (no grpclib, no betterproto) so a
+worker starts fast and idles small.
+
+Refs live here: the ``RefTable`` maps the local counter of a ref id to the object and its
+session. Ref ids are ``<boot>.<pool>.<slot>.<incarnation>.<n>``; the prefix is this
+worker's identity, so a ref minted by an earlier incarnation is recognised as lost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import inspect
+import os
+import signal
+import socket
+import sys
+import traceback
+from collections.abc import Iterator
+from types import FrameType
+from typing import Any
+
+import msgpack
+from snakebridge import _codec
+from snakebridge._codec import RefPayload
+from snakebridge._protocol import (
+    KIND_CLASS,
+    KIND_FUNCTION,
+    KIND_GET_ATTR,
+    KIND_HELPER,
+    KIND_METHOD,
+    KIND_MODULE_ATTR,
+    KIND_SET_ATTR,
+)
+from snakebridge.errors import (
+    BadRequest,
+    BridgeError,
+    HelperNotFound,
+    LimitExceeded,
+    RefNotFound,
+    SessionLost,
+)
+
+from .channel import (
+    CANCEL,
+    HEADER,
+    OP_CALL,
+    OP_RELEASE,
+    OP_RELEASE_SESSION,
+    R_ERR,
+    R_OK,
+    R_READY,
+    pack_frame,
+    unpack_message,
+)
+
+
+class CallInterrupted(BaseException):
+    """Raised inside user code when the server cancels the running call.
+
+    A BaseException so that ``except Exception`` in user code does not swallow it; code
+    that swallows it anyway is killed by the server after the grace period.
+    """
+
+
+class RefTable:
+    """Objects handed out as refs, by local number, grouped by session."""
+
+    def __init__(self, prefix: str, pool: str, max_refs: int) -> None:
+        self.prefix = prefix  # "<boot>.<pool>.<slot>.<incarnation>."
+        self.pool = pool
+        self.max_refs = max_refs
+        self._next = 1
+        self._objects: dict[int, tuple[Any, str]] = {}
+        # session -> id(obj) -> n: the same object in one session keeps one ref.
+        self._by_session: dict[str, dict[int, int]] = {}
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def add(self, obj: Any, session_id: str, *, stream: bool) -> tuple[RefPayload, bool]:
+        """The ref for ``obj`` in ``session_id``; the flag says whether it is new."""
+        seen = self._by_session.setdefault(session_id, {})
+        n = seen.get(id(obj))
+        is_new = n is None
+        if n is None:
+            if len(self._objects) >= self.max_refs:
+                raise LimitExceeded(f"worker holds {self.max_refs} refs, its maximum")
+            n = self._next
+            self._next += 1
+            self._objects[n] = (obj, session_id)
+            seen[id(obj)] = n
+        payload = RefPayload(stream, f"{self.prefix}{n}", session_id, self.pool, _type_name(obj))
+        return payload, is_new
+
+    def get(self, ref_id: str) -> Any:
+        return self._objects[self._local(ref_id)][0]
+
+    def _local(self, ref_id: str) -> int:
+        if not ref_id.startswith(self.prefix):
+            # Same pool and slot but another incarnation: the object died with it.
+            raise SessionLost(f"ref {ref_id} belongs to a worker that no longer exists")
+        try:
+            n = int(ref_id[len(self.prefix) :])
+        except ValueError:
+            raise BadRequest(f"malformed ref id {ref_id!r}") from None
+        if n not in self._objects:
+            raise RefNotFound(f"ref {ref_id} was released or never existed")
+        return n
+
+    def release(self, ref_ids: list[str]) -> dict[str, int]:
+        """Drop refs; returns released counts per session. Unknown ids are skipped."""
+        counts: dict[str, int] = {}
+        for ref_id in ref_ids:
+            try:
+                n = self._local(ref_id)
+            except BridgeError:
+                continue
+            obj, session_id = self._objects.pop(n)
+            self._by_session.get(session_id, {}).pop(id(obj), None)
+            counts[session_id] = counts.get(session_id, 0) + 1
+        return counts
+
+    def release_session(self, session_id: str) -> int:
+        seen = self._by_session.pop(session_id, {})
+        for n in seen.values():
+            self._objects.pop(n, None)
+        return len(seen)
+
+
+def _type_name(obj: Any) -> str:
+    t = type(obj)
+    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
+
+
+def _walk(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not part:
+            raise BadRequest(f"malformed name {dotted!r}")
+        obj = getattr(obj, part)
+    return obj
+
+
+def resolve(module: str, name: str) -> Any:
+    """``module`` imported, then ``name`` walked attribute by attribute; submodules that
+    the parent does not import itself are imported on the way (``xml`` + ``etree.ElementTree``).
+    With an empty ``module`` the longest importable prefix of ``name`` is the module."""
+    if not module:
+        parts = name.split(".")
+        for cut in range(len(parts) - 1, 0, -1):
+            try:
+                mod = importlib.import_module(".".join(parts[:cut]))
+            except ModuleNotFoundError:
+                continue
+            return resolve(mod.__name__, ".".join(parts[cut:]))
+        raise BadRequest(f"no importable module in {name!r}")
+    obj: Any = importlib.import_module(module)
+    path = module
+    for part in name.split(".") if name else ():
+        if not part:
+            raise BadRequest(f"malformed name {name!r}")
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            if not inspect.ismodule(obj):
+                raise
+            try:
+                obj = importlib.import_module(f"{path}.{part}")
+            except ModuleNotFoundError:
+                raise AttributeError(f"module {path!r} has no attribute {part!r}") from None
+        path = f"{path}.{part}"
+    return obj
+
+
+class Worker:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.sock = socket.socket(fileno=args.fd)
+        self.sock.setblocking(True)
+        self.ctrl = socket.socket(fileno=args.ctrl_fd)
+        self.ctrl.setblocking(False)
+        self.rfile = self.sock.makefile("rb", buffering=256 * 1024)
+        self.refs = RefTable(args.ref_prefix, args.pool, args.max_refs)
+        self.max_frame = args.max_frame
+        self.helpers: dict[str, Any] = {}
+        for module_name in filter(None, args.helpers.split(",")):
+            self._register_helpers(module_name)
+        self.current = 0  # call id running in user code, 0 when idle
+        self.last_done = 0
+        self.cancelled: set[int] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def _register_helpers(self, module_name: str) -> None:
+        mod = importlib.import_module(module_name)
+        names = getattr(mod, "__all__", None)
+        if names is None:
+            names = [n for n, v in vars(mod).items() if not n.startswith("_") and callable(v)]
+        for n in names:
+            self.helpers[n] = getattr(mod, n)
+
+    # -- cancellation -------------------------------------------------------------------
+
+    def on_cancel_signal(self, signum: int, frame: FrameType | None) -> None:
+        while True:
+            try:
+                data = self.ctrl.recv(4096)
+            except BlockingIOError:
+                break
+            if not data:
+                break
+            for off in range(0, len(data) - len(data) % CANCEL.size, CANCEL.size):
+                (call_id,) = CANCEL.unpack_from(data, off)
+                if call_id > self.last_done:
+                    self.cancelled.add(call_id)
+        if self.current and self.current in self.cancelled:
+            self.cancelled.discard(self.current)
+            raise CallInterrupted
+
+    # -- frame loop ---------------------------------------------------------------------
+
+    def send(self, message: list[Any]) -> None:
+        frame = pack_frame(message)
+        self.sock.sendall(frame)
+
+    def read_frame(self) -> bytes | None:
+        header = self.rfile.read(HEADER.size)
+        if len(header) < HEADER.size:
+            return None
+        (length,) = HEADER.unpack(header)
+        if length > self.max_frame:
+            raise SystemExit(f"frame of {length} bytes from server exceeds {self.max_frame}")
+        body: bytes = self.rfile.read(length)
+        if len(body) < length:
+            return None
+        return body
+
+    def serve(self) -> None:
+        self.send([R_READY, os.getpid(), sys.version.split()[0]])
+        while True:
+            body = self.read_frame()
+            if body is None:
+                return  # server closed the channel: exit quietly
+            message = unpack_message(body)
+            op, call_id = message[0], message[1]
+            if call_id in self.cancelled:
+                self.cancelled.discard(call_id)
+                self.last_done = call_id
+                self.send([R_ERR, call_id, "CallCancelled", "", "cancelled before it ran", ""])
+                continue
+            try:
+                reply = self.dispatch(op, call_id, message)
+            except CallInterrupted:
+                reply = [R_ERR, call_id, "CallCancelled", "", "call interrupted", ""]
+            self.current = 0
+            self.last_done = call_id
+            self.send(reply)
+
+    def dispatch(self, op: int, call_id: int, message: list[Any]) -> list[Any]:
+        try:
+            if op == OP_CALL:
+                return self.call(call_id, *message[2:])
+            if op == OP_RELEASE:
+                counts = self.refs.release(message[2])
+                return [R_OK, call_id, [[s, n] for s, n in counts.items()], 0]
+            if op == OP_RELEASE_SESSION:
+                return [R_OK, call_id, self.refs.release_session(message[2]), 0]
+            raise BadRequest(f"unknown opcode {op}")
+        except BridgeError as exc:
+            return [R_ERR, call_id, type(exc).__name__, "", exc.message, ""]
+
+    def call(
+        self,
+        call_id: int,
+        kind: int,
+        module: str,
+        name: str,
+        target_ref: str,
+        session_id: str,
+        args: bytes,
+        ref_budget: int,
+    ) -> list[Any]:
+        new_refs = 0
+
+        def as_ref(obj: Any, *, stream: bool | None = None) -> msgpack.ExtType:
+            nonlocal new_refs
+            if stream is None:
+                stream = isinstance(obj, Iterator) or inspect.isasyncgen(obj)
+            payload, is_new = self.refs.add(obj, session_id, stream=stream)
+            if is_new:
+                new_refs += 1
+                if new_refs > ref_budget:
+                    raise _Budget
+            return _codec.ref_ext(payload)
+
+        target = self.refs.get(target_ref) if target_ref else None
+        decoded = _codec.decode(args, ref_factory=self._lookup) if args else None
+        self.current = call_id
+        try:
+            result = self.run_user_code(kind, module, name, target, decoded)
+            self.current = 0
+            if kind == KIND_CLASS:
+                encoded = _codec.encode(as_ref(result, stream=False))
+            else:
+                encoded = _codec.encode(result, on_unencodable=as_ref)
+        except _Budget:
+            raise LimitExceeded(
+                f"the call would create more refs than its session may hold ({ref_budget} left)"
+            ) from None
+        except (BridgeError, CallInterrupted):
+            raise
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+            # sys.exit() in user code is an error of that call, not a reason to die.
+            self.current = 0
+            tb = traceback.format_exc(limit=-20)
+            exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
+            return [R_ERR, call_id, "RemoteError", exc_type, str(exc), tb]
+        return [R_OK, call_id, encoded, new_refs]
+
+    def _lookup(self, payload: RefPayload) -> Any:
+        return self.refs.get(payload.id)
+
+    def run_user_code(self, kind: int, module: str, name: str, target: Any, decoded: Any) -> Any:
+        if kind in (KIND_FUNCTION, KIND_CLASS, KIND_METHOD, KIND_HELPER):
+            args, kwargs = _split_args(decoded)
+            if kind == KIND_METHOD:
+                fn = _walk(target, name)
+            elif kind == KIND_HELPER:
+                try:
+                    fn = self.helpers[name]
+                except KeyError:
+                    raise HelperNotFound(f"no helper named {name!r}") from None
+            else:
+                fn = resolve(module, name)
+            result = fn(*args, **kwargs)
+            if inspect.iscoroutine(result):
+                result = self._run_coroutine(result)
+            return result
+        if kind == KIND_MODULE_ATTR:
+            return resolve(module, name)
+        if kind == KIND_GET_ATTR:
+            return _walk(target, name)
+        if kind == KIND_SET_ATTR:
+            owner_path, _, attr = name.rpartition(".")
+            owner = _walk(target, owner_path) if owner_path else target
+            setattr(owner, attr, decoded)
+            return None
+        raise BadRequest(f"unknown call kind {kind}")
+
+    def _run_coroutine(self, coro: Any) -> Any:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(coro)
+
+
+class _Budget(Exception):
+    pass
+
+
+def _split_args(decoded: Any) -> tuple[list[Any], dict[str, Any]]:
+    if decoded is None:
+        return [], {}
+    if (
+        type(decoded) is not list
+        or len(decoded) != 2
+        or type(decoded[0]) not in (list, tuple)
+        or type(decoded[1]) is not dict
+        or not all(type(k) is str for k in decoded[1])
+    ):
+        raise BadRequest("args must encode [positional list, keyword dict with str keys]")
+    return list(decoded[0]), decoded[1]
+
+
+def _set_parent_death_signal() -> None:
+    """Die with the server even if it is SIGKILLed (Linux only; best effort)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+    except OSError:
+        pass
+    if os.getppid() == 1:  # the server died before prctl took effect
+        os._exit(70)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="snakebridge_server.worker_main")
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--ctrl-fd", type=int, required=True)
+    parser.add_argument("--ref-prefix", required=True)
+    parser.add_argument("--pool", required=True)
+    parser.add_argument("--max-refs", type=int, default=100_000)
+    parser.add_argument("--max-frame", type=int, default=80 * 1024 * 1024)
+    parser.add_argument("--helpers", default="")
+    args = parser.parse_args(argv)
+    _set_parent_death_signal()
+    # The server owns shutdown: a terminal's Ctrl-C must not kill workers mid-call.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    worker = Worker(args)
+    signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
+    try:
+        worker.serve()
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+
+
+if __name__ == "__main__":
+    main()
