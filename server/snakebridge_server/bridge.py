@@ -40,7 +40,7 @@ from .config import ServerConfig
 from .pool import Pool
 from .refids import WorkerKey, owner_of, parse_ref_id
 from .sessions import SessionTable
-from .worker_handle import Reply, WorkerHandle, WorkerSpec
+from .worker_handle import NeverStarted, Reply, WorkerHandle, WorkerSpec
 
 log = logging.getLogger("snakebridge.bridge")
 
@@ -150,9 +150,10 @@ class Bridge:
         reply: Reply | None = None
         try:
             async with asyncio.timeout(timeout):
-                for attempt in (1, 2):
+                retried_crash = False
+                while True:
                     if owner is not None:
-                        worker = pool.owner(owner)
+                        worker = pool.owner(owner)  # SessionLost once its worker died
                     else:
                         strict = req.affinity == AFFINITY_STRICT
                         worker = await pool.pick(session.last_worker, strict)
@@ -167,11 +168,14 @@ class Bridge:
                             self.sessions.ref_budget(session),
                         )
                         break
+                    except NeverStarted:
+                        continue  # it never ran: route it again (the timeout bounds this)
                     except WorkerCrashed:
                         # Retry once, elsewhere, only what the caller marked safe to repeat
                         # and what does not depend on the dead worker's objects.
-                        if attempt == 2 or not req.idempotent or owner is not None:
+                        if retried_crash or not req.idempotent or owner is not None:
                             raise
+                        retried_crash = True
                         log.info("retrying idempotent call after crash of %s", worker.key)
         except TimeoutError:
             raise CallTimeout(f"call did not finish within {timeout:g}s") from None

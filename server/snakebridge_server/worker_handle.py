@@ -44,6 +44,11 @@ class WorkerStartError(Exception):
     """A worker process failed to start or to complete its READY handshake."""
 
 
+class NeverStarted(WorkerCrashed):
+    """The worker died while this call was still queued behind another: it never ran, so
+    the bridge re-routes it instead of reporting a crash."""
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSpec:
     """What every worker of a pool is started with."""
@@ -87,8 +92,10 @@ class _Channel(asyncio.Protocol):
     def _dispatch(self, message: list[Any]) -> None:
         op = message[0]
         if op == R_OK or op == R_ERR:
-            self.handle._last_reply_id = message[1]
-            fut = self.handle._pending.pop(message[1], None)
+            handle = self.handle
+            handle._last_reply_id = message[1]
+            handle._abandoned.discard(message[1])
+            fut = handle._pending.pop(message[1], None)
             if fut is None or fut.done():
                 return  # the caller gave up (cancelled / timed out) already
             if op == R_OK:
@@ -125,6 +132,9 @@ class WorkerHandle:
         self.calls_done = 0
         self.refs_held = 0
         self._pending: dict[int, asyncio.Future[Reply]] = {}
+        # Calls the caller gave up on that the worker has not answered yet: they still
+        # occupy it, so they count as load.
+        self._abandoned: set[int] = set()
         self._next_id = 1
         self._last_reply_id = 0  # the worker answers in order: it is busy with the next id
         self._proc: asyncio.subprocess.Process | None = None
@@ -140,7 +150,7 @@ class WorkerHandle:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._pending) + len(self._abandoned)
 
     @property
     def alive(self) -> bool:
@@ -284,6 +294,7 @@ class WorkerHandle:
             fut.cancel()
         if self.state != "ready" or self._ctrl is None:
             return
+        self._abandoned.add(call_id)
         try:
             self._ctrl.send(CANCEL.pack(call_id))
             os.kill(self.pid, signal.SIGUSR1)
@@ -320,9 +331,12 @@ class WorkerHandle:
             timer.cancel()
         self._kill_timers.clear()
         pending, self._pending = self._pending, {}
-        for fut in pending.values():
+        self._abandoned.clear()
+        running = self._last_reply_id + 1  # frames run strictly in order
+        for call_id, fut in pending.items():
             if not fut.done():
-                fut.set_exception(WorkerCrashed(f"worker {self.key} died: {reason}"))
+                cls = WorkerCrashed if call_id == running else NeverStarted
+                fut.set_exception(cls(f"worker {self.key} died: {reason}"))
         if self._channel is not None and self._channel.transport is not None:
             self._channel.transport.abort()
         if self._ctrl is not None:

@@ -42,6 +42,7 @@ from snakebridge.errors import (
     HelperNotFound,
     LimitExceeded,
     RefNotFound,
+    SerializationError,
     SessionLost,
 )
 
@@ -304,7 +305,11 @@ class Worker:
             if kind == KIND_CLASS:
                 encoded = _codec.encode(as_ref(result, stream=False))
             else:
-                encoded = _codec.encode(result, on_unencodable=as_ref)
+                try:
+                    encoded = _codec.encode(result, on_unencodable=as_ref)
+                except SerializationError:
+                    # Cyclic or too deep to carry by value: hand the whole result out by ref.
+                    encoded = _codec.encode(as_ref(result))
         except _Budget:
             raise LimitExceeded(
                 f"the call would create more refs than its session may hold ({ref_budget} left)"

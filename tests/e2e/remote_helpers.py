@@ -1,0 +1,127 @@
+"""Functions the e2e tests run inside workers (the server gets this dir on PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+__all__ = ["add", "greet"]  # the helpers this module registers with --helpers
+
+
+def add(a: int, b: int) -> int:
+    """Add two numbers (a registered helper)."""
+    return a + b
+
+
+def greet(name: str, *, punctuation: str = "!") -> str:
+    return f"hello {name}{punctuation}"
+
+
+def echo(value: Any) -> Any:
+    return value
+
+
+def type_names(value: Any) -> Any:
+    """Describe the structure of what arrived: refs must arrive as the real objects."""
+    if isinstance(value, list):
+        return [type_names(v) for v in value]
+    if isinstance(value, dict):
+        return {k: type_names(v) for k, v in value.items()}
+    return type(value).__name__
+
+
+class Thing:
+    def __init__(self, name: str = "thing") -> None:
+        self.name = name
+        self.child = Child()
+
+    def rename(self, name: str) -> str:
+        self.name = name
+        return self.name
+
+
+class Child:
+    label = "child"
+
+
+def mixed() -> Any:
+    """Containers keep their shape; unencodable leaves become refs; one object, one ref."""
+    obj = Thing("shared")
+    return [1, obj, {"again": obj, "lock": Thing("other")}, (2, 3)]
+
+
+def cyclic() -> Any:
+    a: list[Any] = [1]
+    a.append(a)
+    return a
+
+
+def counter() -> Any:
+    return (i for i in range(3))
+
+
+def pid() -> int:
+    return os.getpid()
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def sleep_then_pid(seconds: float) -> int:
+    time.sleep(seconds)
+    return os.getpid()
+
+
+def stubborn_sleep(seconds: float) -> str:
+    """Swallows the interruption, so the server must kill the worker."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            time.sleep(deadline - time.monotonic())
+        except BaseException:  # noqa: BLE001, S110 - deliberately ignoring cancellation
+            pass
+    return "finished"
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def crash_once(marker: str) -> str:
+    """Dies the first time (leaving ``marker``), succeeds afterwards."""
+    if not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write("crashed")
+        os._exit(3)
+    return "ok"
+
+
+def exit_call() -> None:
+    raise SystemExit(4)
+
+
+async def async_add(a: int, b: int) -> int:
+    import asyncio
+
+    await asyncio.sleep(0.01)
+    return a + b
+
+
+class CustomError(Exception):
+    pass
+
+
+def raise_custom() -> None:
+    raise CustomError("custom failure")
+
+
+def make_many(n: int) -> list[Thing]:
+    return [Thing(str(i)) for i in range(n)]
+
+
+def env(name: str) -> str | None:
+    return os.environ.get(name)

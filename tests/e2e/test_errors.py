@@ -1,0 +1,224 @@
+"""Every SDK error class, provoked for real against a running server."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import anyio
+import pytest
+from grpclib.client import Channel
+from grpclib.const import Cardinality, Status
+from grpclib.exceptions import GRPCError
+
+import snakebridge
+from snakebridge import errors
+from snakebridge._generated.snakebridge import v1 as pb
+from snakebridge._protocol import SERVICE
+from snakebridge._wire import CallReplyWire, CallRequestWire
+
+from .conftest import ServerProcess
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+
+async def test_remote_exception_is_a_remote_error_and_the_builtin(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(ZeroDivisionError) as info:
+            await client.call("operator", "truediv", [1, 0])
+    err = info.value
+    assert isinstance(err, errors.RemoteError) and isinstance(err, errors.BridgeError)
+    assert err.type_name == "builtins.ZeroDivisionError"
+    assert err.message == "division by zero"
+    assert "ZeroDivisionError" in err.traceback and "Traceback" in err.traceback
+
+
+async def test_non_builtin_remote_exception_keeps_its_type_name(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(errors.RemoteError) as info:
+            await client.call("remote_helpers", "raise_custom")
+    assert type(info.value) is errors.RemoteError
+    assert info.value.type_name == "remote_helpers.CustomError"
+    assert "custom failure" in str(info.value)
+
+
+async def test_missing_module_and_attribute_are_remote_errors(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(ModuleNotFoundError):
+            await client.call("no_such_module_xyz", "f")
+        with pytest.raises(AttributeError):
+            await client.call("math", "no_such_function")
+
+
+async def test_sys_exit_in_user_code_is_an_error_not_a_crash(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        before = {w.pid for w in (await client.describe()).pools[0].workers}
+        with pytest.raises(errors.RemoteError) as info:
+            await client.call("remote_helpers", "exit_call")
+        assert info.value.type_name == "builtins.SystemExit"
+        after = {w.pid for w in (await client.describe()).pools[0].workers}
+    assert before == after
+
+
+async def test_unencodable_argument_is_a_serialization_error(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(errors.SerializationError, match="object"):
+            await client.call("remote_helpers", "echo", [object()])
+
+
+async def test_bad_requests_are_rejected_before_reaching_a_worker(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(errors.BadRequest, match="module"):
+            await client.call("", "sqrt", [1])
+        with pytest.raises(errors.BadRequest, match="relative"):
+            await client.call(".math", "sqrt", [1])
+        with pytest.raises(errors.BadRequest, match="malformed ref"):
+            await client._invoke(
+                3, "", "m", "not-a-ref", [], None, client.current_session(), None, None, False, None
+            )
+
+
+async def test_unknown_helper_is_helper_not_found(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(errors.HelperNotFound, match="nope"):
+            await client.call_helper("nope", [])
+
+
+async def test_unknown_pool_is_pool_unavailable(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(errors.PoolUnavailable, match="no pool named 'gpu'"):
+            await client.call("math", "sqrt", [4], pool="gpu")
+
+
+async def test_released_ref_on_the_server_is_ref_not_found(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        thing = await client.call_class("remote_helpers", "Thing", [])
+        await client.release_session(client.current_session())
+        with pytest.raises(errors.RefNotFound):
+            await client.get_attr(thing, "name")
+
+
+async def test_refs_of_two_workers_in_one_call_are_a_clear_error(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        first = await client.call_class("remote_helpers", "Thing", ["a"])
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call, "remote_helpers", "sleep", [0.6])
+            await anyio.sleep(0.2)
+            second = await client.call_class("remote_helpers", "Thing", ["b"])
+        assert first.id.split(".")[2] != second.id.split(".")[2]
+        with pytest.raises(errors.BadRequest, match="two workers"):
+            await client.call("remote_helpers", "type_names", [[first, second]])
+
+
+async def test_protocol_version_mismatch_is_a_clear_error(server: ServerProcess) -> None:
+    host, port = server.address.rsplit(":", 1)
+    channel = Channel(host, int(port))
+    try:
+        async with channel.request(
+            SERVICE + "Call", Cardinality.UNARY_UNARY, CallRequestWire, CallReplyWire
+        ) as stream:
+            req = CallRequestWire(protocol_version=99, kind=1, module="math", name="sqrt")
+            await stream.send_message(req, end=True)
+            with pytest.raises(GRPCError) as info:
+                await stream.recv_message()
+        assert info.value.status is Status.FAILED_PRECONDITION
+        assert "protocol 99" in (info.value.message or "")
+    finally:
+        channel.close()
+
+
+async def test_sdk_raises_protocol_mismatch_from_the_trailer(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        req = pb.DescribeRequest(protocol_version=7)
+        with pytest.raises(errors.ProtocolMismatch, match="protocol 7"):
+            await client._unary("Describe", req, pb.DescribeRequest, pb.DescribeReply, 5)
+
+
+async def test_unreachable_server_is_connection_failed() -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(errors.ConnectionFailed):
+        async with snakebridge.Client(f"127.0.0.1:{port}") as client:
+            await client.call("math", "sqrt", [1])
+
+
+async def test_timeout_is_call_timeout_and_also_a_timeout_error(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(TimeoutError) as info:
+            await client.call("remote_helpers", "sleep", [5], timeout=0.3)
+        assert isinstance(info.value, errors.CallTimeout)
+
+
+async def test_server_side_default_timeout_is_call_timeout(make_server: Any) -> None:
+    srv = make_server("--workers", "1", "--call-timeout", "0.3")
+    async with snakebridge.Client(srv.address) as client:
+        with pytest.raises(errors.CallTimeout, match="0.3s"):
+            await client.call("remote_helpers", "sleep", [5])
+        # the interrupted worker is free again at once
+        with anyio.fail_after(2):
+            assert await client.call("math", "sqrt", [9]) == 3.0
+
+
+async def test_full_queue_is_pool_saturated(make_server: Any) -> None:
+    srv = make_server("--workers", "1", "--max-queued", "2")
+    async with snakebridge.Client(srv.address) as client:
+        outcomes: list[Any] = []
+
+        async def one() -> None:
+            try:
+                outcomes.append(await client.call("remote_helpers", "sleep", [0.3]))
+            except errors.PoolSaturated as exc:
+                outcomes.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(6):
+                tg.start_soon(one)
+    assert outcomes.count(0.3) == 2
+    assert sum(isinstance(o, errors.PoolSaturated) for o in outcomes) == 4
+
+
+async def test_ref_cap_per_session_is_limit_exceeded(make_server: Any) -> None:
+    srv = make_server("--workers", "1", "--max-refs-per-session", "3")
+    async with snakebridge.Client(srv.address) as client:
+        refs = [await client.call_class("remote_helpers", "Thing", []) for _ in range(3)]
+        with pytest.raises(errors.LimitExceeded, match="refs"):
+            await client.call_class("remote_helpers", "Thing", [])
+        with pytest.raises(errors.LimitExceeded):  # one call creating many counts them all
+            async with client.session() as s:
+                await s.call("remote_helpers", "make_many", [4])
+        await client.release_ref(refs[0])
+        assert isinstance(await client.call_class("remote_helpers", "Thing", []), snakebridge.Ref)
+
+
+async def test_session_cap_is_limit_exceeded(make_server: Any) -> None:
+    srv = make_server("--workers", "1", "--max-sessions", "2")
+    async with snakebridge.Client(srv.address) as client:
+        await client.call("math", "sqrt", [1], session="s1")
+        await client.call("math", "sqrt", [1], session="s2")
+        with pytest.raises(errors.LimitExceeded, match="sessions"):
+            await client.call("math", "sqrt", [1], session="s3")
+        await client.release_session("s1")
+        assert await client.call("math", "sqrt", [1], session="s3") == 1.0
+
+
+async def test_error_classes_map_to_distinct_documented_statuses() -> None:
+    expected = {
+        errors.BridgeError: Status.INTERNAL,
+        errors.RemoteError: Status.UNKNOWN,
+        errors.BadRequest: Status.INVALID_ARGUMENT,
+        errors.SerializationError: Status.INVALID_ARGUMENT,
+        errors.RefNotFound: Status.NOT_FOUND,
+        errors.HelperNotFound: Status.NOT_FOUND,
+        errors.SessionLost: Status.FAILED_PRECONDITION,
+        errors.WorkerCrashed: Status.ABORTED,
+        errors.CallTimeout: Status.DEADLINE_EXCEEDED,
+        errors.CallCancelled: Status.CANCELLED,
+        errors.PoolSaturated: Status.RESOURCE_EXHAUSTED,
+        errors.LimitExceeded: Status.RESOURCE_EXHAUSTED,
+        errors.PoolUnavailable: Status.UNAVAILABLE,
+        errors.ProtocolMismatch: Status.FAILED_PRECONDITION,
+        errors.ConnectionFailed: Status.UNAVAILABLE,
+    }
+    for cls, status in expected.items():
+        assert Status(int(cls.grpc_status)) is status, cls

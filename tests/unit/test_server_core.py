@@ -1,0 +1,276 @@
+"""Pure, synchronous server logic: ref ids, sessions, routing, framing, configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import msgpack
+import pytest
+
+from snakebridge.errors import BadRequest, LimitExceeded, SessionLost
+from snakebridge_server.channel import FrameDecoder, FrameTooLarge, pack_frame, unpack_message
+from snakebridge_server.cli import build_config
+from snakebridge_server.config import ConfigError, ServerConfig
+from snakebridge_server.pool import choose_worker, restart_delay
+from snakebridge_server.refids import WorkerKey, owner_of, parse_ref_id
+from snakebridge_server.sessions import SessionTable
+from snakebridge_server.worker_main import RefTable, resolve
+
+BOOT = "b00t"
+W0 = WorkerKey("default", 0, 1)
+W1 = WorkerKey("default", 1, 1)
+
+
+# -- ref ids --------------------------------------------------------------------------
+
+
+def test_ref_id_names_its_worker_and_incarnation() -> None:
+    assert parse_ref_id(f"{W0.ref_prefix(BOOT)}42", BOOT) == W0
+    assert W0.ref_prefix(BOOT) == "b00t.default.0.1."
+
+
+def test_ref_id_from_a_previous_server_start_is_session_lost() -> None:
+    with pytest.raises(SessionLost, match="restarted"):
+        parse_ref_id("0ld0.default.0.1.42", BOOT)
+
+
+@pytest.mark.parametrize(
+    "bad", ["", "x", "b00t.default.0.1", "b00t.def ault.0.1.2", "b00t.d.a.1.2"]
+)
+def test_malformed_ref_id_is_bad_request(bad: str) -> None:
+    with pytest.raises(BadRequest):
+        parse_ref_id(bad, BOOT)
+
+
+def test_owner_of_refs_is_the_single_worker_holding_them() -> None:
+    assert owner_of([], BOOT) is None
+    ids = [f"{W0.ref_prefix(BOOT)}{n}" for n in (1, 2, 3)]
+    assert owner_of(ids, BOOT) == W0
+
+
+def test_refs_from_two_workers_in_one_call_are_rejected() -> None:
+    with pytest.raises(BadRequest, match="two workers"):
+        owner_of([f"{W0.ref_prefix(BOOT)}1", f"{W1.ref_prefix(BOOT)}1"], BOOT)
+
+
+# -- sessions -------------------------------------------------------------------------
+
+
+def table(**kw: int | float) -> SessionTable:
+    args: dict[str, int | float] = dict(
+        max_sessions=10, max_refs_per_session=5, max_refs_total=8, ttl=60.0
+    )
+    args.update(kw)
+    return SessionTable(**args)  # type: ignore[arg-type]
+
+
+def test_session_is_created_on_first_call_and_tracks_its_workers() -> None:
+    t = table()
+    s = t.begin_call("s", now=0.0)
+    assert "s" in t and s.in_flight == 1
+    t.end_call(s, W0, new_refs=2, now=1.0)
+    s = t.begin_call("s", now=2.0)
+    t.end_call(s, W1, new_refs=1, now=3.0)
+    assert s.refs_by_worker == {W0: 2, W1: 1}
+    assert s.last_worker == W1 and s.refs == 3 and t.total_refs == 3
+
+
+def test_session_cap_is_limit_exceeded() -> None:
+    t = table(max_sessions=1)
+    t.begin_call("a", now=0.0)
+    with pytest.raises(LimitExceeded):
+        t.begin_call("b", now=0.0)
+    t.begin_call("a", now=0.0)  # an existing session is still fine
+
+
+def test_ref_budget_is_the_tighter_of_session_and_global_caps() -> None:
+    t = table(max_refs_per_session=5, max_refs_total=8)
+    a = t.begin_call("a", 0.0)
+    t.end_call(a, W0, 4, 0.0)
+    b = t.begin_call("b", 0.0)
+    assert t.ref_budget(a) == 1  # session cap: 5 - 4
+    assert t.ref_budget(b) == 4  # global cap: 8 - 4
+    t.end_call(b, W1, 4, 0.0)
+    assert t.ref_budget(b) == 0
+
+
+def test_released_refs_stop_counting() -> None:
+    t = table()
+    s = t.begin_call("s", 0.0)
+    t.end_call(s, W0, 3, 0.0)
+    t.refs_released("s", W0, 2)
+    assert s.refs_by_worker == {W0: 1} and t.total_refs == 1
+    t.refs_released("s", W0, 5)  # never below zero
+    assert s.refs_by_worker == {} and t.total_refs == 0
+
+
+def test_removed_session_returns_the_workers_to_release_on() -> None:
+    t = table()
+    s = t.begin_call("s", 0.0)
+    t.end_call(s, W0, 1, 0.0)
+    s = t.begin_call("s", 0.0)
+    t.end_call(s, W1, 2, 0.0)
+    removed = t.remove("s")
+    assert removed is not None and set(removed.refs_by_worker) == {W0, W1}
+    assert "s" not in t and t.total_refs == 0
+    assert t.remove("s") is None
+
+
+def test_idle_sessions_expire_but_busy_ones_do_not() -> None:
+    t = table(ttl=10.0)
+    idle = t.begin_call("idle", 0.0)
+    t.end_call(idle, None, 0, 0.0)
+    t.begin_call("busy", 0.0)  # still in flight
+    assert t.next_expiry() == 10.0
+    assert t.expired(now=5.0) == []
+    assert [s.id for s in t.expired(now=11.0)] == ["idle"]
+    assert "busy" in t and "idle" not in t
+
+
+def test_dead_worker_refs_stop_counting_against_caps() -> None:
+    t = table()
+    s = t.begin_call("s", 0.0)
+    t.end_call(s, W0, 3, 0.0)
+    t.worker_gone(W0)
+    assert s.refs == 0 and t.total_refs == 0 and s.last_worker is None
+
+
+# -- routing --------------------------------------------------------------------------
+
+
+@dataclass
+class FakeWorker:
+    key: WorkerKey
+    alive: bool = True
+    in_flight: int = 0
+
+
+def test_least_loaded_live_worker_is_chosen() -> None:
+    a, b = FakeWorker(W0, in_flight=3), FakeWorker(W1, in_flight=1)
+    assert choose_worker([a, b], previous=None, strict=False) is b
+    b.alive = False
+    assert choose_worker([a, b], previous=None, strict=False) is a
+    assert choose_worker([None, FakeWorker(W1, alive=False)], previous=None, strict=False) is None
+
+
+def test_strict_affinity_returns_the_previous_worker_even_when_busier() -> None:
+    a, b = FakeWorker(W0, in_flight=9), FakeWorker(W1)
+    assert choose_worker([a, b], previous=W0, strict=True) is a
+    assert choose_worker([a, b], previous=W0, strict=False) is b
+
+
+def test_strict_affinity_to_a_dead_worker_is_session_lost() -> None:
+    a = FakeWorker(WorkerKey("default", 0, 2))  # slot 0 was replaced
+    with pytest.raises(SessionLost):
+        choose_worker([a], previous=W0, strict=True)
+
+
+def test_restart_backoff_grows_with_recent_crashes_and_is_capped() -> None:
+    delays = [restart_delay(n) for n in range(1, 12)]
+    assert delays[0] == 0.0
+    assert delays == sorted(delays) and delays[-1] == 5.0
+
+
+# -- worker channel framing ---------------------------------------------------------------
+
+
+def test_frames_split_at_any_byte_boundary_reassemble() -> None:
+    stream = pack_frame([1, 7, b"x" * 1000]) + pack_frame([0, 7, "done", 0])
+    for cut in (1, 3, 4, 5, 500, len(stream) - 1):
+        dec = FrameDecoder()
+        frames = dec.feed(stream[:cut]) + dec.feed(stream[cut:])
+        assert [unpack_message(f) for f in frames] == [[1, 7, b"x" * 1000], [0, 7, "done", 0]]
+        assert dec.buffered == 0
+
+
+def test_oversized_frame_is_refused_from_its_header() -> None:
+    dec = FrameDecoder(max_frame=100)
+    with pytest.raises(FrameTooLarge):
+        dec.feed((101).to_bytes(4, "big"))
+
+
+def test_malformed_channel_message_is_rejected() -> None:
+    with pytest.raises(ValueError):
+        unpack_message(msgpack.packb({"not": "a list"}))
+
+
+# -- worker-side pieces that need no process ----------------------------------------------
+
+
+def test_ref_table_dedups_per_session_and_releases_by_session() -> None:
+    t = RefTable("b.default.0.1.", "default", max_refs=10)
+    obj = object()
+    r1, new1 = t.add(obj, "s", stream=False)
+    r2, new2 = t.add(obj, "s", stream=False)
+    r3, _ = t.add(obj, "other", stream=False)
+    assert (r1.id, new1, new2) == (r2.id, True, False)
+    assert r3.id != r1.id
+    assert t.get(r1.id) is obj
+    assert t.release_session("s") == 1 and len(t) == 1
+
+
+def test_ref_table_tells_lost_from_released() -> None:
+    t = RefTable("b.default.0.2.", "default", max_refs=10)
+    ref, _ = t.add(object(), "s", stream=False)
+    assert t.release([ref.id]) == {"s": 1}
+    from snakebridge.errors import RefNotFound
+
+    with pytest.raises(RefNotFound):
+        t.get(ref.id)
+    with pytest.raises(SessionLost):  # minted by incarnation 1 of the same slot
+        t.get("b.default.0.1.1")
+
+
+def test_ref_table_cap_is_limit_exceeded() -> None:
+    t = RefTable("b.default.0.1.", "default", max_refs=1)
+    t.add(object(), "s", stream=False)
+    with pytest.raises(LimitExceeded):
+        t.add(object(), "s", stream=False)
+
+
+def test_resolve_walks_dotted_names_and_imports_submodules() -> None:
+    import os.path
+    import pathlib
+
+    assert resolve("os", "path.join") is os.path.join
+    assert resolve("pathlib", "Path.home") == pathlib.Path.home
+    assert resolve("", "os.path.join") is os.path.join
+    assert resolve("xml", "etree.ElementTree").__name__ == "xml.etree.ElementTree"
+    with pytest.raises(AttributeError):
+        resolve("math", "nope")
+    with pytest.raises(BadRequest):
+        resolve("", "no_such_module_xyz.f")
+
+
+# -- configuration ----------------------------------------------------------------------
+
+
+def test_flags_beat_environment_beat_defaults() -> None:
+    env = {"SNAKEBRIDGE_WORKERS": "3", "SNAKEBRIDGE_LISTEN": "127.0.0.1:6000"}
+    cfg = build_config(["--workers", "5"], env)
+    assert (cfg.workers, cfg.port, cfg.host) == (5, 6000, "127.0.0.1")
+    assert build_config([], {}).port == 50051
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "needle"),
+    [
+        (["--workers", "0"], {}, "workers"),
+        ([], {"SNAKEBRIDGE_WORKERS": "many"}, "SNAKEBRIDGE_WORKERS"),
+        (["--listen", "10.0.0.1:1"], {}, "loopback"),
+        (["--listen", "localhost"], {}, "listen"),
+        (["--uds", "relative.sock"], {}, "uds"),
+        (["--call-timeout", "10", "--max-call-timeout", "5"], {}, "call_timeout_default"),
+        (["--pool", "bad name"], {}, "pool"),
+        (["--log-level", "loud"], {}, "log_level"),
+    ],
+)
+def test_invalid_config_names_the_key(argv: list[str], env: dict[str, str], needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        build_config(argv, env)
+
+
+def test_config_is_frozen() -> None:
+    cfg = ServerConfig()
+    with pytest.raises(AttributeError):
+        cfg.workers = 3  # type: ignore[misc]
