@@ -82,7 +82,7 @@ def stubborn_sleep(seconds: float) -> str:
     while time.monotonic() < deadline:
         try:
             time.sleep(deadline - time.monotonic())
-        except BaseException:  # noqa: BLE001, S110 - deliberately ignoring cancellation
+        except BaseException:
             pass
     return "finished"
 

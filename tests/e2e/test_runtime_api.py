@@ -10,7 +10,6 @@ from typing import Any
 
 import anyio
 import pytest
-
 import snakebridge
 from snakebridge import Ref, RefNotFound, StreamRef
 
