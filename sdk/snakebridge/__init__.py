@@ -1,4 +1,4 @@
-"""snakebridge: call Python in sandboxed worker processes of a ``bridge-server``.
+"""snakebridge: call Python in the worker processes of a ``bridge-server``.
 
 ::
 

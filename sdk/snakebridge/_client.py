@@ -154,12 +154,15 @@ class _Runtime:
         *,
         session: str | Session | None = None,
         timeout: float | None = None,
-        idempotent: bool = False,
     ) -> Any:
-        """``ref.method(*args, **kwargs)`` in the worker that holds ``ref``."""
+        """``ref.method(*args, **kwargs)`` in the worker that holds ``ref``.
+
+        (No ``idempotent=``: a method call depends on its worker's object, so it is never
+        retried elsewhere after a crash; it fails with ``SessionLost`` instead.)
+        """
         return await self._client._invoke(
             KIND_METHOD, "", method, _ref_id(ref), args, kwargs,
-            self._session_id(session), None, timeout, idempotent, None,
+            self._session_id(session), None, timeout, False, None,
         )  # fmt: skip
 
     async def get_attr(
@@ -223,6 +226,12 @@ class _Runtime:
     def module(self, name: str, **options: Any) -> ModuleProxy:
         """A proxy whose attributes are awaitable callables: ``await np.linalg.norm(x)``."""
         return ModuleProxy(self, name, "", options)
+
+
+def _check_timeout(timeout: float | None) -> float | None:
+    if timeout is not None and not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
+    return timeout
 
 
 def _ref_id(ref: Ref) -> str:
@@ -299,7 +308,9 @@ class Client(_Runtime):
 
     ``address`` is ``HOST:PORT`` or ``unix:///abs/path.sock``; it defaults to
     ``$SNAKEBRIDGE_ADDRESS``, then ``127.0.0.1:50051``. ``timeout`` is the default
-    per-call timeout in seconds (None: the server's default). Use as
+    per-call timeout in seconds (None: the server's default). ``token`` is sent as
+    ``authorization: Bearer`` metadata and ``ssl`` secures the channel, for servers that
+    require them (server-side auth/TLS are not implemented yet). Use as
     ``async with Client(...) as client:``; leaving releases the auto session.
     """
 
@@ -315,7 +326,7 @@ class Client(_Runtime):
         self._host, self._port, self._path = parse_address(self.address)
         self._ssl = ssl
         self._metadata = {"authorization": f"Bearer {token}"} if token else None
-        self.timeout = timeout
+        self.timeout = _check_timeout(timeout)
         self._channel: Channel | None = None
         self._auto_session: str | None = None
         self._client = self
@@ -465,7 +476,7 @@ class Client(_Runtime):
             encoded = _codec.encode([list(args), dict(kwargs or {})], ref_ids=ref_ids)
         if affinity not in (None, "", AFFINITY_STRICT):
             raise ValueError(f"affinity must be None or 'strict', not {affinity!r}")
-        timeout = self.timeout if timeout is None else timeout
+        timeout = _check_timeout(self.timeout if timeout is None else timeout)
         req = CallRequestWire(
             protocol_version=PROTOCOL_VERSION,
             kind=kind,
@@ -508,7 +519,7 @@ class Client(_Runtime):
         except GRPCError as exc:
             raise _error_from_grpc(exc, None) from None
         except TimeoutError:
-            raise CallTimeout(f"{method} did not finish within {timeout:g}s") from None
+            raise CallTimeout(f"{method} did not finish within {timeout}s") from None
         except (StreamTerminatedError, ConnectionError, OSError) as exc:
             raise ConnectionFailed(f"{method} to {self.address} failed: {exc}") from exc
         except ProtocolError as exc:

@@ -18,11 +18,13 @@ This module must stay importable without grpclib/betterproto: the worker imports
 from __future__ import annotations
 
 import datetime as _dt
+import itertools
+import operator
 import re
 import struct
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any, Final
@@ -141,6 +143,80 @@ def _tz_payload(tz: _dt.tzinfo | None, probe: Any) -> Any:
     raise _Unsupported(probe)
 
 
+class _BoxedByteArray:
+    """msgpack packs ``bytearray`` as plain ``bin`` before ``default`` is consulted, which
+    would make it come back as ``bytes``; boxed, it reaches ``default`` as EXT_BYTEARRAY."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytearray) -> None:
+        self.data = data
+
+
+# Values that can never contain a bytearray: containers made only of these are skipped
+# by the boxing pass at C speed (set(map(type, ...))), so big payloads pay almost nothing.
+_LEAF_TYPES: Final = frozenset(
+    {
+        type(None),
+        bool,
+        int,
+        float,
+        str,
+        bytes,
+        complex,
+        Decimal,
+        uuid.UUID,
+        _dt.datetime,
+        _dt.date,
+        _dt.time,
+        _dt.timedelta,
+        set,  # set and frozenset elements are hashable, so never a bytearray
+        frozenset,
+    }
+)
+_BOX_MAX_DEPTH: Final = 256
+
+
+def _box_bytearrays(obj: Any) -> Any:
+    """``obj`` with every bytearray inside lists, tuples and dict values boxed. Containers
+    without one are returned as they are (same identity). Each container is visited once
+    (memoized by identity, so shared and cyclic structures stay linear); beyond
+    ``_BOX_MAX_DEPTH`` nothing is boxed and the packer's own depth checks take over."""
+    if type(obj) is bytearray:
+        return _BoxedByteArray(obj)
+    if type(obj) not in (list, tuple, dict):
+        return obj
+    return _box(obj, {}, 0)
+
+
+def _box(obj: Any, memo: dict[int, Any], depth: int) -> Any:
+    t = type(obj)
+    if t is bytearray:
+        return _BoxedByteArray(obj)
+    if t is not list and t is not tuple and t is not dict:
+        return obj
+    key = id(obj)
+    if key in memo:
+        return memo[key]
+    if depth > _BOX_MAX_DEPTH:
+        return obj
+    values = obj.values() if t is dict else obj
+    if set(map(type, values)) <= _LEAF_TYPES:
+        return obj
+    memo[key] = obj  # provisional: a cycle leading back here sees the original
+    result: Any = obj
+    if t is dict:
+        boxed = {k: _box(v, memo, depth + 1) for k, v in obj.items()}
+        if not all(map(operator.is_, boxed.values(), obj.values())):
+            result = boxed
+    else:
+        items = [_box(x, memo, depth + 1) for x in obj]
+        if not all(map(operator.is_, items, obj)):
+            result = items if t is list else tuple(items)
+    memo[key] = result
+    return result
+
+
 class _Unsupported(Exception):
     def __init__(self, obj: Any) -> None:
         self.obj = obj
@@ -197,8 +273,8 @@ class _Encoder:
         if t is set or t is frozenset:
             code = EXT_SET if t is set else EXT_FROZENSET
             return msgpack.ExtType(code, self.nested(list(obj)))
-        if t is bytearray:
-            return msgpack.ExtType(EXT_BYTEARRAY, bytes(obj))
+        if t is _BoxedByteArray:
+            return msgpack.ExtType(EXT_BYTEARRAY, bytes(obj.data))
         if t is complex:
             return msgpack.ExtType(EXT_COMPLEX, _COMPLEX.pack(obj.real, obj.imag))
         if t is _dt.datetime:
@@ -248,21 +324,32 @@ class _Encoder:
             dtype = obj.dtype
             if not _DTYPE_RE.match(dtype.str):
                 raise _Unsupported(obj)
-            return msgpack.ExtType(EXT_NPSCALAR, _pack([dtype.str, obj.tobytes()], _no_default))
+            # np.str_("").tobytes() is 4 NUL bytes although its itemsize is 0.
+            body = obj.tobytes() if dtype.itemsize else b""
+            return msgpack.ExtType(EXT_NPSCALAR, _pack([dtype.str, body], _no_default))
         raise _Unsupported(obj)
 
 
 def _nests_deeper_than(value: Any, limit: int) -> bool:
     """Whether some path through lists, dicts, tuples and sets is longer than ``limit``
-    (a cycle always is). Iterative, so it cannot overflow the stack itself."""
-    stack = [(value, 1)] if type(value) in _NESTING_TYPES else []
+    (a cycle always is). Iterative with one iterator per level: O(limit) memory."""
+    if type(value) not in _NESTING_TYPES:
+        return False
+    stack = [_children(value)]
     while stack:
-        obj, depth = stack.pop()
-        if depth > limit:
-            return True
-        children = [*obj.keys(), *obj.values()] if type(obj) is dict else obj
-        stack.extend((c, depth + 1) for c in children if type(c) in _NESTING_TYPES)
+        for child in stack[-1]:
+            if type(child) in _NESTING_TYPES:
+                if len(stack) >= limit:
+                    return True
+                stack.append(_children(child))
+                break
+        else:
+            stack.pop()
     return False
+
+
+def _children(obj: Any) -> Iterator[Any]:
+    return itertools.chain.from_iterable(obj.items()) if type(obj) is dict else iter(obj)
 
 
 def _type_name(obj: Any) -> str:
@@ -284,8 +371,9 @@ def encode(
     Objects with a ``__snakebridge_ref__()`` method (the SDK's ``Ref``) encode as refs;
     their ids are appended to ``ref_ids`` when given, so the caller can route the call."""
     enc = _Encoder(on_unencodable, max_depth, ref_ids)
-    enc.root = value
     try:
+        value = _box_bytearrays(value)
+        enc.root = value
         return _pack(value, enc.default)
     except SerializationError:
         raise
@@ -307,7 +395,7 @@ class _Decoder:
         self.ref_factory = ref_factory
         self.depth = 0
 
-    def unpack(self, data: bytes) -> Any:
+    def unpack(self, data: bytes | bytearray | memoryview) -> Any:
         lim = self.limits
         return msgpack.unpackb(
             data,
@@ -315,6 +403,9 @@ class _Decoder:
             raw=False,
             strict_map_key=False,
             unicode_errors="surrogatepass",
+            # msgpack's own ext -1 (timestamp) is decoded by msgpack itself, before
+            # ext_hook: make it an aware UTC datetime, a type this codec carries anyway.
+            timestamp=3,
             # unpackb has no max_buffer_size; decode() checks the total size up front.
             max_str_len=lim.max_size,
             max_bin_len=lim.max_size,
@@ -381,7 +472,7 @@ class _Decoder:
         raise SerializationError(f"unknown extension type {code}")
 
     def _fields(self, data: bytes, n: int) -> list[Any]:
-        fields = msgpack.unpackb(data, raw=False, max_array_len=16, max_map_len=0)
+        fields = msgpack.unpackb(data, raw=False, max_array_len=_MAX_NDIM, max_map_len=0)
         if type(fields) is not list or len(fields) != n:
             raise SerializationError("malformed extension payload")
         return fields
@@ -422,6 +513,8 @@ def _ndarray(fields: list[Any]) -> Any:
     if count * dtype.itemsize != len(body):
         raise SerializationError("array body does not match its shape and dtype")
     if dtype.itemsize == 0:  # "<U0" / "|S0": the dtype of np.str_("") and np.bytes_(b"")
+        if count > 1:  # numpy widens to "<U1" on allocation: keep it bounded by the body
+            raise SerializationError("zero-size array elements")
         return np.zeros(shape, dtype=dtype)
     # frombuffer over immutable bytes is read-only; callers expect a normal array.
     return np.frombuffer(body, dtype=dtype).reshape(shape).copy()

@@ -76,6 +76,7 @@ def _fields(data: bytes) -> Any:
     while pos < end:
         key, pos = _read_varint(data, pos)
         number, wire_type = key >> 3, key & 7
+        value: int | bytes
         if wire_type == 0:
             value, pos = _read_varint(data, pos)
         elif wire_type == 2:

@@ -148,7 +148,11 @@ class RefNotFound(BridgeError):
 
 
 class HelperNotFound(BridgeError):
-    """No helper of that name is registered on the server. Check ``client.helpers()``."""
+    """No helper of that name is registered on the server.
+
+    Helpers are what the operator registered (``bridge-server --helpers MODULES``); check
+    the server's configuration for the names it offers.
+    """
 
     grpc_status = GrpcStatus.NOT_FOUND
 
@@ -204,7 +208,10 @@ class LimitExceeded(BridgeError):
 
 
 class PoolUnavailable(BridgeError):
-    """The pool cannot take calls (unknown pool, shutting down, or no live workers)."""
+    """The pool cannot take calls: no pool of that name, or it is shutting down.
+
+    (While a pool has no live worker, calls wait for a replacement within their timeout.)
+    """
 
     grpc_status = GrpcStatus.UNAVAILABLE
 

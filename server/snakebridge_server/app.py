@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import stat
 import sys
 
 from grpclib.health.service import Health
@@ -15,6 +16,7 @@ from grpclib.server import Server
 from .bridge import Bridge
 from .config import ServerConfig
 from .service import BridgeService
+from .worker_handle import WorkerStartError
 
 log = logging.getLogger("snakebridge.server")
 
@@ -36,15 +38,16 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     bridge = Bridge(config)
+    bound_socket = False
     try:
         await bridge.start()
         server = Server([BridgeService(bridge), Health()])
         if config.uds:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(config.uds)
+            _remove_stale_socket(config.uds)
             old_umask = os.umask(0o177)  # the socket is created 0600: owner only
             try:
                 await server.start(path=config.uds)
+                bound_socket = True
             finally:
                 os.umask(old_umask)
         else:
@@ -62,12 +65,23 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             await server.wait_closed()
     finally:
         await bridge.close()
-        if config.uds:
+        if bound_socket:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(config.uds)
+                os.unlink(config.uds)  # type: ignore[arg-type]
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         log.info("bridge-server stopped")
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a socket left by an earlier run; refuse to delete anything else."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(mode):
+        raise OSError(f"--uds {path} exists and is not a socket; refusing to replace it")
+    os.unlink(path)
 
 
 def run(config: ServerConfig) -> int:
@@ -85,7 +99,7 @@ def run(config: ServerConfig) -> int:
     with runner:
         try:
             runner.run(serve(config))
-        except OSError as exc:
-            log.error("bridge-server failed: %s", exc)
+        except (OSError, WorkerStartError) as exc:
+            log.error("bridge-server failed to start: %s", exc)
             return 1
     return 0

@@ -31,15 +31,17 @@ from snakebridge.errors import (
     BadRequest,
     BridgeError,
     CallTimeout,
+    LimitExceeded,
     PoolUnavailable,
     ProtocolMismatch,
+    SessionLost,
     WorkerCrashed,
 )
 
 from .config import ServerConfig
 from .pool import Pool
 from .refids import WorkerKey, owner_of, parse_ref_id
-from .sessions import SessionTable
+from .sessions import Session, SessionTable
 from .worker_handle import NeverStarted, Reply, WorkerHandle, WorkerSpec
 
 log = logging.getLogger("snakebridge.bridge")
@@ -94,6 +96,7 @@ class Bridge:
             boot=self.boot,
             max_refs=config.max_refs_total,
             max_frame=config.max_message_size + 1024 * 1024,
+            max_result=config.max_message_size,
             start_timeout=config.worker_start_timeout,
             cancel_grace=config.cancel_grace,
             helpers=config.helpers,
@@ -110,7 +113,6 @@ class Bridge:
             )
         }
         self._sweeper: asyncio.Task[None] | None = None
-        self._sweep_wakeup = asyncio.Event()
 
     async def start(self) -> None:
         for pool in self.pools.values():
@@ -140,6 +142,11 @@ class Bridge:
 
     async def call(self, req: CallRequestWire) -> bytes:
         validate_call(req)
+        if len(req.args) > self.config.max_message_size:
+            raise LimitExceeded(
+                f"the arguments are {len(req.args)} bytes, over the "
+                f"{self.config.max_message_size}-byte message limit; pass a ref instead"
+            )
         refs = [*req.arg_refs, req.target_ref] if req.target_ref else req.arg_refs
         owner = owner_of(refs, self.boot)
         pool = self.pool(owner.pool if owner is not None else req.pool)
@@ -155,8 +162,7 @@ class Bridge:
                     if owner is not None:
                         worker = pool.owner(owner)  # SessionLost once its worker died
                     else:
-                        strict = req.affinity == AFFINITY_STRICT
-                        worker = await pool.pick(session.last_worker, strict)
+                        worker = await self._pick(pool, session, req.affinity)
                     try:
                         reply = await worker.call(
                             req.kind,
@@ -189,6 +195,15 @@ class Bridge:
         assert reply is not None
         result: bytes = reply.value
         return result
+
+    @staticmethod
+    async def _pick(pool: Pool, session: Session, affinity: str) -> WorkerHandle:
+        try:
+            return await pool.pick(session.last_worker, affinity == AFFINITY_STRICT)
+        except SessionLost:
+            # Said once: the next strict call starts the session afresh on a live worker.
+            session.last_worker = None
+            raise
 
     # -- releases -----------------------------------------------------------------------
 

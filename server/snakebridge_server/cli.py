@@ -28,6 +28,8 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--max-sessions", "max_sessions", int, "live sessions at most"),
     ("--max-refs-per-session", "max_refs_per_session", int, "refs one session may hold"),
     ("--max-refs", "max_refs_total", int, "refs all sessions together may hold"),
+    ("--max-message-size", "max_message_size", int, "largest argument/result, bytes"),
+    ("--worker-start-timeout", "worker_start_timeout", float, "seconds for a worker's READY"),
     ("--log-level", "log_level", str, "debug | info | warning | error"),
 ]
 
@@ -37,7 +39,7 @@ def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
     environ = dict(os.environ if environ is None else environ)
     parser = argparse.ArgumentParser(
         prog="bridge-server",
-        description="Serve sandboxed Python interpreter workers over gRPC.",
+        description="Serve Python interpreter worker processes over gRPC.",
         epilog="Every flag can also be set as SNAKEBRIDGE_<FLAG> (e.g. SNAKEBRIDGE_WORKERS=4).",
     )
     for flag, _, _, help_text in _FLAGS:

@@ -116,9 +116,8 @@ class SessionTable:
         return min(idle) + self.ttl if idle else None
 
     def worker_gone(self, worker: WorkerKey) -> None:
-        """A worker died: the refs it held no longer count against anyone's caps."""
+        """A worker died: the refs it held no longer count against anyone's caps.
+        ``last_worker`` is kept, so a strict-affinity call can report the loss."""
         for session in self._sessions.values():
             lost = session.refs_by_worker.pop(worker, 0)
             self.total_refs -= lost
-            if session.last_worker == worker:
-                session.last_worker = None

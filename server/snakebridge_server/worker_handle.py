@@ -2,8 +2,9 @@
 
 Lifecycle, after anyio's ``to_process``: spawn (exec of a fresh interpreter, never a fork
 of the server), READY handshake under a timeout, length-prefixed frames over a socketpair,
-worker stdout/stderr captured and logged line by line, and on any failure kill + reap and
-fail every pending call with ``WorkerCrashed``.
+worker stdout/stderr captured and logged line by line, and on any failure kill + reap: the
+call that was running fails with ``WorkerCrashed``, the calls queued behind it with
+``NeverStarted`` (the bridge re-routes those, since they never ran).
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class WorkerSpec:
     boot: str
     max_refs: int
     max_frame: int
+    max_result: int
     start_timeout: float
     cancel_grace: float
     helpers: tuple[str, ...] = ()
@@ -173,6 +175,7 @@ class WorkerHandle:
                 f"--pool={self.key.pool}",
                 f"--max-refs={self.spec.max_refs}",
                 f"--max-frame={self.spec.max_frame}",
+                f"--max-result={self.spec.max_result}",
                 f"--helpers={','.join(self.spec.helpers)}",
             ]
             env = {**os.environ, **dict(self.spec.env)}

@@ -101,6 +101,10 @@ class RefTable:
     def get(self, ref_id: str) -> Any:
         return self._objects[self._local(ref_id)][0]
 
+    def discard(self, refs: list[RefPayload]) -> None:
+        """Undo ``add`` for refs a failed call created (nobody has seen their ids)."""
+        self.release([r.id for r in refs])
+
     def _local(self, ref_id: str) -> int:
         if not ref_id.startswith(self.prefix):
             # Same pool and slot but another incarnation: the object died with it.
@@ -186,6 +190,7 @@ class Worker:
         self.rfile = self.sock.makefile("rb", buffering=256 * 1024)
         self.refs = RefTable(args.ref_prefix, args.pool, args.max_refs)
         self.max_frame = args.max_frame
+        self.max_result = args.max_result
         self.helpers: dict[str, Any] = {}
         for module_name in filter(None, args.helpers.split(",")):
             self._register_helpers(module_name)
@@ -283,16 +288,15 @@ class Worker:
         args: bytes,
         ref_budget: int,
     ) -> list[Any]:
-        new_refs = 0
+        created: list[RefPayload] = []  # refs this call made: rolled back if it fails
 
         def as_ref(obj: Any, *, stream: bool | None = None) -> msgpack.ExtType:
-            nonlocal new_refs
             if stream is None:
                 stream = isinstance(obj, Iterator) or inspect.isasyncgen(obj)
             payload, is_new = self.refs.add(obj, session_id, stream=stream)
             if is_new:
-                new_refs += 1
-                if new_refs > ref_budget:
+                created.append(payload)
+                if len(created) > ref_budget:
                     raise _Budget
             return _codec.ref_ext(payload)
 
@@ -300,29 +304,50 @@ class Worker:
         decoded = _codec.decode(args, ref_factory=self._lookup) if args else None
         self.current = call_id
         try:
-            result = self.run_user_code(kind, module, name, target, decoded)
-            self.current = 0
-            if kind == KIND_CLASS:
-                encoded = _codec.encode(as_ref(result, stream=False))
-            else:
-                try:
-                    encoded = _codec.encode(result, on_unencodable=as_ref)
-                except SerializationError:
-                    # Cyclic or too deep to carry by value: hand the whole result out by ref.
-                    encoded = _codec.encode(as_ref(result))
+            try:
+                result = self.run_user_code(kind, module, name, target, decoded)
+            finally:
+                self.current = 0
+            encoded = self._encode_result(kind, result, as_ref, created)
         except _Budget:
+            self.refs.discard(created)
             raise LimitExceeded(
                 f"the call would create more refs than its session may hold ({ref_budget} left)"
             ) from None
-        except (BridgeError, CallInterrupted):
+        except CallInterrupted:
+            self.refs.discard(created)
             raise
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
-            # sys.exit() in user code is an error of that call, not a reason to die.
-            self.current = 0
+        except BridgeError:
+            self.refs.discard(created)
+            raise
+        except BaseException as exc:
+            # Anything user code raises (sys.exit(), CancelledError, GeneratorExit, ...) is
+            # an error of that call, never a reason for the worker to die.
+            self.refs.discard(created)
             tb = traceback.format_exc(limit=-20)
             exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
             return [R_ERR, call_id, "RemoteError", exc_type, str(exc), tb]
-        return [R_OK, call_id, encoded, new_refs]
+        if len(encoded) > self.max_result:
+            self.refs.discard(created)
+            raise LimitExceeded(
+                f"the result is {len(encoded)} bytes, over the {self.max_result}-byte "
+                "message limit; return a ref or a smaller value"
+            )
+        return [R_OK, call_id, encoded, len(created)]
+
+    def _encode_result(
+        self, kind: int, result: Any, as_ref: Any, created: list[RefPayload]
+    ) -> bytes:
+        if kind == KIND_CLASS:
+            return _codec.encode(as_ref(result, stream=False))
+        try:
+            return _codec.encode(result, on_unencodable=as_ref)
+        except SerializationError:
+            # Cyclic or too deep to carry by value: hand the whole result out as one ref,
+            # dropping the refs the failed attempt made for its leaves.
+            self.refs.discard(created)
+            created.clear()
+            return _codec.encode(as_ref(result))
 
     def _lookup(self, payload: RefPayload) -> Any:
         return self.refs.get(payload.id)
@@ -402,6 +427,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pool", required=True)
     parser.add_argument("--max-refs", type=int, default=100_000)
     parser.add_argument("--max-frame", type=int, default=80 * 1024 * 1024)
+    parser.add_argument("--max-result", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--helpers", default="")
     args = parser.parse_args(argv)
     _set_parent_death_signal()

@@ -125,3 +125,14 @@ def make_many(n: int) -> list[Thing]:
 
 def env(name: str) -> str | None:
     return os.environ.get(name)
+
+
+def raise_base(kind: str) -> None:
+    """Raise a BaseException that is not an Exception, as misbehaving code may."""
+    import asyncio
+
+    raise {"cancelled": asyncio.CancelledError, "generator_exit": GeneratorExit}[kind]()
+
+
+def big_bytes(n: int) -> bytes:
+    return b"x" * n

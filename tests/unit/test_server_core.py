@@ -131,7 +131,8 @@ def test_dead_worker_refs_stop_counting_against_caps() -> None:
     s = t.begin_call("s", 0.0)
     t.end_call(s, W0, 3, 0.0)
     t.worker_gone(W0)
-    assert s.refs == 0 and t.total_refs == 0 and s.last_worker is None
+    assert s.refs == 0 and t.total_refs == 0
+    assert s.last_worker == W0  # kept: a strict-affinity call must learn its worker died
 
 
 # -- routing --------------------------------------------------------------------------

@@ -1,0 +1,110 @@
+"""Bounds on sizes and refs, and regressions found in review: each test names the failure
+it guards against."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import snakebridge
+from snakebridge import errors
+
+from .conftest import BRIDGE_SERVER, ServerProcess
+
+pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
+
+
+async def test_oversized_arguments_are_refused_before_reaching_a_worker(
+    make_server: Any,
+) -> None:
+    srv = make_server("--workers", "1", "--max-message-size", "10000")
+    async with snakebridge.Client(srv.address) as client:
+        pid = await client.call("os", "getpid")
+        with pytest.raises(errors.LimitExceeded, match="arguments are"):
+            await client.call("remote_helpers", "echo", [b"x" * 20000])
+        assert await client.call("os", "getpid") == pid  # the worker was never involved
+
+
+async def test_oversized_result_is_an_error_and_the_worker_survives(make_server: Any) -> None:
+    srv = make_server("--workers", "1", "--max-message-size", "10000")
+    async with snakebridge.Client(srv.address) as client:
+        pid = await client.call("os", "getpid")
+        thing = await client.call_class("remote_helpers", "Thing", [])
+        with pytest.raises(errors.LimitExceeded, match="result is"):
+            await client.call("remote_helpers", "big_bytes", [20000])
+        assert await client.call("os", "getpid") == pid
+        assert await client.get_attr(thing, "name") == "thing"  # its refs were kept
+
+
+async def test_a_call_over_its_ref_budget_leaves_no_refs_behind(make_server: Any) -> None:
+    srv = make_server("--workers", "1", "--max-refs", "5")
+    async with snakebridge.Client(srv.address) as client:
+        with pytest.raises(errors.LimitExceeded):
+            await client.call("remote_helpers", "make_many", [10])
+        # Had the failed call leaked its refs, the worker would be full now.
+        async with client.session() as s:
+            things = await s.call("remote_helpers", "make_many", [5])
+        assert len(things) == 5 and all(isinstance(t, snakebridge.Ref) for t in things)
+
+
+async def test_strict_affinity_reports_a_lost_worker_once(make_server: Any) -> None:
+    srv = make_server("--workers", "2")
+    async with snakebridge.Client(srv.address) as client:
+        first = await client.call("os", "getpid", affinity="strict")
+        with pytest.raises(errors.WorkerCrashed):
+            await client.call("remote_helpers", "die", affinity="strict")
+        with pytest.raises(errors.SessionLost):
+            await client.call("os", "getpid", affinity="strict")
+        again = await client.call("os", "getpid", affinity="strict")
+        assert again != first
+        assert await client.call("os", "getpid", affinity="strict") == again
+
+
+@pytest.mark.parametrize("kind", ["cancelled", "generator_exit"])
+async def test_base_exceptions_from_user_code_do_not_kill_the_worker(
+    server: ServerProcess, kind: str
+) -> None:
+    async with snakebridge.Client(server.address) as client:
+        pids = {w.pid for w in (await client.describe()).pools[0].workers}
+        with pytest.raises(errors.RemoteError) as info:
+            await client.call("remote_helpers", "raise_base", [kind])
+        assert info.value.type_name.endswith(("CancelledError", "GeneratorExit"))
+        assert {w.pid for w in (await client.describe()).pools[0].workers} == pids
+
+
+async def test_non_positive_timeout_is_rejected_in_the_sdk(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(ValueError, match="timeout"):
+            await client.call("math", "sqrt", [4], timeout=0)
+    with pytest.raises(ValueError, match="timeout"):
+        snakebridge.Client(server.address, timeout=-1)
+
+
+def test_uds_path_that_is_not_a_socket_is_left_alone(tmp_path: Path) -> None:
+    victim = tmp_path / "important.txt"
+    victim.write_text("keep me")
+    done = subprocess.run(
+        [BRIDGE_SERVER, "--workers", "1", "--uds", str(victim)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "not a socket" in done.stderr
+    assert victim.read_text() == "keep me"
+
+
+def test_worker_that_cannot_start_fails_the_server_with_one_clear_line() -> None:
+    done = subprocess.run(
+        [BRIDGE_SERVER, "--workers", "1", "--helpers", "no_such_helpers_module"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "failed to start" in done.stderr
+    assert "Traceback" not in done.stderr.split("failed to start", 1)[1]
