@@ -1,0 +1,193 @@
+"""Machine description, the results table, ratios against the floor, and the JSON record."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench.loop import loop_name
+from bench.measure import Result, Settings
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BUSY_WARNING = 0.15
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _cpu_model() -> str | None:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor() or None
+    for line in text.splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return None
+
+
+def _cpu_times() -> tuple[int, int] | None:
+    """(idle, total) jiffies over all CPUs, from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    values = [int(v) for v in fields]
+    return values[3] + values[4], sum(values)
+
+
+def cpu_busy(seconds: float = 0.5) -> float | None:
+    """Fraction of all CPUs busy over `seconds` (other load makes the figures unreliable)."""
+    before = _cpu_times()
+    time.sleep(seconds)
+    after = _cpu_times()
+    if before is None or after is None or after[1] == before[1]:
+        return None
+    return 1 - (after[0] - before[0]) / (after[1] - before[1])
+
+
+def machine() -> dict[str, Any]:
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+    return {
+        "nproc": usable or os.cpu_count(),
+        "cpu_count": os.cpu_count(),
+        "cpu_model": _cpu_model(),
+        "loadavg": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "cpu_busy_before": cpu_busy(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "event_loop": loop_name(),
+        "grpclib": _version("grpclib"),
+        "uvloop": _version("uvloop"),
+    }
+
+
+def print_machine(info: dict[str, Any], settings: Settings) -> None:
+    load = info["loadavg"]
+    busy = info["cpu_busy_before"]
+    print(
+        f"machine: nproc={info['nproc']} cpu={info['cpu_model']} "
+        f"python={info['implementation']} {info['python']} loop={info['event_loop']} "
+        f"grpclib={info['grpclib']}"
+        + (f" load1={load[0]:.2f}" if load else "")
+        + (f" cpu_busy={busy:.0%}" if busy is not None else "")
+    )
+    if busy is not None and busy > BUSY_WARNING:
+        print(f"WARNING: CPUs already {busy:.0%} busy before starting; figures will be skewed")
+    print(
+        f"settings: reps={settings.reps} (interleaved) latency={settings.warmup} warmup + "
+        f"{settings.calls} sequential calls; throughput {settings.concurrency} in flight "
+        f"for {settings.tput_seconds:g}s (figures: median over reps)"
+    )
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _ratio(num: float | None, den: float | None) -> float | None:
+    return None if num is None or not den else num / den
+
+
+def ratios(results: list[Result], floor: Result | None) -> dict[str, dict[str, float | None]]:
+    """Each result's p50 and throughput as a multiple of the floor's."""
+    if floor is None:
+        return {}
+    return {
+        r.name: {
+            "p50_vs_floor": _ratio(r.p50_us, floor.p50_us),
+            "calls_per_s_vs_floor": _ratio(r.calls_per_s, floor.calls_per_s),
+        }
+        for r in results
+        if r is not floor
+    }
+
+
+def print_table(
+    results: list[Result], rel: dict[str, dict[str, float | None]], concurrency: int
+) -> None:
+    headers = ["benchmark", "p50 us", "p99 us", f"calls/s @{concurrency}", "p50 x", "calls/s x"]
+    rows = [
+        [
+            r.name,
+            _fmt(r.p50_us, ".1f"),
+            _fmt(r.p99_us, ".1f"),
+            _fmt(r.calls_per_s, ",.0f"),
+            _fmt(rel.get(r.name, {}).get("p50_vs_floor"), ".2f"),
+            _fmt(rel.get(r.name, {}).get("calls_per_s_vs_floor"), ".2f"),
+        ]
+        for r in results
+    ]
+    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
+    for n, row in enumerate([headers, *rows]):
+        cells = [row[0].ljust(widths[0])]
+        cells += [c.rjust(w) for c, w in zip(row[1:], widths[1:], strict=True)]
+        print("  ".join(cells))
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+    print("(x columns: multiple of the bare grpclib floor; p50 lower is better, calls/s higher)")
+
+
+def print_targets(results: list[Result], rel: dict[str, dict[str, float | None]]) -> None:
+    for r in results:
+        target = r.extra.get("p50_ratio_target")
+        p50_x = rel.get(r.name, {}).get("p50_vs_floor")
+        tput_x = rel.get(r.name, {}).get("calls_per_s_vs_floor")
+        if target is None or p50_x is None:
+            continue
+        verdict = "within target" if p50_x <= target else "OVER target"
+        print(
+            f"{r.name}: p50 / grpclib p50 = {p50_x:.3f} (target <= {target:g}, {verdict}); "
+            f"calls/s / grpclib calls/s = {_fmt(tput_x, '.2f')}"
+        )
+
+
+def print_notes(results: list[Result]) -> None:
+    for r in results:
+        unclean = r.extra.get("server_unclean_exit")
+        if unclean:
+            print(f"note: {r.name}: its server did not shut down cleanly: {unclean}")
+
+
+def save(record: dict[str, Any], when: datetime, out_dir: Path = RESULTS_DIR) -> Path:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{when.strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n")
+    return path
+
+
+def record(
+    when: datetime,
+    info: dict[str, Any],
+    settings: Settings,
+    results: list[Result],
+    rel: dict[str, dict[str, float | None]],
+    unavailable: dict[str, str],
+    teardown_errors: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "timestamp": when.isoformat(),
+        "machine": info,
+        "settings": asdict(settings),
+        "results": [asdict(r) for r in results],
+        "ratios": rel,
+        "unavailable": unavailable,
+        "teardown_errors": teardown_errors,
+    }
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
