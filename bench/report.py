@@ -112,13 +112,15 @@ def ratios(results: list[Result], floor: Result | None) -> dict[str, dict[str, f
             "calls_per_s_vs_floor": _ratio(r.calls_per_s, floor.calls_per_s),
         }
         for r in results
-        if r is not floor
+        if r is not floor and "unit" not in r.extra
     }
 
 
 def print_table(
     results: list[Result], rel: dict[str, dict[str, float | None]], concurrency: int
 ) -> None:
+    rates = [r for r in results if "unit" in r.extra]
+    results = [r for r in results if "unit" not in r.extra]
     headers = ["benchmark", "p50 us", "p99 us", f"calls/s @{concurrency}", "p50 x", "calls/s x"]
     rows = [
         [
@@ -139,6 +141,20 @@ def print_table(
         if n == 0:
             print("  ".join("-" * w for w in widths))
     print("(x columns: multiple of the bare grpclib floor; p50 lower is better, calls/s higher)")
+    if rates:
+        print()
+        width = max(len(r.name) for r in rates)
+        for r in rates:
+            unit = r.extra["unit"]
+            line = f"{r.name.ljust(width)}  {_fmt(r.calls_per_s, ',.0f'):>12} {unit}"
+            line += f"  (one stream: {_fmt(r.p50_us and r.p50_us / 1000, ',.1f')} ms)"
+            target = r.extra.get("target")
+            if target is not None and r.calls_per_s is not None:
+                verdict = "meets" if r.calls_per_s >= target else "BELOW"
+                line += f"  target >= {target:,} {unit}: {verdict}"
+            if "note" in r.extra:
+                line += f"  [{r.extra['note']}]"
+            print(line)
 
 
 def print_targets(results: list[Result], rel: dict[str, dict[str, float | None]]) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from bench.measure import Settings, Target, Unavailable
-from bench.sections import grpclib_floor, snakebridge_sdk
+from bench.sections import grpclib_floor, snakebridge_sdk, streams
 
 __all__ = ["BASELINE", "SECTIONS", "Section", "Unavailable"]
 
@@ -23,6 +23,7 @@ Section = Callable[[Settings], AbstractAsyncContextManager[list[Target]]]
 SECTIONS: dict[str, Section] = {
     "grpclib": grpclib_floor.targets,
     "snakebridge": snakebridge_sdk.targets,
+    "streams": streams.targets,
 }
 
 BASELINE = "grpclib"

@@ -6,7 +6,7 @@ import asyncio
 import os
 import ssl as _ssl
 import uuid
-from collections.abc import Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -31,7 +31,7 @@ from ._protocol import (
     SERVICE,
 )
 from ._refs import Ref, StreamRef
-from ._wire import CallReplyWire, CallRequestWire
+from ._wire import CallReplyWire, CallRequestWire, StreamBatchWire, StreamRequestWire
 from .errors import (
     BridgeError,
     CallCancelled,
@@ -42,7 +42,7 @@ from .errors import (
     remote_error,
 )
 
-__all__ = ["Client", "ModuleProxy", "Session"]
+__all__ = ["Client", "ModuleProxy", "RemoteStream", "Session"]
 
 _ADDRESS_ENV: Final = "SNAKEBRIDGE_ADDRESS"
 _T = TypeVar("_T")
@@ -223,6 +223,99 @@ class _Runtime:
             self._session_id(session), pool, timeout, idempotent, None,
         )  # fmt: skip
 
+    def stream(
+        self,
+        module_or_ref: str | Ref,
+        function: str = "",
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        session: str | Session | None = None,
+        pool: str | None = None,
+        timeout: float | None = None,
+    ) -> RemoteStream:
+        """Iterate a remote iterable: ``async for item in client.stream("mod", "gen", [..])``.
+
+        ``stream(ref)`` iterates a ``StreamRef`` (or any ref to an iterable) and
+        ``stream(ref, "method", [...])`` the result of a method on it. Sync and async
+        generators both work. Items arrive in batches over one server-streaming RPC; the
+        worker produces only while you consume. Leaving the loop early (or the ``async
+        with`` block) closes the remote generator: its ``finally`` blocks run.
+        ``timeout`` bounds the whole iteration.
+        """
+        timeout = _check_timeout(timeout)
+        if isinstance(module_or_ref, Ref):
+            kind, module, target = KIND_METHOD, "", _ref_id(module_or_ref)
+        elif isinstance(module_or_ref, str) and function:
+            kind, module, target = KIND_FUNCTION, module_or_ref, ""
+        else:
+            raise TypeError("stream() takes (module, function, ...) or (ref[, method, ...])")
+        call = self._client._request(
+            kind, module, function, target, args, kwargs,
+            self._session_id(session), pool, timeout, False, None,
+        )  # fmt: skip
+        return RemoteStream(self._client, call, timeout)
+
+    async def stream_next(
+        self, stream_ref: StreamRef, *, session: str | Session | None = None,
+        timeout: float | None = None,
+    ) -> Any:  # fmt: skip
+        """The next item of ``stream_ref`` (one RPC); ``StopAsyncIteration`` when exhausted,
+        like ``anext()``. An exhausted StreamRef is released on the server."""
+        ref_id = _ref_id(stream_ref)
+        req = pb.StreamNextRequest(
+            protocol_version=PROTOCOL_VERSION,
+            stream_ref=ref_id,
+            session_id=self._session_id(session),
+            timeout=_check_timeout(timeout) or 0.0,
+        )
+        reply = await self._client._unary(
+            "StreamNext", req, pb.StreamNextRequest, pb.StreamNextReply, timeout
+        )
+        if reply.done:
+            stream_ref._mark_released()
+            raise StopAsyncIteration
+        return self._client._decode(reply.item)
+
+    async def stream_len(
+        self, stream_ref: Ref, *, session: str | Session | None = None,
+        timeout: float | None = None,
+    ) -> int:  # fmt: skip
+        """``len()`` of the remote object: the underlying iterable's length where it has
+        one; a remote ``TypeError`` otherwise (generators have none)."""
+        length: int = await self.call(
+            "builtins", "len", [stream_ref], session=session, timeout=timeout
+        )
+        return length
+
+    async def stream_dynamic(
+        self,
+        module: str,
+        function: str,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        session: str | Session | None = None,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Any]:
+        """Iterate with one ``StreamNext`` RPC per item (the Runtime API's dynamic path).
+
+        Correct but slow: prefer ``stream``, which batches. The function's result must be
+        an iterator (a ``StreamRef``); a ref to an iterable is iterated via ``iter()``.
+        """
+        result = await self.call(module, function, args, kwargs, session=session, timeout=timeout)
+        if isinstance(result, Ref) and not isinstance(result, StreamRef):
+            result = await self.call("builtins", "iter", [result], session=session)
+        if not isinstance(result, StreamRef):
+            raise TypeError(
+                f"{module}.{function} returned {type(result).__name__}, not an iterator"
+            )
+        while True:
+            try:
+                yield await self.stream_next(result, session=session, timeout=timeout)
+            except StopAsyncIteration:
+                return
+
     def module(self, name: str, **options: Any) -> ModuleProxy:
         """A proxy whose attributes are awaitable callables: ``await np.linalg.norm(x)``."""
         return ModuleProxy(self, name, "", options)
@@ -239,6 +332,38 @@ def _ref_id(ref: Ref) -> str:
         raise TypeError(f"expected a snakebridge Ref, got {type(ref).__name__}")
     ref._check()
     return ref.id
+
+
+class RemoteStream:
+    """A running remote iteration: an async iterator and an async context manager.
+
+    ``async with client.stream(...) as items: async for item in items: ...`` closes the
+    remote generator deterministically on exit; a plain ``async for`` closes it when the
+    loop is left (the iterator is finalized at once in CPython).
+    """
+
+    __slots__ = ("_items",)
+
+    def __init__(self, client: Client, call: CallRequestWire, timeout: float | None) -> None:
+        self._items = client._stream_items(call, timeout)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._items
+
+    async def __anext__(self) -> Any:
+        return await self._items.__anext__()
+
+    async def __aenter__(self) -> RemoteStream:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop iterating: the server closes the generator in the worker."""
+        await self._items.aclose()  # type: ignore[attr-defined]
 
 
 class ModuleProxy:
@@ -465,6 +590,27 @@ class Client(_Runtime):
         idempotent: bool,
         affinity: str | None,
     ) -> Any:
+        req = self._request(
+            kind, module, name, target_ref, args, kwargs,
+            session_id, pool, timeout, idempotent, affinity,
+        )  # fmt: skip
+        reply = await self._unary("Call", req, CallRequestWire, CallReplyWire, req.timeout or None)
+        return self._decode(reply.result)
+
+    def _request(
+        self,
+        kind: int,
+        module: str,
+        name: str,
+        target_ref: str,
+        args: Sequence[Any] | None,
+        kwargs: Mapping[str, Any] | None,
+        session_id: str,
+        pool: str | None,
+        timeout: float | None,
+        idempotent: bool,
+        affinity: str | None,
+    ) -> CallRequestWire:
         ref_ids: list[str] = []
         if args is None and kwargs is None:
             encoded = b""
@@ -477,7 +623,7 @@ class Client(_Runtime):
         if affinity not in (None, "", AFFINITY_STRICT):
             raise ValueError(f"affinity must be None or 'strict', not {affinity!r}")
         timeout = _check_timeout(self.timeout if timeout is None else timeout)
-        req = CallRequestWire(
+        return CallRequestWire(
             protocol_version=PROTOCOL_VERSION,
             kind=kind,
             module=module,
@@ -491,8 +637,40 @@ class Client(_Runtime):
             pool=pool or "",
             affinity=affinity or "",
         )
-        reply = await self._unary("Call", req, CallRequestWire, CallReplyWire, timeout)
-        return self._decode(reply.result)
+
+    async def _stream_items(
+        self, call: CallRequestWire, timeout: float | None
+    ) -> AsyncIterator[Any]:
+        channel = self._ensure_channel()
+        req = StreamRequestWire(protocol_version=PROTOCOL_VERSION, call=call)
+        decode = self._decode
+        try:
+            async with channel.request(
+                SERVICE + "Stream",
+                Cardinality.UNARY_STREAM,
+                StreamRequestWire,
+                StreamBatchWire,
+                timeout=timeout or self.timeout,
+                metadata=self._metadata,
+            ) as stream:
+                try:
+                    await stream.send_message(req, end=True)
+                    while (batch := await stream.recv_message()) is not None:
+                        for item in decode(batch.result):
+                            yield item
+                    await stream.recv_trailing_metadata()
+                except GRPCError as exc:
+                    raise _error_from_grpc(exc, stream.trailing_metadata) from None
+        except (BridgeError, GeneratorExit):
+            raise
+        except GRPCError as exc:
+            raise _error_from_grpc(exc, None) from None
+        except TimeoutError:
+            raise CallTimeout("the stream did not finish within its timeout") from None
+        except (StreamTerminatedError, ConnectionError, OSError) as exc:
+            raise ConnectionFailed(f"Stream to {self.address} failed: {exc}") from exc
+        except ProtocolError as exc:
+            raise BridgeError(f"Stream: gRPC protocol error: {exc}") from exc
 
     async def _unary(
         self, method: str, request: Any, req_type: type[Any], reply_type: type[_T],

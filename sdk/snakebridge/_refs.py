@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -78,6 +79,15 @@ class Ref:
 
 
 class StreamRef(Ref):
-    """A remote iterator or generator. Iteration arrives with the streaming API."""
+    """A remote iterator or generator.
+
+    ``async for item in stream_ref`` iterates it in batches (``client.stream(ref)``);
+    ``client.stream_next(ref)`` takes one item per RPC. Once exhausted it is released.
+    """
 
     __slots__ = ()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        if self._client is None:
+            raise RefNotFound(f"{self!r} has no client to iterate through")
+        return self._client.stream(self).__aiter__()

@@ -13,7 +13,7 @@ from __future__ import annotations
 import struct
 from typing import Any, Final
 
-__all__ = ["CallReplyWire", "CallRequestWire", "WireError"]
+__all__ = ["CallReplyWire", "CallRequestWire", "StreamBatchWire", "StreamRequestWire", "WireError"]
 
 _DOUBLE: Final = struct.Struct("<d")
 
@@ -231,3 +231,41 @@ class CallReplyWire:
             if number == 1 and wire_type == 2:
                 msg.result = value
         return msg
+
+
+class StreamRequestWire:
+    """Same fields as ``snakebridge.v1.StreamRequest`` (the call is a nested message)."""
+
+    __slots__ = ("call", "protocol_version")
+
+    def __init__(self, *, protocol_version: int = 0, call: CallRequestWire | None = None) -> None:
+        self.protocol_version = protocol_version
+        self.call = call if call is not None else CallRequestWire()
+
+    def SerializeToString(self) -> bytes:
+        head = b"\x08" + _varint(self.protocol_version) if self.protocol_version else b""
+        return head + _len_field(0x12, self.call.SerializeToString())
+
+    @classmethod
+    def FromString(cls, data: bytes) -> StreamRequestWire:
+        msg = cls()
+        for number, wire_type, value in _fields(data):
+            if number == 1 and wire_type == 0:
+                msg.protocol_version = value
+            elif number == 2 and wire_type == 2:
+                msg.call = CallRequestWire.FromString(value)
+        return msg
+
+
+class StreamBatchWire(CallReplyWire):
+    """``snakebridge.v1.StreamBatch``: one bytes field (number 1), like CallReply; the
+    payload is a codec-encoded list of items."""
+
+    __slots__ = ()
+
+    def __init__(self, *, items: bytes = b"", result: bytes = b"") -> None:
+        super().__init__(result=items or result)
+
+    @property
+    def items(self) -> bytes:
+        return self.result

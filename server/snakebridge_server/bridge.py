@@ -13,6 +13,8 @@ import logging
 import secrets
 import time
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Final
 
 from snakebridge._protocol import (
     AFFINITY_STRICT,
@@ -36,19 +38,23 @@ from snakebridge.errors import (
     ProtocolMismatch,
     SessionLost,
     WorkerCrashed,
+    remote_error,
 )
 
+from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import ServerConfig
 from .pool import Pool
 from .refids import WorkerKey, owner_of, parse_ref_id
 from .sessions import Session, SessionTable
-from .worker_handle import NeverStarted, Reply, WorkerHandle, WorkerSpec
+from .worker_handle import NeverStarted, Reply, StreamReply, WorkerHandle, WorkerSpec
 
 log = logging.getLogger("snakebridge.bridge")
 
 _NEEDS_TARGET = frozenset({KIND_METHOD, KIND_GET_ATTR, KIND_SET_ATTR})
 _NEEDS_MODULE = frozenset({KIND_MODULE_ATTR})
 _NEEDS_NAME = frozenset(KIND_NAMES) - {KIND_FUNCTION}  # function: module.name or dotted name
+_STREAMABLE = frozenset({KIND_FUNCTION, KIND_METHOD, KIND_HELPER})
+_EMPTY_BATCH: Final = b"\x90"  # a codec-encoded empty list
 
 
 def check_protocol(version: int) -> None:
@@ -204,6 +210,126 @@ class Bridge:
             # Said once: the next strict call starts the session afresh on a live worker.
             session.last_worker = None
             raise
+
+    # -- streams ------------------------------------------------------------------------
+
+    def _stream_limits(self, first: bool) -> tuple[int, int, float]:
+        cfg = self.config
+        # The first batch is the first item alone: it arrives as fast as a unary result
+        # even if the generator then blocks, and the prefetched second batch overlaps it.
+        items = 1 if first else cfg.stream_batch_items
+        return items, cfg.stream_batch_bytes, cfg.stream_linger
+
+    async def stream(self, req: CallRequestWire, send: Callable[[bytes], Awaitable[None]]) -> None:
+        """Iterate what ``req`` names in a worker, handing each batch to ``send``.
+
+        One batch is prefetched while ``send`` waits for the client (HTTP/2 flow control),
+        so memory stays bounded by two batches however slowly the client reads. However
+        this ends (exhausted, error, client gone, deadline) the worker-side iterator is
+        closed: a pull in progress is interrupted and the generator's ``finally`` runs.
+        """
+        iterate_ref = req.kind == KIND_METHOD and req.target_ref and not req.name
+        if not iterate_ref:
+            validate_call(req)
+        else:
+            check_protocol(req.protocol_version)
+        if req.kind not in _STREAMABLE:
+            raise BadRequest(f"cannot stream a {KIND_NAMES.get(req.kind, req.kind)} call")
+        refs = [*req.arg_refs, req.target_ref] if req.target_ref else req.arg_refs
+        owner = owner_of(refs, self.boot)
+        pool = self.pool(owner.pool if owner is not None else req.pool)
+        pool.check_capacity()
+        session = self.sessions.begin_call(req.session_id, time.monotonic())
+        worker: WorkerHandle | None = None
+        stream_id = 0
+        open_ = False
+        prefetch: asyncio.Task[StreamReply] | None = None
+        pull_timeout = self.config.call_timeout_default
+        try:
+            async with asyncio.timeout(req.timeout or None):
+                while True:
+                    worker = (
+                        pool.owner(owner)
+                        if owner is not None
+                        else await self._pick(pool, session, req.affinity)
+                    )
+                    try:
+                        async with asyncio.timeout(pull_timeout):
+                            reply = await worker.stream_open(
+                                req.kind,
+                                req.module,
+                                req.name,
+                                req.target_ref,
+                                req.session_id,
+                                req.args,
+                                self.sessions.ref_budget(session),
+                                self._stream_limits(first=True),
+                            )
+                        break
+                    except NeverStarted:
+                        continue
+                stream_id = reply.stream_id
+                while True:
+                    self.sessions.refs_created(session, worker.key, reply.new_refs)
+                    open_ = reply.state == STREAM_MORE
+                    if open_:
+                        prefetch = asyncio.get_running_loop().create_task(
+                            self._pull(worker, stream_id, session, pull_timeout)
+                        )
+                    if reply.body != _EMPTY_BATCH:
+                        await send(reply.body)
+                    if reply.state == STREAM_DONE:
+                        return
+                    if reply.state == STREAM_ERROR:
+                        assert reply.error is not None
+                        raise remote_error(*reply.error)
+                    assert prefetch is not None
+                    reply, prefetch = await prefetch, None
+        except TimeoutError:
+            raise CallTimeout("the stream did not finish within its timeout") from None
+        finally:
+            if prefetch is not None:
+                prefetch.cancel()  # interrupts the pull if the worker is running it
+                with contextlib.suppress(BaseException):
+                    await asyncio.shield(asyncio.wait({prefetch}))
+            if worker is not None and stream_id and (open_ or prefetch is not None):
+                worker.stream_close(stream_id)
+            self.sessions.end_call(session, worker.key if worker else None, 0, time.monotonic())
+
+    async def _pull(
+        self, worker: WorkerHandle, stream_id: int, session: Session, timeout: float
+    ) -> StreamReply:
+        try:
+            async with asyncio.timeout(timeout):
+                return await worker.stream_pull(
+                    stream_id,
+                    session.id,
+                    self.sessions.ref_budget(session),
+                    self._stream_limits(first=False),
+                )
+        except TimeoutError:
+            raise CallTimeout(f"the iterator produced nothing for {timeout:g}s") from None
+
+    async def stream_next(self, ref_id: str, session_id: str, timeout: float) -> tuple[bool, bytes]:
+        """One item of a StreamRef: (done, encoded item)."""
+        key = parse_ref_id(ref_id, self.boot)
+        worker = self.pool(key.pool).owner(key)
+        session = self.sessions.begin_call(session_id, time.monotonic())
+        new_refs = 0
+        try:
+            async with asyncio.timeout(self._timeout(timeout)):
+                reply = await worker.stream_next(
+                    ref_id, session_id, self.sessions.ref_budget(session)
+                )
+            new_refs = reply.new_refs
+        except TimeoutError:
+            raise CallTimeout(
+                f"StreamNext did not finish within {self._timeout(timeout):g}s"
+            ) from None
+        finally:
+            self.sessions.end_call(session, worker.key, new_refs, time.monotonic())
+        done, item = reply.value
+        return bool(done), item
 
     # -- releases -----------------------------------------------------------------------
 

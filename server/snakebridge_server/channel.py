@@ -10,6 +10,12 @@ server -> worker
   [OP_CALL, call_id, kind, module, name, target_ref, session_id, args, ref_budget]
   [OP_RELEASE, call_id, [ref_id, ...]]
   [OP_RELEASE_SESSION, call_id, session_id]
+  [OP_STREAM_OPEN, call_id, kind, module, name, target_ref, session_id, args, ref_budget,
+   max_items, max_bytes, linger]                        -> [stream_id, batch, state, error]
+  [OP_STREAM_PULL, call_id, stream_id, session_id, ref_budget, max_items, max_bytes, linger]
+                                                        -> [stream_id, batch, state, error]
+  [OP_STREAM_CLOSE, call_id, stream_id]                 -> closed: bool
+  [OP_STREAM_NEXT, call_id, ref_id, session_id, ref_budget] -> [done, item]
 worker -> server
   [R_READY, pid, python_version]                       once, first frame
   [R_OK, call_id, value, new_refs]                     value: codec bytes or a count
@@ -29,6 +35,15 @@ import msgpack
 OP_CALL: Final = 1
 OP_RELEASE: Final = 2
 OP_RELEASE_SESSION: Final = 3
+OP_STREAM_OPEN: Final = 4
+OP_STREAM_PULL: Final = 5
+OP_STREAM_CLOSE: Final = 6
+OP_STREAM_NEXT: Final = 7
+
+# Stream batch states (the worker's ``worker_streams`` module produces them).
+STREAM_MORE: Final = 0
+STREAM_DONE: Final = 1
+STREAM_ERROR: Final = 2  # error = [type_name, message, traceback] of the iterator's exception
 
 R_OK: Final = 0
 R_ERR: Final = 1

@@ -30,6 +30,9 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--max-refs", "max_refs_total", int, "refs all sessions together may hold"),
     ("--max-message-size", "max_message_size", int, "largest argument/result, bytes"),
     ("--worker-start-timeout", "worker_start_timeout", float, "seconds for a worker's READY"),
+    ("--stream-batch-items", "stream_batch_items", int, "most items in one stream message"),
+    ("--stream-batch-bytes", "stream_batch_bytes", int, "most bytes in one stream message"),
+    ("--stream-linger", "stream_linger", float, "seconds a stream batch waits to fill up"),
     ("--log-level", "log_level", str, "debug | info | warning | error"),
 ]
 

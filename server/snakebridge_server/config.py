@@ -40,6 +40,9 @@ class ServerConfig:
     max_refs_per_session: int = 100_000
     max_refs_total: int = 1_000_000
     worker_start_timeout: float = 30.0
+    stream_batch_items: int = 8192
+    stream_batch_bytes: int = 1024 * 1024
+    stream_linger: float = 0.005
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -71,6 +74,11 @@ class ServerConfig:
         for key in ("call_timeout_default", "call_timeout_max", "cancel_grace", "session_ttl"):
             if not getattr(self, key) > 0:
                 fail(key, "must be > 0")
+        for key in ("stream_batch_items", "stream_batch_bytes"):
+            if getattr(self, key) < 1:
+                fail(key, "must be >= 1")
+        if not 0 < self.stream_linger <= 10:
+            fail("stream_linger", "must be in (0, 10] seconds")
         if self.worker_start_timeout <= 0:
             fail("worker_start_timeout", "must be > 0")
         if self.call_timeout_default > self.call_timeout_max:

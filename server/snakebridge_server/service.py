@@ -20,7 +20,13 @@ from snakebridge._protocol import (
     PROTOCOL_VERSION,
     SERVICE,
 )
-from snakebridge._wire import CallReplyWire, CallRequestWire, WireError
+from snakebridge._wire import (
+    CallReplyWire,
+    CallRequestWire,
+    StreamBatchWire,
+    StreamRequestWire,
+    WireError,
+)
 from snakebridge.errors import BadRequest, BridgeError, RemoteError
 
 from .bridge import Bridge, check_protocol
@@ -79,7 +85,10 @@ class BridgeService:
                 _guarded(self.set_attr), unary, pb.SetAttrRequest, CallReplyWire
             ),
             SERVICE + "Stream": Handler(
-                _guarded(self.stream), Cardinality.UNARY_STREAM, pb.StreamRequest, pb.StreamBatch
+                _guarded(self.stream),
+                Cardinality.UNARY_STREAM,
+                StreamRequestWire,
+                StreamBatchWire,
             ),
             SERVICE + "StreamNext": Handler(
                 _guarded(self.stream_next), unary, pb.StreamNextRequest, pb.StreamNextReply
@@ -132,19 +141,22 @@ class BridgeService:
         )
         await stream.send_message(CallReplyWire(result=await self.bridge.call(call)))
 
-    async def stream(self, stream: Stream[pb.StreamRequest, pb.StreamBatch]) -> None:
-        await stream.recv_message()
-        await stream.send_trailing_metadata(
-            status=Status.UNIMPLEMENTED,
-            status_message="Stream is not implemented yet (see the streaming issue)",
-        )
+    async def stream(self, stream: Stream[StreamRequestWire, StreamBatchWire]) -> None:
+        req = await stream.recv_message()
+        assert req is not None
+        check_protocol(req.protocol_version)
+
+        async def send(items: bytes) -> None:
+            await stream.send_message(StreamBatchWire(items=items))
+
+        await self.bridge.stream(req.call, send)
 
     async def stream_next(self, stream: Stream[pb.StreamNextRequest, pb.StreamNextReply]) -> None:
-        await stream.recv_message()
-        await stream.send_trailing_metadata(
-            status=Status.UNIMPLEMENTED,
-            status_message="StreamNext is not implemented yet (see the streaming issue)",
-        )
+        req = await stream.recv_message()
+        assert req is not None
+        check_protocol(req.protocol_version)
+        done, item = await self.bridge.stream_next(req.stream_ref, req.session_id, req.timeout)
+        await stream.send_message(pb.StreamNextReply(done=done, item=item))
 
     async def release_ref(self, stream: Stream[pb.ReleaseRefRequest, pb.ReleaseRefReply]) -> None:
         req = await stream.recv_message()

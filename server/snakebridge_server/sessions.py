@@ -84,6 +84,12 @@ class SessionTable:
             session.refs_by_worker[worker] = session.refs_by_worker.get(worker, 0) + new_refs
             self.total_refs += new_refs
 
+    def refs_created(self, session: Session, worker: WorkerKey, count: int) -> None:
+        """Refs made mid-request (stream batches) count at once, not when it ends."""
+        if count:
+            session.refs_by_worker[worker] = session.refs_by_worker.get(worker, 0) + count
+            self.total_refs += count
+
     def refs_released(self, session_id: str, worker: WorkerKey, count: int) -> None:
         session = self._sessions.get(session_id)
         if session is None:

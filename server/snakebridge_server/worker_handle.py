@@ -28,9 +28,14 @@ from .channel import (
     OP_CALL,
     OP_RELEASE,
     OP_RELEASE_SESSION,
+    OP_STREAM_CLOSE,
+    OP_STREAM_NEXT,
+    OP_STREAM_OPEN,
+    OP_STREAM_PULL,
     R_ERR,
     R_OK,
     R_READY,
+    STREAM_MORE,
     FrameDecoder,
     FrameTooLarge,
     pack_frame,
@@ -69,6 +74,27 @@ class WorkerSpec:
 class Reply:
     value: Any
     new_refs: int
+
+
+@dataclass(slots=True)
+class StreamReply:
+    """One batch of a stream, as the worker answered it."""
+
+    stream_id: int
+    body: bytes
+    state: int  # STREAM_MORE | STREAM_DONE | STREAM_ERROR
+    error: list[str] | None
+    new_refs: int = 0
+
+
+def _stream_reply(reply: Reply) -> StreamReply:
+    stream_id, body, state, error = reply.value
+    return StreamReply(stream_id, body, state, error, reply.new_refs)
+
+
+def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
+    if not fut.cancelled():
+        fut.exception()  # retrieved, so asyncio does not log it as never retrieved
 
 
 class _Channel(asyncio.Protocol):
@@ -133,6 +159,7 @@ class WorkerHandle:
         self.pid = 0
         self.calls_done = 0
         self.refs_held = 0
+        self.open_streams: set[int] = set()  # streams open on this worker count as load
         self._pending: dict[int, asyncio.Future[Reply]] = {}
         # Calls the caller gave up on that the worker has not answered yet: they still
         # occupy it, so they count as load.
@@ -152,7 +179,7 @@ class WorkerHandle:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending) + len(self._abandoned)
+        return len(self._pending) + len(self._abandoned) + len(self.open_streams)
 
     @property
     def alive(self) -> bool:
@@ -265,9 +292,13 @@ class WorkerHandle:
         args: bytes,
         ref_budget: int,
     ) -> Reply:
-        call_id, fut = self._send(
+        return await self._request(
             OP_CALL, kind, module, name, target_ref, session_id, args, ref_budget
         )
+
+    async def _request(self, op: int, *fields: Any) -> Reply:
+        """Send one request and await its reply; cancelling the caller cancels the call."""
+        call_id, fut = self._send(op, *fields)
         try:
             reply = await fut
         except asyncio.CancelledError:
@@ -276,6 +307,47 @@ class WorkerHandle:
         self.calls_done += 1
         self.refs_held += reply.new_refs
         return reply
+
+    # -- streams ------------------------------------------------------------------------
+
+    async def stream_open(
+        self,
+        kind: int,
+        module: str,
+        name: str,
+        target_ref: str,
+        session_id: str,
+        args: bytes,
+        ref_budget: int,
+        limits: tuple[int, int, float],
+    ) -> StreamReply:
+        reply = await self._request(
+            OP_STREAM_OPEN, kind, module, name, target_ref, session_id, args, ref_budget, *limits
+        )
+        batch = _stream_reply(reply)
+        if batch.state == STREAM_MORE:
+            self.open_streams.add(batch.stream_id)
+        return batch
+
+    async def stream_pull(
+        self, stream_id: int, session_id: str, ref_budget: int, limits: tuple[int, int, float]
+    ) -> StreamReply:
+        reply = await self._request(OP_STREAM_PULL, stream_id, session_id, ref_budget, *limits)
+        batch = _stream_reply(reply)
+        if batch.state != STREAM_MORE:
+            self.open_streams.discard(stream_id)
+        return batch
+
+    def stream_close(self, stream_id: int) -> None:
+        """Ask the worker to close a stream we abandoned; nobody waits for the answer."""
+        self.open_streams.discard(stream_id)
+        if self.state != "ready":
+            return
+        _, fut = self._send(OP_STREAM_CLOSE, stream_id)
+        fut.add_done_callback(_ignore_outcome)
+
+    async def stream_next(self, ref_id: str, session_id: str, ref_budget: int) -> Reply:
+        return await self._request(OP_STREAM_NEXT, ref_id, session_id, ref_budget)
 
     async def release(self, ref_ids: list[str]) -> dict[str, int]:
         _, fut = self._send(OP_RELEASE, ref_ids)
@@ -293,8 +365,9 @@ class WorkerHandle:
         """Stop ``call_id``: drop it if queued, interrupt it if running; if the worker has
         not answered within the grace period, kill it (the pool replaces it)."""
         fut = self._pending.pop(call_id, None)
-        if fut is not None and not fut.done():
-            fut.cancel()
+        if fut is None or fut.done():
+            return  # already answered: nothing runs any more
+        fut.cancel()
         if self.state != "ready" or self._ctrl is None:
             return
         self._abandoned.add(call_id)

@@ -19,6 +19,7 @@ import os
 import signal
 import socket
 import sys
+import time
 import traceback
 from collections.abc import Iterator
 from types import FrameType
@@ -52,20 +53,54 @@ from .channel import (
     OP_CALL,
     OP_RELEASE,
     OP_RELEASE_SESSION,
+    OP_STREAM_CLOSE,
+    OP_STREAM_NEXT,
+    OP_STREAM_OPEN,
+    OP_STREAM_PULL,
     R_ERR,
     R_OK,
     R_READY,
     pack_frame,
     unpack_message,
 )
+from .worker_streams import DONE, ERROR, MORE, BatchLimits, CallInterrupted, WorkerStream
 
 
-class CallInterrupted(BaseException):
-    """Raised inside user code when the server cancels the running call.
+class _Budget(Exception):
+    pass
 
-    A BaseException so that ``except Exception`` in user code does not swallow it; code
-    that swallows it anyway is killed by the server after the grace period.
-    """
+
+class RefMinter:
+    """Turns unencodable values of one request into refs of its session, within the
+    request's ref budget, remembering what it made so a failure can roll it back."""
+
+    __slots__ = ("budget", "created", "session_id", "table")
+
+    def __init__(self, table: RefTable, session_id: str, budget: int) -> None:
+        self.table = table
+        self.session_id = session_id
+        self.budget = budget
+        self.created: list[RefPayload] = []
+
+    def __call__(self, obj: Any, *, stream: bool | None = None) -> msgpack.ExtType:
+        if stream is None:
+            stream = isinstance(obj, Iterator) or inspect.isasyncgen(obj)
+        payload, is_new = self.table.add(obj, self.session_id, stream=stream)
+        if is_new:
+            self.created.append(payload)
+            if len(self.created) > self.budget:
+                raise _Budget
+        return _codec.ref_ext(payload)
+
+    def rollback(self) -> None:
+        self.table.discard(self.created)
+        self.created.clear()
+
+    def over_budget(self) -> LimitExceeded:
+        self.rollback()
+        return LimitExceeded(
+            f"the call would create more refs than its session may hold ({self.budget} left)"
+        )
 
 
 class RefTable:
@@ -198,6 +233,9 @@ class Worker:
         self.last_done = 0
         self.cancelled: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.streams: dict[int, WorkerStream] = {}
+        self.max_streams = args.max_streams
+        self._next_stream = 1
 
     def _register_helpers(self, module_name: str) -> None:
         mod = importlib.import_module(module_name)
@@ -273,6 +311,14 @@ class Worker:
                 return [R_OK, call_id, [[s, n] for s, n in counts.items()], 0]
             if op == OP_RELEASE_SESSION:
                 return [R_OK, call_id, self.refs.release_session(message[2]), 0]
+            if op == OP_STREAM_OPEN:
+                return self.stream_open(call_id, *message[2:])
+            if op == OP_STREAM_PULL:
+                return self.stream_pull(call_id, *message[2:])
+            if op == OP_STREAM_CLOSE:
+                return [R_OK, call_id, self.stream_close(message[2]), 0]
+            if op == OP_STREAM_NEXT:
+                return self.stream_next(call_id, *message[2:])
             raise BadRequest(f"unknown opcode {op}")
         except BridgeError as exc:
             return [R_ERR, call_id, type(exc).__name__, "", exc.message, ""]
@@ -288,18 +334,7 @@ class Worker:
         args: bytes,
         ref_budget: int,
     ) -> list[Any]:
-        created: list[RefPayload] = []  # refs this call made: rolled back if it fails
-
-        def as_ref(obj: Any, *, stream: bool | None = None) -> msgpack.ExtType:
-            if stream is None:
-                stream = isinstance(obj, Iterator) or inspect.isasyncgen(obj)
-            payload, is_new = self.refs.add(obj, session_id, stream=stream)
-            if is_new:
-                created.append(payload)
-                if len(created) > ref_budget:
-                    raise _Budget
-            return _codec.ref_ext(payload)
-
+        mint = RefMinter(self.refs, session_id, ref_budget)
         target = self.refs.get(target_ref) if target_ref else None
         decoded = _codec.decode(args, ref_factory=self._lookup) if args else None
         self.current = call_id
@@ -308,46 +343,177 @@ class Worker:
                 result = self.run_user_code(kind, module, name, target, decoded)
             finally:
                 self.current = 0
-            encoded = self._encode_result(kind, result, as_ref, created)
+            encoded = self._encode_result(kind, result, mint)
         except _Budget:
-            self.refs.discard(created)
-            raise LimitExceeded(
-                f"the call would create more refs than its session may hold ({ref_budget} left)"
-            ) from None
-        except CallInterrupted:
-            self.refs.discard(created)
-            raise
-        except BridgeError:
-            self.refs.discard(created)
+            raise mint.over_budget() from None
+        except (CallInterrupted, BridgeError):
+            mint.rollback()
             raise
         except BaseException as exc:
             # Anything user code raises (sys.exit(), CancelledError, GeneratorExit, ...) is
             # an error of that call, never a reason for the worker to die.
-            self.refs.discard(created)
-            tb = traceback.format_exc(limit=-20)
-            exc_type = f"{type(exc).__module__}.{type(exc).__qualname__}"
-            return [R_ERR, call_id, "RemoteError", exc_type, str(exc), tb]
+            mint.rollback()
+            return [R_ERR, call_id, "RemoteError", *_describe(exc)]
         if len(encoded) > self.max_result:
-            self.refs.discard(created)
+            mint.rollback()
             raise LimitExceeded(
                 f"the result is {len(encoded)} bytes, over the {self.max_result}-byte "
                 "message limit; return a ref or a smaller value"
             )
-        return [R_OK, call_id, encoded, len(created)]
+        return [R_OK, call_id, encoded, len(mint.created)]
 
-    def _encode_result(
-        self, kind: int, result: Any, as_ref: Any, created: list[RefPayload]
-    ) -> bytes:
+    @staticmethod
+    def _encode_result(kind: int, result: Any, mint: RefMinter) -> bytes:
         if kind == KIND_CLASS:
-            return _codec.encode(as_ref(result, stream=False))
+            return _codec.encode(mint(result, stream=False))
         try:
-            return _codec.encode(result, on_unencodable=as_ref)
+            return _codec.encode(result, on_unencodable=mint)
         except SerializationError:
             # Cyclic or too deep to carry by value: hand the whole result out as one ref,
             # dropping the refs the failed attempt made for its leaves.
-            self.refs.discard(created)
-            created.clear()
-            return _codec.encode(as_ref(result))
+            mint.rollback()
+            return _codec.encode(mint(result))
+
+    # -- streams ------------------------------------------------------------------------
+
+    def stream_open(
+        self,
+        call_id: int,
+        kind: int,
+        module: str,
+        name: str,
+        target_ref: str,
+        session_id: str,
+        args: bytes,
+        ref_budget: int,
+        max_items: int,
+        max_bytes: int,
+        linger: float,
+    ) -> list[Any]:
+        """Start iterating (a call's result, a ref's method result, or a ref itself) and
+        answer with the first batch."""
+        if len(self.streams) >= self.max_streams:
+            raise LimitExceeded(f"worker has {self.max_streams} open streams, its maximum")
+        target = self.refs.get(target_ref) if target_ref else None
+        decoded = _codec.decode(args, ref_factory=self._lookup) if args else None
+        self.current = call_id
+        try:
+            if target_ref and not name:
+                assert target is not None  # refs are never made for None
+                source, owner = target, None
+                if iter(target) is target:  # the ref *is* an iterator: it owns it
+                    owner = target_ref
+            else:
+                source, owner = self.run_user_code(kind, module, name, target, decoded), None
+            stream = WorkerStream(source, self._get_loop, owner)
+        except (CallInterrupted, BridgeError):
+            raise
+        except BaseException as exc:
+            return [R_ERR, call_id, "RemoteError", *_describe(exc)]
+        finally:
+            self.current = 0
+        stream_id = self._next_stream
+        self._next_stream += 1
+        self.streams[stream_id] = stream
+        limits = BatchLimits(max_items, max_bytes, linger)
+        return self._batch(call_id, stream_id, session_id, ref_budget, limits)
+
+    def stream_pull(
+        self,
+        call_id: int,
+        stream_id: int,
+        session_id: str,
+        ref_budget: int,
+        max_items: int,
+        max_bytes: int,
+        linger: float,
+    ) -> list[Any]:
+        if stream_id not in self.streams:
+            raise RefNotFound(f"stream {stream_id} is closed")
+        limits = BatchLimits(max_items, max_bytes, linger)
+        return self._batch(call_id, stream_id, session_id, ref_budget, limits)
+
+    def _batch(
+        self, call_id: int, stream_id: int, session_id: str, budget: int, limits: BatchLimits
+    ) -> list[Any]:
+        stream = self.streams[stream_id]
+        mint = RefMinter(self.refs, session_id, budget)
+
+        def encode_chunk(chunk: list[Any]) -> bytes:
+            return _codec.encode(chunk, on_unencodable=mint)
+
+        self.current = call_id
+        try:
+            batch = stream.next_batch(limits, encode_chunk, time.monotonic)
+        except _Budget:
+            self._drop_stream(stream_id)
+            raise mint.over_budget() from None
+        except SerializationError:
+            self._drop_stream(stream_id)
+            mint.rollback()
+            raise
+        except CallInterrupted:
+            self._drop_stream(stream_id)
+            raise
+        finally:
+            self.current = 0
+        error = None
+        if batch.state != MORE:
+            self.streams.pop(stream_id, None)
+            if stream.owner_ref is not None and batch.state == DONE:
+                self.refs.release([stream.owner_ref])  # an exhausted StreamRef frees itself
+        if batch.state == ERROR:
+            assert batch.error is not None
+            error = _describe(batch.error)
+        return [R_OK, call_id, [stream_id, batch.body, batch.state, error], len(mint.created)]
+
+    def _drop_stream(self, stream_id: int) -> None:
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            try:
+                stream.close()
+            except BaseException:  # a broken generator must not take the worker down
+                print(f"closing stream {stream_id} raised:", file=sys.stderr)
+                traceback.print_exc()  # stderr goes to the server's log
+
+    def stream_close(self, stream_id: int) -> bool:
+        """Close a stream the server abandoned; its generator's ``finally`` blocks run."""
+        existed = stream_id in self.streams
+        self._drop_stream(stream_id)
+        return existed
+
+    def stream_next(self, call_id: int, ref_id: str, session_id: str, ref_budget: int) -> list[Any]:
+        """One item from a StreamRef (``StreamNext``): [done, encoded item]. An exhausted
+        StreamRef is released."""
+        it = self.refs.get(ref_id)
+        mint = RefMinter(self.refs, session_id, ref_budget)
+        self.current = call_id
+        try:
+            try:
+                if hasattr(it, "__anext__"):
+                    item = self._get_loop().run_until_complete(it.__anext__())
+                else:
+                    item = next(it)
+            finally:
+                self.current = 0
+            encoded = _codec.encode(item, on_unencodable=mint)
+        except (StopIteration, StopAsyncIteration):
+            self.refs.release([ref_id])
+            return [R_OK, call_id, [True, b""], 0]
+        except _Budget:
+            raise mint.over_budget() from None
+        except (CallInterrupted, BridgeError):
+            mint.rollback()
+            raise
+        except BaseException as exc:
+            mint.rollback()
+            return [R_ERR, call_id, "RemoteError", *_describe(exc)]
+        return [R_OK, call_id, [False, encoded], len(mint.created)]
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop
 
     def _lookup(self, payload: RefPayload) -> Any:
         return self.refs.get(payload.id)
@@ -380,13 +546,13 @@ class Worker:
         raise BadRequest(f"unknown call kind {kind}")
 
     def _run_coroutine(self, coro: Any) -> Any:
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-        return self._loop.run_until_complete(coro)
+        return self._get_loop().run_until_complete(coro)
 
 
-class _Budget(Exception):
-    pass
+def _describe(exc: BaseException) -> list[str]:
+    """[qualified type, message, traceback] of an exception raised by user code."""
+    tb = "".join(traceback.format_exception(exc, limit=-20))
+    return [f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb]
 
 
 def _split_args(decoded: Any) -> tuple[list[Any], dict[str, Any]]:
@@ -429,6 +595,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-frame", type=int, default=80 * 1024 * 1024)
     parser.add_argument("--max-result", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--helpers", default="")
+    parser.add_argument("--max-streams", type=int, default=1024)
     args = parser.parse_args(argv)
     _set_parent_death_signal()
     # The server owns shutdown: a terminal's Ctrl-C must not kill workers mid-call.

@@ -136,3 +136,95 @@ def raise_base(kind: str) -> None:
 
 def big_bytes(n: int) -> bytes:
     return b"x" * n
+
+
+# -- generators for the streaming tests -------------------------------------------------
+
+
+def numbers(n: int) -> Any:
+    yield from range(n)
+
+
+def forever(marker: str = "", chunk: int = 0) -> Any:
+    """Infinite; writes ``marker`` from its finally block when closed."""
+    i = 0
+    try:
+        while True:
+            yield (b"x" * chunk) if chunk else i
+            i += 1
+    finally:
+        if marker:
+            with open(marker, "w") as f:
+                f.write(f"closed after {i}")
+
+
+def slow(marker: str, delay: float) -> Any:
+    """First item at once, then one item per ``delay`` seconds."""
+    i = 0
+    try:
+        while True:
+            yield i
+            i += 1
+            time.sleep(delay)
+    finally:
+        with open(marker, "w") as f:
+            f.write("closed")
+
+
+async def async_numbers(n: int, delay: float = 0.0) -> Any:
+    import asyncio
+
+    for i in range(n):
+        if delay:
+            await asyncio.sleep(delay)
+        yield i
+
+
+async def async_forever(marker: str) -> Any:
+    import asyncio
+
+    i = 0
+    try:
+        while True:
+            yield i
+            i += 1
+            await asyncio.sleep(0)
+    finally:
+        with open(marker, "w") as f:
+            f.write("closed")
+
+
+def fails_after(n: int) -> Any:
+    yield from range(n)
+    raise ValueError(f"boom after {n}")
+
+
+def things(n: int) -> Any:
+    for i in range(n):
+        yield Thing(str(i))
+
+
+def gen_in_container() -> Any:
+    return {"gen": (i * i for i in range(4)), "n": 1}
+
+
+class Bag:
+    def __init__(self) -> None:
+        self.data = [3, 1, 2]
+
+    def items(self) -> Any:
+        return iter(sorted(self.data))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __iter__(self) -> Any:
+        return iter(self.data)
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return -1
