@@ -11,6 +11,7 @@ from typing import Any
 import msgpack
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
+
 from snakebridge import __version__
 from snakebridge._generated.snakebridge import v1 as pb
 from snakebridge._protocol import (

@@ -26,6 +26,7 @@ from types import FrameType
 from typing import Any
 
 import msgpack
+
 from snakebridge import _codec
 from snakebridge._codec import RefPayload
 from snakebridge._protocol import (

@@ -7,10 +7,11 @@ from typing import Any
 
 import anyio
 import pytest
-import snakebridge
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
+
+import snakebridge
 from snakebridge import errors
 from snakebridge._generated.snakebridge import v1 as pb
 from snakebridge._protocol import SERVICE

@@ -11,6 +11,7 @@ from typing import Any
 
 import anyio
 import pytest
+
 import snakebridge
 from snakebridge import errors
 

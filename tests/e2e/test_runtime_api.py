@@ -10,6 +10,7 @@ from typing import Any
 
 import anyio
 import pytest
+
 import snakebridge
 from snakebridge import Ref, RefNotFound, StreamRef
 

@@ -187,8 +187,10 @@ async def test_slow_consumer_keeps_server_and_worker_memory_bounded(
                 break
     growth_server = (peak_server - base_server) / 1024
     growth_worker = (peak_worker - base_worker) / 1024
-    print(f"RSS growth over 200 slow items: server {growth_server:.1f} MiB, "
-          f"worker {growth_worker:.1f} MiB")
+    print(
+        f"RSS growth over 200 slow items: server {growth_server:.1f} MiB, "
+        f"worker {growth_worker:.1f} MiB"
+    )
     assert growth_server < 64, growth_server
     assert growth_worker < 64, growth_worker
 

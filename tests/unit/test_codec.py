@@ -15,6 +15,7 @@ import msgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from snakebridge import _codec
 from snakebridge._codec import Limits, RefPayload, decode, encode
 from snakebridge.errors import SerializationError

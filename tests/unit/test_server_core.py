@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import msgpack
 import pytest
+
 from snakebridge.errors import BadRequest, LimitExceeded, SessionLost
 from snakebridge_server.channel import FrameDecoder, FrameTooLarge, pack_frame, unpack_message
 from snakebridge_server.cli import build_config

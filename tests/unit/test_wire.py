@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from snakebridge._generated.snakebridge.v1 import CallKind, CallReply, CallRequest
 from snakebridge._wire import CallReplyWire, CallRequestWire, WireError
 
