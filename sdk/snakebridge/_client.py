@@ -170,11 +170,13 @@ class _Runtime:
         timeout: float | None = None,
     ) -> Any:  # fmt: skip
         """``ref.name`` (may be dotted)."""
+        timeout = self._client._effective_timeout(timeout)
         req = pb.GetAttrRequest(
             protocol_version=PROTOCOL_VERSION,
             target_ref=_ref_id(ref),
             name=name,
             session_id=self._session_id(session),
+            timeout=timeout or 0.0,
         )
         reply = await self._client._unary("GetAttr", req, pb.GetAttrRequest, CallReplyWire, timeout)
         return self._client._decode(reply.result)
@@ -184,6 +186,7 @@ class _Runtime:
         timeout: float | None = None,
     ) -> None:  # fmt: skip
         """``ref.name = value``."""
+        timeout = self._client._effective_timeout(timeout)
         ref_ids: list[str] = []
         encoded = _codec.encode(value, ref_ids=ref_ids)
         req = pb.SetAttrRequest(
@@ -193,6 +196,7 @@ class _Runtime:
             value=encoded,
             arg_refs=ref_ids,
             session_id=self._session_id(session),
+            timeout=timeout or 0.0,
         )
         await self._client._unary("SetAttr", req, pb.SetAttrRequest, CallReplyWire, timeout)
 
@@ -254,6 +258,9 @@ class _Runtime:
             kind, module, function, target, args, kwargs,
             self._session_id(session), pool, timeout, False, None,
         )  # fmt: skip
+        # Only an explicit timeout bounds a stream: the client's per-call default would
+        # cut long iterations short.
+        call.timeout = timeout or 0.0
         return RemoteStream(self._client, call, timeout)
 
     async def stream_next(
@@ -267,7 +274,7 @@ class _Runtime:
             protocol_version=PROTOCOL_VERSION,
             stream_ref=ref_id,
             session_id=self._session_id(session),
-            timeout=_check_timeout(timeout) or 0.0,
+            timeout=self._client._effective_timeout(timeout) or 0.0,
         )
         reply = await self._client._unary(
             "StreamNext", req, pb.StreamNextRequest, pb.StreamNextReply, timeout
@@ -541,7 +548,11 @@ class Client(_Runtime):
             protocol_version=PROTOCOL_VERSION, session_id=_session_value(session_id)
         )
         reply = await self._unary(
-            "ReleaseSession", req, pb.ReleaseSessionRequest, pb.ReleaseSessionReply, timeout
+            "ReleaseSession",
+            req,
+            pb.ReleaseSessionRequest,
+            pb.ReleaseSessionReply,
+            self._effective_timeout(timeout),
         )
         return int(reply.released_refs)
 
@@ -554,7 +565,11 @@ class Client(_Runtime):
             return 0
         req = pb.ReleaseRefRequest(protocol_version=PROTOCOL_VERSION, ref_ids=[r.id for r in live])
         reply = await self._unary(
-            "ReleaseRef", req, pb.ReleaseRefRequest, pb.ReleaseRefReply, timeout
+            "ReleaseRef",
+            req,
+            pb.ReleaseRefRequest,
+            pb.ReleaseRefReply,
+            self._effective_timeout(timeout),
         )
         for ref in live:
             ref._mark_released()
@@ -564,11 +579,15 @@ class Client(_Runtime):
         """Server version, protocol version, pools and their workers."""
         req = pb.DescribeRequest(protocol_version=PROTOCOL_VERSION)
         reply: pb.DescribeReply = await self._unary(
-            "Describe", req, pb.DescribeRequest, pb.DescribeReply, timeout
+            "Describe", req, pb.DescribeRequest, pb.DescribeReply, _check_timeout(timeout)
         )
         return reply
 
     # -- plumbing -----------------------------------------------------------------------
+
+    def _effective_timeout(self, timeout: float | None) -> float | None:
+        """The per-call timeout, else the client's default; validated."""
+        return _check_timeout(self.timeout if timeout is None else timeout)
 
     def _make_ref(self, payload: _codec.RefPayload) -> Ref:
         return (StreamRef if payload.stream else Ref)(payload, self)
@@ -622,7 +641,7 @@ class Client(_Runtime):
             encoded = _codec.encode([list(args), dict(kwargs or {})], ref_ids=ref_ids)
         if affinity not in (None, "", AFFINITY_STRICT):
             raise ValueError(f"affinity must be None or 'strict', not {affinity!r}")
-        timeout = _check_timeout(self.timeout if timeout is None else timeout)
+        timeout = self._effective_timeout(timeout)
         return CallRequestWire(
             protocol_version=PROTOCOL_VERSION,
             kind=kind,
@@ -650,7 +669,7 @@ class Client(_Runtime):
                 Cardinality.UNARY_STREAM,
                 StreamRequestWire,
                 StreamBatchWire,
-                timeout=timeout or self.timeout,
+                timeout=timeout,
                 metadata=self._metadata,
             ) as stream:
                 try:

@@ -171,7 +171,9 @@ class WorkerCrashed(BridgeError):
     """The worker process died while running the call (segfault, kill, ``os._exit``).
 
     The worker is replaced; the call's effects are unknown. Retry only if it is
-    idempotent (or pass ``idempotent=True`` and the server retries once for you).
+    idempotent (``call``/``call_helper`` take ``idempotent=True``: the server then
+    retries once on another worker). Calls queued behind the crashed one never ran and
+    are re-routed without an error.
     """
 
     grpc_status = GrpcStatus.ABORTED
@@ -199,9 +201,10 @@ class PoolSaturated(BridgeError):
 
 
 class LimitExceeded(BridgeError):
-    """A server cap was reached: sessions, refs per session, or refs in total.
+    """A server cap was reached: sessions, refs per session or in total, or the message
+    size (arguments or a result over ``--max-message-size``).
 
-    Release refs or sessions you no longer need.
+    Release refs or sessions you no longer need; pass big values by ref.
     """
 
     grpc_status = GrpcStatus.RESOURCE_EXHAUSTED

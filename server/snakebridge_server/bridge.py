@@ -65,9 +65,20 @@ def check_protocol(version: int) -> None:
         )
 
 
+MAX_NAME = 1024  # module / attribute path, characters
+MAX_ID = 256  # session and ref ids, characters
+MAX_ARG_REFS = 100_000
+
+
 def validate_call(req: CallRequestWire) -> None:
     """Reject malformed requests before they reach a worker."""
     check_protocol(req.protocol_version)
+    if len(req.module) > MAX_NAME or len(req.name) > MAX_NAME:
+        raise BadRequest(f"module and name are limited to {MAX_NAME} characters")
+    if len(req.session_id) > MAX_ID or len(req.target_ref) > MAX_ID or len(req.pool) > MAX_ID:
+        raise BadRequest(f"session, ref and pool ids are limited to {MAX_ID} characters")
+    if len(req.arg_refs) > MAX_ARG_REFS or any(len(r) > MAX_ID for r in req.arg_refs):
+        raise BadRequest(f"at most {MAX_ARG_REFS} arg_refs of at most {MAX_ID} characters")
     kind = req.kind
     if kind not in KIND_NAMES:
         raise BadRequest(f"unknown call kind {kind}")

@@ -56,6 +56,15 @@ CANCEL: Final = struct.Struct(">Q")
 DEFAULT_MAX_FRAME: Final = 80 * 1024 * 1024
 
 
+def clip(text: str, limit: int, *, keep_end: bool = False) -> str:
+    """``text`` cut to at most ``limit`` characters, saying how much was cut."""
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    note = f"...[{cut} characters cut]..."
+    return note + text[-limit:] if keep_end else text[:limit] + note
+
+
 class FrameTooLarge(Exception):
     """A frame header announced more than the configured maximum."""
 

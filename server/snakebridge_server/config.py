@@ -7,10 +7,13 @@ wins). ``ServerConfig.validate`` names the offending key and the reason.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import sys
 from dataclasses import dataclass, fields
 from typing import Final
+
+from snakebridge._codec import DEFAULT_LIMITS
 
 from .refids import POOL_NAME_RE
 
@@ -72,15 +75,20 @@ class ServerConfig:
             if getattr(self, key) < 1:
                 fail(key, "must be >= 1")
         for key in ("call_timeout_default", "call_timeout_max", "cancel_grace", "session_ttl"):
-            if not getattr(self, key) > 0:
-                fail(key, "must be > 0")
+            if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
+                fail(key, "must be a finite number > 0")
         for key in ("stream_batch_items", "stream_batch_bytes"):
             if getattr(self, key) < 1:
                 fail(key, "must be >= 1")
-        if not 0 < self.stream_linger <= 10:
+        if not 0 < self.stream_linger <= 10:  # NaN fails too
             fail("stream_linger", "must be in (0, 10] seconds")
-        if self.worker_start_timeout <= 0:
-            fail("worker_start_timeout", "must be > 0")
+        if not (self.worker_start_timeout > 0 and math.isfinite(self.worker_start_timeout)):
+            fail("worker_start_timeout", "must be a finite number > 0")
+        if self.max_message_size > DEFAULT_LIMITS.max_size:
+            fail(
+                "max_message_size",
+                f"must be at most {DEFAULT_LIMITS.max_size} (the value codec's decode limit)",
+            )
         if self.call_timeout_default > self.call_timeout_max:
             fail("call_timeout_default", "must not exceed call_timeout_max")
         if self.log_level not in ("debug", "info", "warning", "error"):

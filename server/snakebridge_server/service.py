@@ -31,24 +31,35 @@ from snakebridge._wire import (
 from snakebridge.errors import BadRequest, BridgeError, RemoteError
 
 from .bridge import Bridge, check_protocol
+from .channel import clip
 
 log = logging.getLogger("snakebridge.service")
 
 _MAX_STATUS_MESSAGE = 2048
+# hpack's cost grows with the square of a header's size: keep the trailer small.
+_MAX_TRAILER_MESSAGE = 8 * 1024
+_MAX_TRAILER_TRACEBACK = 16 * 1024
 
 
 def error_trailer(exc: BridgeError) -> dict[str, bytes]:
-    details: dict[str, str] = {"code": type(exc).__name__, "message": exc.message}
+    details: dict[str, str] = {
+        "code": type(exc).__name__,
+        "message": clip(exc.message, _MAX_TRAILER_MESSAGE),
+    }
     if isinstance(exc, RemoteError):
         # Remote<Builtin> subclasses are rebuilt by the client from the type name.
-        details.update(code="RemoteError", type=exc.type_name, traceback=exc.traceback)
+        details.update(
+            code="RemoteError",
+            type=exc.type_name[:512],
+            traceback=clip(exc.traceback, _MAX_TRAILER_TRACEBACK, keep_end=True),
+        )
     return {ERROR_TRAILER: msgpack.packb(details, use_bin_type=True)}
 
 
 async def send_error(stream: Stream[Any, Any], exc: BridgeError) -> None:
     await stream.send_trailing_metadata(
         status=Status(int(exc.grpc_status)),
-        status_message=str(exc)[:_MAX_STATUS_MESSAGE],
+        status_message=clip(str(exc), _MAX_STATUS_MESSAGE),
         metadata=error_trailer(exc),
     )
 

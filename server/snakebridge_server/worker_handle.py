@@ -17,6 +17,7 @@ import signal
 import socket
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +174,8 @@ class WorkerHandle:
         self._kill_timers: dict[int, asyncio.TimerHandle] = {}
         self.exited = asyncio.Event()
         self.death_reason = ""
+        self._recent_output: deque[str] = deque(maxlen=12)  # for start-failure reports
+        self._output_done = asyncio.Event()
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.key} pid={self.pid} {self.state} in_flight={self.in_flight}>"
@@ -235,6 +238,14 @@ class WorkerHandle:
             async with asyncio.timeout(self.spec.start_timeout):
                 await channel.ready
         except BaseException as exc:
+            if isinstance(exc, WorkerStartError):
+                # It died on its own: let its last words (a traceback, usually) arrive.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(2.0):
+                        await self._output_done.wait()
+                last = [line for line in self._recent_output if line.strip()][-3:]
+                if last:
+                    exc = WorkerStartError(f"{exc}; its last output: {' | '.join(last)}")
             await self.kill(f"start failed: {exc!r}")
             if isinstance(exc, TimeoutError):
                 raise WorkerStartError(
@@ -260,8 +271,11 @@ class WorkerHandle:
             except (ValueError, asyncio.LimitOverrunError):  # over-long line: drop it
                 continue
             if not line:
+                self._output_done.set()
                 return
-            log.info("[worker %s] %s", self.key, line.decode(errors="replace").rstrip())
+            text = line.decode(errors="replace").rstrip()
+            self._recent_output.append(text)
+            log.info("[worker %s] %s", self.key, text)
 
     async def _reap(self) -> None:
         assert self._proc is not None
@@ -365,8 +379,10 @@ class WorkerHandle:
         """Stop ``call_id``: drop it if queued, interrupt it if running; if the worker has
         not answered within the grace period, kill it (the pool replaces it)."""
         fut = self._pending.pop(call_id, None)
-        if fut is None or fut.done():
-            return  # already answered: nothing runs any more
+        if fut is None:
+            return  # its reply already arrived (the reader removes answered calls)
+        # Still unanswered. (A timeout cancels the awaited future before we get here, so
+        # "done" does not mean "answered".)
         fut.cancel()
         if self.state != "ready" or self._ctrl is None:
             return

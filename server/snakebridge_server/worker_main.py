@@ -61,6 +61,7 @@ from .channel import (
     R_ERR,
     R_OK,
     R_READY,
+    clip,
     pack_frame,
     unpack_message,
 )
@@ -550,10 +551,23 @@ class Worker:
         return self._get_loop().run_until_complete(coro)
 
 
+_MAX_ERROR_MESSAGE = 8 * 1024
+_MAX_TRACEBACK = 16 * 1024
+
+
 def _describe(exc: BaseException) -> list[str]:
-    """[qualified type, message, traceback] of an exception raised by user code."""
+    """[qualified type, message, traceback] of an exception raised by user code, each cut
+    to a bounded size: error text travels in gRPC trailers, which must stay small."""
+    try:
+        message = str(exc)
+    except BaseException:  # a broken __str__ must not break error reporting
+        message = f"<unprintable {type(exc).__name__}>"
     tb = "".join(traceback.format_exception(exc, limit=-20))
-    return [f"{type(exc).__module__}.{type(exc).__qualname__}", str(exc), tb]
+    return [
+        f"{type(exc).__module__}.{type(exc).__qualname__}"[:512],
+        clip(message, _MAX_ERROR_MESSAGE),
+        clip(tb, _MAX_TRACEBACK, keep_end=True),
+    ]
 
 
 def _split_args(decoded: Any) -> tuple[list[Any], dict[str, Any]]:

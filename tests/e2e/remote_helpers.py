@@ -228,3 +228,14 @@ def rss_kib() -> int:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     return -1
+
+
+def raise_long(n: int) -> None:
+    raise ValueError("x" * n)
+
+
+class SlowProperty:
+    @property
+    def value(self) -> int:
+        time.sleep(30)
+        return 1

@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 
 import snakebridge
@@ -108,4 +109,38 @@ def test_worker_that_cannot_start_fails_the_server_with_one_clear_line() -> None
     )
     assert done.returncode == 1
     assert "failed to start" in done.stderr
-    assert "Traceback" not in done.stderr.split("failed to start", 1)[1]
+    tail = done.stderr.split("failed to start", 1)[1]
+    assert "Traceback" not in tail
+    assert "No module named 'no_such_helpers_module'" in tail  # the cause, in the same line
+
+
+async def test_huge_exception_message_is_clipped_and_the_server_stays_responsive(
+    server: ServerProcess,
+) -> None:
+    async with snakebridge.Client(server.address) as client:
+        with anyio.fail_after(10):
+            with pytest.raises(ValueError) as info:
+                await client.call("remote_helpers", "raise_long", [2_000_000])
+        assert 8 * 1024 <= len(info.value.message) < 9 * 1024
+        assert "characters cut" in info.value.message
+        with anyio.fail_after(5):
+            assert await client.call("math", "sqrt", [4]) == 2.0
+
+
+async def test_oversized_names_are_bad_requests_not_worker_crashes(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        pids = {w.pid for w in (await client.describe()).pools[0].workers}
+        with pytest.raises(errors.BadRequest, match="1024 characters"):
+            await client.call("m" * 2_000_000, "f")
+        with pytest.raises(errors.BadRequest, match="ids are limited"):
+            await client.call("math", "sqrt", [1], session="s" * 1000)
+        assert {w.pid for w in (await client.describe()).pools[0].workers} == pids
+
+
+async def test_get_attr_honours_the_clients_default_timeout(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address, timeout=0.3) as client:
+        slow = await client.call_class("remote_helpers", "SlowProperty", [])
+        with anyio.fail_after(5), pytest.raises(errors.CallTimeout):
+            await client.get_attr(slow, "value")
+        with pytest.raises(ValueError, match="timeout"):
+            await client.get_attr(slow, "value", timeout=0)

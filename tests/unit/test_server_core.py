@@ -264,6 +264,10 @@ def test_flags_beat_environment_beat_defaults() -> None:
         (["--call-timeout", "10", "--max-call-timeout", "5"], {}, "call_timeout_default"),
         (["--pool", "bad name"], {}, "pool"),
         (["--log-level", "loud"], {}, "log_level"),
+        (["--worker-start-timeout", "nan"], {}, "worker_start_timeout"),
+        (["--call-timeout", "inf", "--max-call-timeout", "inf"], {}, "call_timeout"),
+        (["--max-message-size", str(65 * 1024 * 1024)], {}, "max_message_size"),
+        (["--stream-linger", "nan"], {}, "stream_linger"),
     ],
 )
 def test_invalid_config_names_the_key(argv: list[str], env: dict[str, str], needle: str) -> None:
