@@ -595,24 +595,9 @@ class Client(_Runtime):
     def _decode(self, data: bytes) -> Any:
         return _codec.decode(data, ref_factory=self._make_ref)
 
-    async def _invoke(
-        self,
-        kind: int,
-        module: str,
-        name: str,
-        target_ref: str,
-        args: Sequence[Any] | None,
-        kwargs: Mapping[str, Any] | None,
-        session_id: str,
-        pool: str | None,
-        timeout: float | None,
-        idempotent: bool,
-        affinity: str | None,
-    ) -> Any:
-        req = self._request(
-            kind, module, name, target_ref, args, kwargs,
-            session_id, pool, timeout, idempotent, affinity,
-        )  # fmt: skip
+    async def _invoke(self, *fields: Any) -> Any:
+        """Send one ``Call`` built by ``_request(*fields)`` and decode its result."""
+        req = self._request(*fields)
         reply = await self._unary("Call", req, CallRequestWire, CallReplyWire, req.timeout or None)
         return self._decode(reply.result)
 

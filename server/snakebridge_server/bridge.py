@@ -14,7 +14,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Final
+from typing import Final, TypeVar
 
 from snakebridge._protocol import (
     AFFINITY_STRICT,
@@ -49,6 +49,7 @@ from .sessions import Session, SessionTable
 from .worker_handle import NeverStarted, Reply, StreamReply, WorkerHandle, WorkerSpec
 
 log = logging.getLogger("snakebridge.bridge")
+_T = TypeVar("_T")
 
 _NEEDS_TARGET = frozenset({KIND_METHOD, KIND_GET_ATTR, KIND_SET_ATTR})
 _NEEDS_MODULE = frozenset({KIND_MODULE_ATTR})
@@ -174,32 +175,28 @@ class Bridge:
         reply: Reply | None = None
         try:
             async with asyncio.timeout(timeout):
-                retried_crash = False
-                while True:
-                    if owner is not None:
-                        worker = pool.owner(owner)  # SessionLost once its worker died
-                    else:
-                        worker = await self._pick(pool, session, req.affinity)
-                    try:
-                        reply = await worker.call(
-                            req.kind,
-                            req.module,
-                            req.name,
-                            req.target_ref,
-                            req.session_id,
-                            req.args,
-                            self.sessions.ref_budget(session),
-                        )
-                        break
-                    except NeverStarted:
-                        continue  # it never ran: route it again (the timeout bounds this)
-                    except WorkerCrashed:
-                        # Retry once, elsewhere, only what the caller marked safe to repeat
-                        # and what does not depend on the dead worker's objects.
-                        if retried_crash or not req.idempotent or owner is not None:
-                            raise
-                        retried_crash = True
-                        log.info("retrying idempotent call after crash of %s", worker.key)
+
+                async def run(w: WorkerHandle) -> Reply:
+                    budget = self.sessions.ref_budget(session)
+                    return await w.call(
+                        req.kind,
+                        req.module,
+                        req.name,
+                        req.target_ref,
+                        req.session_id,
+                        req.args,
+                        budget,
+                    )
+
+                try:
+                    worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
+                except WorkerCrashed as exc:
+                    # Retry once, elsewhere, only what the caller marked safe to repeat
+                    # and what does not depend on the dead worker's objects.
+                    if not req.idempotent or owner is not None:
+                        raise
+                    log.info("retrying idempotent call after a crash: %s", exc)
+                    worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
         except TimeoutError:
             raise CallTimeout(f"call did not finish within {timeout:g}s") from None
         finally:
@@ -212,6 +209,27 @@ class Bridge:
         assert reply is not None
         result: bytes = reply.value
         return result
+
+    async def _on_worker(
+        self,
+        pool: Pool,
+        owner: WorkerKey | None,
+        session: Session,
+        affinity: str,
+        run: Callable[[WorkerHandle], Awaitable[_T]],
+    ) -> tuple[WorkerHandle, _T]:
+        """Run ``run`` on the worker this request belongs to: the owner of its refs, else
+        one picked for the session. A request that was still queued when its worker died
+        never ran, so it is simply routed again (the caller's timeout bounds this)."""
+        while True:
+            if owner is not None:
+                worker = pool.owner(owner)  # SessionLost once the owner has died
+            else:
+                worker = await self._pick(pool, session, affinity)
+            try:
+                return worker, await run(worker)
+            except NeverStarted:
+                continue
 
     @staticmethod
     async def _pick(pool: Pool, session: Session, affinity: str) -> WorkerHandle:
@@ -258,27 +276,21 @@ class Bridge:
         pull_timeout = self.config.call_timeout_default
         try:
             async with asyncio.timeout(req.timeout or None):
-                while True:
-                    worker = (
-                        pool.owner(owner)
-                        if owner is not None
-                        else await self._pick(pool, session, req.affinity)
-                    )
-                    try:
-                        async with asyncio.timeout(pull_timeout):
-                            reply = await worker.stream_open(
-                                req.kind,
-                                req.module,
-                                req.name,
-                                req.target_ref,
-                                req.session_id,
-                                req.args,
-                                self.sessions.ref_budget(session),
-                                self._stream_limits(first=True),
-                            )
-                        break
-                    except NeverStarted:
-                        continue
+
+                async def open_on(w: WorkerHandle) -> StreamReply:
+                    async with asyncio.timeout(pull_timeout):
+                        return await w.stream_open(
+                            req.kind,
+                            req.module,
+                            req.name,
+                            req.target_ref,
+                            req.session_id,
+                            req.args,
+                            self.sessions.ref_budget(session),
+                            self._stream_limits(first=True),
+                        )
+
+                worker, reply = await self._on_worker(pool, owner, session, req.affinity, open_on)
                 stream_id = reply.stream_id
                 while True:
                     self.sessions.refs_created(session, worker.key, reply.new_refs)
