@@ -14,6 +14,7 @@ import msgpack
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
+from grpclib.metadata import decode_metadata
 
 from . import _codec
 from ._generated.snakebridge import v1 as pb
@@ -83,6 +84,19 @@ def _error_from_grpc(exc: GRPCError, trailers: Mapping[str, Any] | None) -> Brid
             pass
     cls = _STATUS_FALLBACK.get(exc.status, BridgeError)
     return cls(f"{exc.status.name}: {exc.message or ''}".rstrip(": "))
+
+
+def _trailers_of(stream: Any) -> Mapping[str, Any] | None:
+    """The status trailers of a finished client stream, decoded. When grpclib raises from
+    a reset stream it reads the raw trailers-only HEADERS itself and never fills
+    ``trailing_metadata``, so decode them here (grpclib is pinned: see pyproject)."""
+    if stream is None:
+        return None
+    if stream.trailing_metadata is not None:
+        return stream.trailing_metadata  # type: ignore[no-any-return]
+    h2 = getattr(stream, "_stream", None)
+    raw = getattr(h2, "trailers", None) or getattr(h2, "headers", None)
+    return decode_metadata(raw) if raw else None
 
 
 class _Runtime:
@@ -681,6 +695,7 @@ class Client(_Runtime):
         timeout: float | None,
     ) -> _T:  # fmt: skip
         channel = self._ensure_channel()
+        stream = None
         try:
             async with channel.request(
                 SERVICE + method,
@@ -699,7 +714,9 @@ class Client(_Runtime):
         except BridgeError:
             raise
         except GRPCError as exc:
-            raise _error_from_grpc(exc, None) from None
+            # Raised on the way out (e.g. the server refused a request it did not read
+            # and reset the stream while we were still sending it).
+            raise _error_from_grpc(exc, _trailers_of(stream)) from None
         except TimeoutError:
             raise CallTimeout(f"{method} did not finish within {timeout}s") from None
         except (StreamTerminatedError, ConnectionError, OSError) as exc:

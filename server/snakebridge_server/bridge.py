@@ -68,7 +68,7 @@ def check_protocol(version: int) -> None:
 
 MAX_NAME = 1024  # module / attribute path, characters
 MAX_ID = 256  # session and ref ids, characters
-MAX_ARG_REFS = 100_000
+MAX_ARG_REFS = 10_000
 
 
 def validate_call(req: CallRequestWire) -> None:

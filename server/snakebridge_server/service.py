@@ -30,12 +30,14 @@ from snakebridge._wire import (
 )
 from snakebridge.errors import BadRequest, BridgeError, RemoteError
 
+from .bounded import recv_bounded, stop_reading
 from .bridge import Bridge, check_protocol
 from .channel import clip
 
 log = logging.getLogger("snakebridge.service")
 
 _MAX_STATUS_MESSAGE = 2048
+_ENVELOPE = 4 * 1024 * 1024  # names, ids and up to 100,000 arg_refs (see bridge.MAX_*)
 # hpack's cost grows with the square of a header's size: keep the trailer small.
 _MAX_TRAILER_MESSAGE = 8 * 1024
 _MAX_TRAILER_TRACEBACK = 16 * 1024
@@ -73,6 +75,7 @@ def _guarded(fn: Callable[[Stream[Any, Any]], Awaitable[None]]) -> Rpc:
             await fn(stream)
         except BridgeError as exc:
             await send_error(stream, exc)
+            stop_reading(stream)  # e.g. the unread rest of an oversized request
         except WireError as exc:
             await send_error(stream, BadRequest(f"malformed request: {exc}"))
 
@@ -85,6 +88,8 @@ class BridgeService:
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
+        # Argument bytes plus the request's own (bounded) fields.
+        self.max_request = bridge.config.max_message_size + _ENVELOPE
 
     def __mapping__(self) -> dict[str, Handler]:
         unary = Cardinality.UNARY_UNARY
@@ -120,14 +125,12 @@ class BridgeService:
         }
 
     async def call(self, stream: Stream[CallRequestWire, CallReplyWire]) -> None:
-        req = await stream.recv_message()
-        assert req is not None
+        req = await recv_bounded(stream, self.max_request)
         result = await self.bridge.call(req)
         await stream.send_message(CallReplyWire(result=result))
 
     async def get_attr(self, stream: Stream[pb.GetAttrRequest, CallReplyWire]) -> None:
-        req = await stream.recv_message()
-        assert req is not None
+        req = await recv_bounded(stream, self.max_request)
         call = CallRequestWire(
             protocol_version=req.protocol_version,
             kind=KIND_GET_ATTR,
@@ -139,8 +142,7 @@ class BridgeService:
         await stream.send_message(CallReplyWire(result=await self.bridge.call(call)))
 
     async def set_attr(self, stream: Stream[pb.SetAttrRequest, CallReplyWire]) -> None:
-        req = await stream.recv_message()
-        assert req is not None
+        req = await recv_bounded(stream, self.max_request)
         call = CallRequestWire(
             protocol_version=req.protocol_version,
             kind=KIND_SET_ATTR,
@@ -154,8 +156,7 @@ class BridgeService:
         await stream.send_message(CallReplyWire(result=await self.bridge.call(call)))
 
     async def stream(self, stream: Stream[StreamRequestWire, StreamBatchWire]) -> None:
-        req = await stream.recv_message()
-        assert req is not None
+        req = await recv_bounded(stream, self.max_request)
         check_protocol(req.protocol_version)
 
         async def send(items: bytes) -> None:
@@ -164,15 +165,13 @@ class BridgeService:
         await self.bridge.stream(req.call, send)
 
     async def stream_next(self, stream: Stream[pb.StreamNextRequest, pb.StreamNextReply]) -> None:
-        req = await stream.recv_message()
-        assert req is not None
+        req = await recv_bounded(stream, self.max_request)
         check_protocol(req.protocol_version)
         done, item = await self.bridge.stream_next(req.stream_ref, req.session_id, req.timeout)
         await stream.send_message(pb.StreamNextReply(done=done, item=item))
 
     async def release_ref(self, stream: Stream[pb.ReleaseRefRequest, pb.ReleaseRefReply]) -> None:
-        req = await stream.recv_message()
-        assert req is not None
+        req = await recv_bounded(stream, self.max_request)
         check_protocol(req.protocol_version)
         released = await self.bridge.release_refs(list(req.ref_ids))
         await stream.send_message(pb.ReleaseRefReply(released=released))
@@ -180,15 +179,13 @@ class BridgeService:
     async def release_session(
         self, stream: Stream[pb.ReleaseSessionRequest, pb.ReleaseSessionReply]
     ) -> None:
-        req = await stream.recv_message()
-        assert req is not None
+        req = await recv_bounded(stream, self.max_request)
         check_protocol(req.protocol_version)
         released, existed = await self.bridge.release_session(req.session_id)
         await stream.send_message(pb.ReleaseSessionReply(released_refs=released, existed=existed))
 
     async def describe(self, stream: Stream[pb.DescribeRequest, pb.DescribeReply]) -> None:
-        req = await stream.recv_message()
-        assert req is not None
+        req = await recv_bounded(stream, self.max_request)
         check_protocol(req.protocol_version)
         bridge = self.bridge
         pools = []

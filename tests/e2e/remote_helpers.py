@@ -10,6 +10,13 @@ from typing import Any
 __all__ = ["add", "greet"]  # the helpers this module registers with --helpers
 
 
+def _mark(path: str, text: str) -> None:
+    """Write ``path`` atomically, so a test polling for it never reads it half-written."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+    os.replace(path + ".tmp", path)
+
+
 def add(a: int, b: int) -> int:
     """Add two numbers (a registered helper)."""
     return a + b
@@ -154,8 +161,7 @@ def forever(marker: str = "", chunk: int = 0) -> Any:
             i += 1
     finally:
         if marker:
-            with open(marker, "w") as f:
-                f.write(f"closed after {i}")
+            _mark(marker, f"closed after {i}")
 
 
 def slow(marker: str, delay: float) -> Any:
@@ -167,8 +173,7 @@ def slow(marker: str, delay: float) -> Any:
             i += 1
             time.sleep(delay)
     finally:
-        with open(marker, "w") as f:
-            f.write("closed")
+        _mark(marker, "closed")
 
 
 async def async_numbers(n: int, delay: float = 0.0) -> Any:
@@ -190,8 +195,7 @@ async def async_forever(marker: str) -> Any:
             i += 1
             await asyncio.sleep(0)
     finally:
-        with open(marker, "w") as f:
-            f.write("closed")
+        _mark(marker, "closed")
 
 
 def fails_after(n: int) -> Any:

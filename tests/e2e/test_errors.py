@@ -222,3 +222,38 @@ async def test_error_classes_map_to_distinct_documented_statuses() -> None:
     }
     for cls, status in expected.items():
         assert Status(int(cls.grpc_status)) is status, cls
+
+
+async def test_malformed_argument_bytes_are_a_serialization_error_from_the_worker(
+    server: ServerProcess,
+) -> None:
+    host, port = server.address.rsplit(":", 1)
+    channel = Channel(host, int(port))
+    try:
+        async with channel.request(
+            SERVICE + "Call", Cardinality.UNARY_UNARY, CallRequestWire, CallReplyWire
+        ) as stream:
+            req = CallRequestWire(
+                protocol_version=1, kind=1, module="math", name="sqrt", args=b"\xc1"
+            )
+            await stream.send_message(req, end=True)
+            with pytest.raises(GRPCError) as info:
+                await stream.recv_message()
+        assert info.value.status is Status.INVALID_ARGUMENT
+    finally:
+        channel.close()
+
+
+def test_statuses_without_a_trailer_map_to_the_matching_error() -> None:
+    from snakebridge._client import _error_from_grpc
+
+    cases = {
+        Status.CANCELLED: errors.CallCancelled,
+        Status.DEADLINE_EXCEEDED: errors.CallTimeout,
+        Status.UNAVAILABLE: errors.ConnectionFailed,
+        Status.INTERNAL: errors.BridgeError,
+    }
+    for status, cls in cases.items():
+        assert type(_error_from_grpc(GRPCError(status, "x"), None)) is cls
+    garbled = {"snakebridge-error-bin": b"\xc1 not msgpack"}
+    assert type(_error_from_grpc(GRPCError(Status.NOT_FOUND, "x"), garbled)) is errors.BridgeError

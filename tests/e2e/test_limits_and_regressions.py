@@ -144,3 +144,26 @@ async def test_get_attr_honours_the_clients_default_timeout(server: ServerProces
             await client.get_attr(slow, "value")
         with pytest.raises(ValueError, match="timeout"):
             await client.get_attr(slow, "value", timeout=0)
+
+
+def _rss_mib(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError(f"no VmRSS for {pid}")
+
+
+async def test_oversized_request_is_refused_from_its_length_prefix_without_buffering(
+    make_server: Any,
+) -> None:
+    srv = make_server("--workers", "1", "--max-message-size", "1000000")
+    async with snakebridge.Client(srv.address) as client:
+        await client.call("math", "sqrt", [4])  # warm: connection and handler paths
+        before = _rss_mib(srv.pid)
+        with anyio.fail_after(20), pytest.raises(errors.LimitExceeded, match="request message"):
+            await client.call("builtins", "len", [b"x" * (128 * 2**20)])
+        grown = _rss_mib(srv.pid) - before
+        print(f"server RSS grew {grown:.1f} MiB while refusing a 128 MiB request")
+        assert grown < 32, grown  # buffering it would have cost 128+ MiB
+        assert await client.call("math", "sqrt", [9]) == 3.0  # the connection still works
