@@ -39,6 +39,7 @@ from .errors import (
     CallTimeout,
     ConnectionFailed,
     ProtocolMismatch,
+    Unauthenticated,
     error_class,
     remote_error,
 )
@@ -52,6 +53,7 @@ _STATUS_FALLBACK: Final[dict[Status, type[BridgeError]]] = {
     Status.DEADLINE_EXCEEDED: CallTimeout,
     Status.CANCELLED: CallCancelled,
     Status.UNAVAILABLE: ConnectionFailed,
+    Status.UNAUTHENTICATED: Unauthenticated,
 }
 
 
@@ -455,8 +457,8 @@ class Client(_Runtime):
     ``address`` is ``HOST:PORT`` or ``unix:///abs/path.sock``; it defaults to
     ``$SNAKEBRIDGE_ADDRESS``, then ``127.0.0.1:50051``. ``timeout`` is the default
     per-call timeout in seconds (None: the server's default). ``token`` is sent as
-    ``authorization: Bearer`` metadata and ``ssl`` secures the channel, for servers that
-    require them (server-side auth/TLS are not implemented yet). Use as
+    ``authorization: Bearer`` metadata, for servers started with ``--token-file``;
+    ``ssl`` secures the channel (server-side TLS is not implemented yet). Use as
     ``async with Client(...) as client:``; leaving releases the auto session.
     """
 

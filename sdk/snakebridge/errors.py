@@ -17,7 +17,8 @@
     ├── LimitExceeded                a session/ref cap was reached       (RESOURCE_EXHAUSTED)
     ├── PoolUnavailable              the pool cannot take calls now      (UNAVAILABLE)
     ├── ProtocolMismatch             the two sides speak other versions (FAILED_PRECONDITION)
-    └── ConnectionFailed             the server cannot be reached        (UNAVAILABLE)
+    ├── ConnectionFailed             the server cannot be reached        (UNAVAILABLE)
+    └── Unauthenticated              missing or wrong token              (UNAUTHENTICATED)
 
 Each class maps to exactly one gRPC status (``grpc_status``); the server sends the class
 name in the ``snakebridge-error-bin`` trailer so the SDK raises the precise class.
@@ -69,6 +70,7 @@ __all__ = [
     "RemoteError",
     "SerializationError",
     "SessionLost",
+    "Unauthenticated",
     "WorkerCrashed",
     "error_class",
     "remote_error",
@@ -231,6 +233,15 @@ class ConnectionFailed(BridgeError):
     grpc_status = GrpcStatus.UNAVAILABLE
 
 
+class Unauthenticated(BridgeError):
+    """The server requires a token and this client sent none or a wrong one.
+
+    Pass ``token=`` to ``snakebridge.Client`` (the content of the server's --token-file).
+    """
+
+    grpc_status = GrpcStatus.UNAUTHENTICATED
+
+
 _BY_NAME: dict[str, type[BridgeError]] = {
     cls.__name__: cls
     for cls in (
@@ -249,6 +260,7 @@ _BY_NAME: dict[str, type[BridgeError]] = {
         PoolUnavailable,
         ProtocolMismatch,
         ConnectionFailed,
+        Unauthenticated,
     )
 }
 

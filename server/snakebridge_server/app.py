@@ -10,11 +10,13 @@ import signal
 import stat
 import sys
 
+from grpclib.events import RecvRequest, listen
 from grpclib.health.service import Health
 from grpclib.server import Server
 
+from .auth import TokenAuth, read_token
 from .bridge import Bridge
-from .config import ServerConfig
+from .config import ConfigError, ServerConfig
 from .service import BridgeService
 from .worker_handle import WorkerStartError
 
@@ -42,6 +44,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     try:
         await bridge.start()
         server = Server([BridgeService(bridge), Health()])
+        if config.token_file:
+            listen(server, RecvRequest, TokenAuth(read_token(config.token_file)))
         if config.uds:
             _remove_stale_socket(config.uds)
             old_umask = os.umask(0o177)  # the socket is created 0600: owner only
@@ -99,7 +103,7 @@ def run(config: ServerConfig) -> int:
     with runner:
         try:
             runner.run(serve(config))
-        except (OSError, WorkerStartError) as exc:
+        except (OSError, WorkerStartError, ConfigError) as exc:
             log.error("bridge-server failed to start: %s", exc)
             return 1
     return 0

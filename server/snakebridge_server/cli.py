@@ -34,6 +34,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--stream-batch-bytes", "stream_batch_bytes", int, "most bytes in one stream message"),
     ("--stream-linger", "stream_linger", float, "seconds a stream batch waits to fill up"),
     ("--log-level", "log_level", str, "debug | info | warning | error"),
+    ("--token-file", "token_file", str, "require 'authorization: Bearer <token in file>'"),
 ]
 
 
@@ -47,8 +48,21 @@ def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
     )
     for flag, _, _, help_text in _FLAGS:
         parser.add_argument(flag, help=help_text)
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        default=None,
+        help="allow a non-loopback --listen without --token-file (no authentication!)",
+    )
     ns = parser.parse_args(list(argv))
     values: dict[str, Any] = {}
+    insecure = ns.insecure or environ.get(ENV_PREFIX + "INSECURE", "").lower() in (
+        "1",
+        "true",
+        "yes",
+    )
+    if insecure:
+        values["insecure"] = True
     for flag, key, convert, _ in _FLAGS:
         attr = flag[2:].replace("-", "_")
         env_name = ENV_PREFIX + attr.upper()
@@ -76,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     try:
         config = build_config(sys.argv[1:] if argv is None else argv)
+        if config.token_file:
+            from .auth import read_token
+
+            read_token(config.token_file)  # fail now, naming the key, not after start-up
     except ConfigError as exc:
         print(f"bridge-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

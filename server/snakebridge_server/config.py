@@ -47,6 +47,8 @@ class ServerConfig:
     stream_batch_bytes: int = 1024 * 1024
     stream_linger: float = 0.005
     log_level: str = "info"
+    token_file: str | None = None
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         self.validate()
@@ -93,10 +95,15 @@ class ServerConfig:
             fail("call_timeout_default", "must not exceed call_timeout_max")
         if self.log_level not in ("debug", "info", "warning", "error"):
             fail("log_level", f"{self.log_level!r} is not debug|info|warning|error")
-        if self.uds is None and not _is_loopback(self.host):
-            # Auth and TLS arrive with the production issue; until then never expose a
-            # worker pool beyond this machine.
-            fail("host", f"{self.host!r} is not a loopback address; bind 127.0.0.1 or a UDS")
+        if self.uds is None and not _is_loopback(self.host) and not self.token_file:
+            if not self.insecure:
+                # Anyone who can reach the port can run Python here: not without a token
+                # (TLS is not built yet) unless the operator says so explicitly.
+                fail(
+                    "host",
+                    f"{self.host!r} is not a loopback address; give --token-file, "
+                    "or --insecure to serve it without authentication",
+                )
 
     @classmethod
     def field_names(cls) -> list[str]:

@@ -219,6 +219,7 @@ async def test_error_classes_map_to_distinct_documented_statuses() -> None:
         errors.PoolUnavailable: Status.UNAVAILABLE,
         errors.ProtocolMismatch: Status.FAILED_PRECONDITION,
         errors.ConnectionFailed: Status.UNAVAILABLE,
+        errors.Unauthenticated: Status.UNAUTHENTICATED,
     }
     for cls, status in expected.items():
         assert Status(int(cls.grpc_status)) is status, cls

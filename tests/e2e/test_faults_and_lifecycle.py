@@ -181,7 +181,7 @@ def test_invalid_configuration_fails_at_startup_naming_the_key() -> None:
 
     for args, needle in [
         (["--workers", "0"], "workers"),
-        (["--listen", "0.0.0.0:50051"], "loopback"),
+        (["--listen", "0.0.0.0:50051"], "--insecure"),
         (["--workers", "two"], "--workers"),
         (["--listen", "nonsense"], "listen"),
     ]:

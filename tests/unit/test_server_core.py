@@ -275,6 +275,14 @@ def test_invalid_config_names_the_key(argv: list[str], env: dict[str, str], need
         build_config(argv, env)
 
 
+def test_non_loopback_bind_needs_a_token_or_an_explicit_insecure() -> None:
+    with pytest.raises(ConfigError, match="--insecure"):
+        build_config(["--listen", "0.0.0.0:50051"], {})
+    assert build_config(["--listen", "0.0.0.0:1", "--token-file", "/t"], {}).token_file == "/t"
+    assert build_config(["--listen", "0.0.0.0:1", "--insecure"], {}).insecure
+    assert build_config(["--listen", "0.0.0.0:1"], {"SNAKEBRIDGE_INSECURE": "1"}).insecure
+
+
 def test_config_is_frozen() -> None:
     cfg = ServerConfig()
     with pytest.raises(AttributeError):
