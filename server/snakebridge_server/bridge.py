@@ -14,7 +14,7 @@ import secrets
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 from snakebridge._protocol import (
     AFFINITY_STRICT,
@@ -71,8 +71,9 @@ MAX_ID = 256  # session and ref ids, characters
 MAX_ARG_REFS = 10_000
 
 
-def validate_call(req: CallRequestWire) -> None:
-    """Reject malformed requests before they reach a worker."""
+def validate_call(req: CallRequestWire, *, iterate_ref: bool = False) -> None:
+    """Reject malformed requests before they reach a worker. ``iterate_ref``: a stream of
+    the target ref itself (METHOD with an empty name)."""
     check_protocol(req.protocol_version)
     if len(req.module) > MAX_NAME or len(req.name) > MAX_NAME:
         raise BadRequest(f"module and name are limited to {MAX_NAME} characters")
@@ -87,7 +88,7 @@ def validate_call(req: CallRequestWire) -> None:
         raise BadRequest(f"a {KIND_NAMES[kind]} call needs a target ref")
     if kind in _NEEDS_MODULE and not req.module:
         raise BadRequest(f"a {KIND_NAMES[kind]} call needs a module")
-    if kind in _NEEDS_NAME and not req.name:
+    if kind in _NEEDS_NAME and not req.name and not iterate_ref:
         raise BadRequest(f"a {KIND_NAMES[kind]} call needs a name")
     if kind in (KIND_FUNCTION, KIND_CLASS) and not (req.module or "." in req.name):
         raise BadRequest("a call needs a module, or a dotted name such as 'os.path.join'")
@@ -158,13 +159,16 @@ class Bridge:
 
     # -- calls --------------------------------------------------------------------------
 
-    async def call(self, req: CallRequestWire) -> bytes:
-        validate_call(req)
+    def _check_size(self, req: CallRequestWire) -> None:
         if len(req.args) > self.config.max_message_size:
             raise LimitExceeded(
                 f"the arguments are {len(req.args)} bytes, over the "
                 f"{self.config.max_message_size}-byte message limit; pass a ref instead"
             )
+
+    async def call(self, req: CallRequestWire) -> bytes:
+        validate_call(req)
+        self._check_size(req)
         refs = [*req.arg_refs, req.target_ref] if req.target_ref else req.arg_refs
         owner = owner_of(refs, self.boot)
         pool = self.pool(owner.pool if owner is not None else req.pool)
@@ -257,11 +261,9 @@ class Bridge:
         this ends (exhausted, error, client gone, deadline) the worker-side iterator is
         closed: a pull in progress is interrupted and the generator's ``finally`` runs.
         """
-        iterate_ref = req.kind == KIND_METHOD and req.target_ref and not req.name
-        if not iterate_ref:
-            validate_call(req)
-        else:
-            check_protocol(req.protocol_version)
+        iterate_ref = req.kind == KIND_METHOD and bool(req.target_ref) and not req.name
+        validate_call(req, iterate_ref=iterate_ref)
+        self._check_size(req)
         if req.kind not in _STREAMABLE:
             raise BadRequest(f"cannot stream a {KIND_NAMES.get(req.kind, req.kind)} call")
         refs = [*req.arg_refs, req.target_ref] if req.target_ref else req.arg_refs
@@ -294,6 +296,7 @@ class Bridge:
                 stream_id = reply.stream_id
                 while True:
                     self.sessions.refs_created(session, worker.key, reply.new_refs)
+                    self._refs_freed(worker.key, reply.released)
                     open_ = reply.state == STREAM_MORE
                     if open_:
                         prefetch = asyncio.get_running_loop().create_task(
@@ -308,6 +311,8 @@ class Bridge:
                         raise remote_error(*reply.error)
                     assert prefetch is not None
                     reply, prefetch = await prefetch, None
+        except CallTimeout:
+            raise  # a pull's own timeout, with its own message
         except TimeoutError:
             raise CallTimeout("the stream did not finish within its timeout") from None
         finally:
@@ -335,15 +340,25 @@ class Bridge:
 
     async def stream_next(self, ref_id: str, session_id: str, timeout: float) -> tuple[bool, bytes]:
         """One item of a StreamRef: (done, encoded item)."""
+        if len(ref_id) > MAX_ID or len(session_id) > MAX_ID:
+            raise BadRequest(f"session and ref ids are limited to {MAX_ID} characters")
+        if not timeout >= 0:
+            raise BadRequest("timeout must be a positive number of seconds (0 = server default)")
         key = parse_ref_id(ref_id, self.boot)
-        worker = self.pool(key.pool).owner(key)
+        pool = self.pool(key.pool)
+        worker = pool.owner(key)
         session = self.sessions.begin_call(session_id, time.monotonic())
         new_refs = 0
         try:
             async with asyncio.timeout(self._timeout(timeout)):
-                reply = await worker.stream_next(
-                    ref_id, session_id, self.sessions.ref_budget(session)
-                )
+
+                async def next_on(w: WorkerHandle) -> Reply:
+                    return await w.stream_next(
+                        ref_id, session_id, self.sessions.ref_budget(session)
+                    )
+
+                # Queued behind a crash, it is routed again: to SessionLost (owner is dead).
+                worker, reply = await self._on_worker(pool, key, session, "", next_on)
             new_refs = reply.new_refs
         except TimeoutError:
             raise CallTimeout(
@@ -351,8 +366,14 @@ class Bridge:
             ) from None
         finally:
             self.sessions.end_call(session, worker.key, new_refs, time.monotonic())
-        done, item = reply.value
+        done, item, released = reply.value
+        self._refs_freed(worker.key, released)
         return bool(done), item
+
+    def _refs_freed(self, worker: WorkerKey, released: list[list[Any]]) -> None:
+        """The worker freed refs itself (exhausted StreamRefs): stop counting them."""
+        for session_id, count in released:
+            self.sessions.refs_released(session_id, worker, count)
 
     # -- releases -----------------------------------------------------------------------
 

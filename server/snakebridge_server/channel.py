@@ -11,11 +11,13 @@ server -> worker
   [OP_RELEASE, call_id, [ref_id, ...]]
   [OP_RELEASE_SESSION, call_id, session_id]
   [OP_STREAM_OPEN, call_id, kind, module, name, target_ref, session_id, args, ref_budget,
-   max_items, max_bytes, linger]                        -> [stream_id, batch, state, error]
+   max_items, max_bytes, linger]               -> [stream_id, batch, state, error, released]
   [OP_STREAM_PULL, call_id, stream_id, session_id, ref_budget, max_items, max_bytes, linger]
-                                                        -> [stream_id, batch, state, error]
-  [OP_STREAM_CLOSE, call_id, stream_id]                 -> closed: bool
-  [OP_STREAM_NEXT, call_id, ref_id, session_id, ref_budget] -> [done, item]
+                                               -> [stream_id, batch, state, error, released]
+  [OP_STREAM_CLOSE, call_id, stream_id]        -> closed: bool
+  [OP_STREAM_NEXT, call_id, ref_id, session_id, ref_budget] -> [done, item, released]
+  (released: [[session_id, count], ...] of refs the worker freed itself: an exhausted
+  StreamRef releases itself, and the server's ref accounting must hear of it)
 worker -> server
   [R_READY, pid, python_version]                       once, first frame
   [R_OK, call_id, value, new_refs]                     value: codec bytes or a count

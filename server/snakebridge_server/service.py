@@ -38,14 +38,17 @@ log = logging.getLogger("snakebridge.service")
 
 _MAX_STATUS_MESSAGE = 2048
 _ENVELOPE = 4 * 1024 * 1024  # names, ids and up to 100,000 arg_refs (see bridge.MAX_*)
-# hpack's cost grows with the square of a header's size: keep the trailer small.
-_MAX_TRAILER_MESSAGE = 8 * 1024
-_MAX_TRAILER_TRACEBACK = 16 * 1024
+# hpack's cost grows with the square of a header's size: keep the trailer small. A little
+# above the worker's own cuts, so text it already clipped is not clipped twice.
+_MAX_TRAILER_MESSAGE = 8 * 1024 + 64
+_MAX_TRAILER_TRACEBACK = 16 * 1024 + 64
 
 
 def error_trailer(exc: BridgeError) -> dict[str, bytes]:
+    # The public class: server-internal subclasses (NeverStarted) mean nothing to clients.
+    public = next(c for c in type(exc).__mro__ if c.__module__ == "snakebridge.errors")
     details: dict[str, str] = {
-        "code": type(exc).__name__,
+        "code": public.__name__,
         "message": clip(exc.message, _MAX_TRAILER_MESSAGE),
     }
     if isinstance(exc, RemoteError):

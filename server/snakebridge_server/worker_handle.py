@@ -85,12 +85,13 @@ class StreamReply:
     body: bytes
     state: int  # STREAM_MORE | STREAM_DONE | STREAM_ERROR
     error: list[str] | None
+    released: list[list[Any]]  # [[session_id, count]] of refs the worker freed itself
     new_refs: int = 0
 
 
 def _stream_reply(reply: Reply) -> StreamReply:
-    stream_id, body, state, error = reply.value
-    return StreamReply(stream_id, body, state, error, reply.new_refs)
+    stream_id, body, state, error, released = reply.value
+    return StreamReply(stream_id, body, state, error, released, reply.new_refs)
 
 
 def _ignore_outcome(fut: asyncio.Future[Any]) -> None:

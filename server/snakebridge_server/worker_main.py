@@ -65,7 +65,15 @@ from .channel import (
     pack_frame,
     unpack_message,
 )
-from .worker_streams import DONE, ERROR, MORE, BatchLimits, CallInterrupted, WorkerStream
+from .worker_streams import (
+    DONE,
+    ERROR,
+    MORE,
+    BatchLimits,
+    CallInterrupted,
+    WorkerStream,
+    array_header,
+)
 
 
 class _Budget(Exception):
@@ -403,7 +411,7 @@ class Worker:
             if target_ref and not name:
                 assert target is not None  # refs are never made for None
                 source, owner = target, None
-                if iter(target) is target:  # the ref *is* an iterator: it owns it
+                if _is_iterator(target):  # the ref *is* the iterator: the ref owns it
                     owner = target_ref
             else:
                 source, owner = self.run_user_code(kind, module, name, target, decoded), None
@@ -442,7 +450,12 @@ class Worker:
         mint = RefMinter(self.refs, session_id, budget)
 
         def encode_chunk(chunk: list[Any]) -> bytes:
-            return _codec.encode(chunk, on_unencodable=mint)
+            try:
+                return _codec.encode(chunk, on_unencodable=mint)
+            except SerializationError:
+                # An item too cyclic or deep to carry by value goes out whole as a ref,
+                # as a unary result would; the others stay values.
+                return b"".join([array_header(len(chunk)), *(_item_or_ref(x, mint) for x in chunk)])
 
         self.current = call_id
         try:
@@ -450,24 +463,30 @@ class Worker:
         except _Budget:
             self._drop_stream(stream_id)
             raise mint.over_budget() from None
-        except SerializationError:
+        except (CallInterrupted, BridgeError):
             self._drop_stream(stream_id)
             mint.rollback()
             raise
-        except CallInterrupted:
-            self._drop_stream(stream_id)
-            raise
         finally:
             self.current = 0
+        if len(batch.body) > self.max_result:
+            self._drop_stream(stream_id)
+            mint.rollback()
+            raise LimitExceeded(
+                f"a stream item is {len(batch.body)} bytes, over the {self.max_result}-byte "
+                "message limit; yield smaller items"
+            )
         error = None
+        released: dict[str, int] = {}
         if batch.state != MORE:
             self.streams.pop(stream_id, None)
             if stream.owner_ref is not None and batch.state == DONE:
-                self.refs.release([stream.owner_ref])  # an exhausted StreamRef frees itself
+                released = self.refs.release([stream.owner_ref])  # exhausted: freed
         if batch.state == ERROR:
             assert batch.error is not None
             error = _describe(batch.error)
-        return [R_OK, call_id, [stream_id, batch.body, batch.state, error], len(mint.created)]
+        value = [stream_id, batch.body, batch.state, error, _pairs(released)]
+        return [R_OK, call_id, value, len(mint.created)]
 
     def _drop_stream(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -500,8 +519,8 @@ class Worker:
                 self.current = 0
             encoded = _codec.encode(item, on_unencodable=mint)
         except (StopIteration, StopAsyncIteration):
-            self.refs.release([ref_id])
-            return [R_OK, call_id, [True, b""], 0]
+            released = self.refs.release([ref_id])  # exhausted: the StreamRef frees itself
+            return [R_OK, call_id, [True, b"", _pairs(released)], 0]
         except _Budget:
             raise mint.over_budget() from None
         except (CallInterrupted, BridgeError):
@@ -510,7 +529,12 @@ class Worker:
         except BaseException as exc:
             mint.rollback()
             return [R_ERR, call_id, "RemoteError", *_describe(exc)]
-        return [R_OK, call_id, [False, encoded], len(mint.created)]
+        if len(encoded) > self.max_result:
+            mint.rollback()
+            raise LimitExceeded(
+                f"the item is {len(encoded)} bytes, over the {self.max_result}-byte message limit"
+            )
+        return [R_OK, call_id, [False, encoded, []], len(mint.created)]
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -568,6 +592,24 @@ def _describe(exc: BaseException) -> list[str]:
         clip(message, _MAX_ERROR_MESSAGE),
         clip(tb, _MAX_TRACEBACK, keep_end=True),
     ]
+
+
+def _is_iterator(obj: Any) -> bool:
+    """Whether ``obj`` is itself an iterator (sync or async), not just iterable."""
+    if hasattr(type(obj), "__anext__"):
+        return True
+    return hasattr(type(obj), "__next__") and iter(obj) is obj
+
+
+def _item_or_ref(item: Any, mint: RefMinter) -> bytes:
+    try:
+        return _codec.encode(item, on_unencodable=mint)
+    except SerializationError:
+        return _codec.encode(mint(item))
+
+
+def _pairs(counts: dict[str, int]) -> list[list[Any]]:
+    return [[session, n] for session, n in counts.items()]
 
 
 def _split_args(decoded: Any) -> tuple[list[Any], dict[str, Any]]:

@@ -243,3 +243,16 @@ class SlowProperty:
     def value(self) -> int:
         time.sleep(30)
         return 1
+
+
+def with_cyclic_item() -> Any:
+    cyc: list[Any] = [1]
+    cyc.append(cyc)
+    yield 0
+    yield cyc
+    yield 2
+
+
+def huge_items(size: int) -> Any:
+    yield b"x" * 10
+    yield b"x" * size

@@ -309,3 +309,55 @@ async def test_streaming_something_not_iterable_is_a_remote_type_error(
 
 def test_remote_helpers_module_is_where_the_server_finds_it() -> None:
     assert (HERE / "remote_helpers.py").exists()
+
+
+async def test_an_async_generator_stream_ref_is_iterable(server: ServerProcess) -> None:
+    async with snakebridge.Client(server.address) as client:
+        agen = await client.call("remote_helpers", "async_numbers", [4])
+        assert isinstance(agen, StreamRef) and agen.type_name == "async_generator"
+        assert await client.stream_next(agen) == 0
+        assert [x async for x in agen] == [1, 2, 3]
+
+
+async def test_exhausted_stream_refs_stop_counting_against_the_ref_cap(
+    make_server: Any,
+) -> None:
+    srv = make_server("--workers", "1", "--max-refs-per-session", "2")
+    async with snakebridge.Client(srv.address) as client:
+        for _ in range(3):  # three StreamRefs in turn, each exhausted: never over the cap
+            gen = await client.call("remote_helpers", "numbers", [2])
+            assert [x async for x in gen] == [0, 1]
+        gen = await client.call("remote_helpers", "numbers", [1])
+        assert await client.stream_next(gen) == 0
+        with pytest.raises(StopAsyncIteration):
+            await client.stream_next(gen)
+        a = await client.call_class("remote_helpers", "Thing", [])
+        b = await client.call_class("remote_helpers", "Thing", [])
+        assert a != b
+
+
+async def test_a_cyclic_item_arrives_as_a_ref_and_the_stream_goes_on(
+    server: ServerProcess,
+) -> None:
+    async with snakebridge.Client(server.address) as client:
+        first, cyc, last = [x async for x in client.stream("remote_helpers", "with_cyclic_item")]
+        assert (first, last) == (0, 2)
+        assert isinstance(cyc, Ref) and cyc.type_name == "list"
+        assert await client.call("builtins", "len", [cyc]) == 2
+
+
+async def test_oversized_stream_item_is_limit_exceeded_and_the_worker_survives(
+    make_server: Any,
+) -> None:
+    srv = make_server("--workers", "1", "--max-message-size", "100000")
+    async with snakebridge.Client(srv.address) as client:
+        pid = await client.call("os", "getpid")
+        seen = []
+        with pytest.raises(errors.LimitExceeded, match="stream item"):
+            async for x in client.stream("remote_helpers", "huge_items", [200_000]):
+                seen.append(x)
+        assert seen == [b"x" * 10]
+        with pytest.raises(errors.LimitExceeded, match="arguments are"):
+            async for _ in client.stream("remote_helpers", "echo", [b"x" * 200_000]):
+                pass
+        assert await client.call("os", "getpid") == pid

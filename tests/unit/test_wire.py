@@ -316,3 +316,23 @@ def test_default_reply_is_empty_bytes() -> None:
 def test_malformed_reply_raises_wire_error(data: bytes) -> None:
     with pytest.raises(WireError):
         CallReplyWire.FromString(data)
+
+
+def test_stream_request_and_batch_match_the_generated_messages() -> None:
+    from snakebridge._generated.snakebridge.v1 import StreamBatch, StreamRequest
+    from snakebridge._wire import StreamBatchWire, StreamRequestWire
+
+    inner = dict(protocol_version=1, kind=3, target_ref="b.default.0.1.7", args=b"\x90")
+    ours = StreamRequestWire(protocol_version=1, call=CallRequestWire(**inner))
+    theirs = StreamRequest(protocol_version=1, call=CallRequest(**inner))
+    assert ours.SerializeToString() == bytes(theirs)
+    back = StreamRequestWire.FromString(bytes(theirs))
+    assert (back.protocol_version, back.call.kind, back.call.target_ref) == (
+        1,
+        3,
+        inner["target_ref"],
+    )
+    assert StreamBatchWire(items=b"\x92\x01\x02").SerializeToString() == bytes(
+        StreamBatch(items=b"\x92\x01\x02")
+    )
+    assert StreamBatchWire.FromString(bytes(StreamBatch(items=b"\x91\x05"))).items == b"\x91\x05"
