@@ -11,6 +11,7 @@ import stat
 import sys
 
 from grpclib.events import RecvRequest, listen
+from grpclib.health.check import ServiceStatus
 from grpclib.health.service import Health
 from grpclib.server import Server
 
@@ -43,7 +44,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     bound_socket = False
     try:
         await bridge.start()
-        server = Server([BridgeService(bridge), Health()])
+        service = BridgeService(bridge)
+        serving = ServiceStatus()
+        server = Server([service, Health({service: [serving]})])
         if config.token_file:
             listen(server, RecvRequest, TokenAuth(read_token(config.token_file)))
         if config.uds:
@@ -60,10 +63,16 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             f"pool {p.name}: {p.size} workers (pids {' '.join(str(w.pid) for w in p.workers if w)})"
             for p in bridge.pools.values()
         )
+        serving.set(True)
         log.info("bridge-server SERVING on %s (%s)", _bound_address(server, config), pools)
         try:
             await stop.wait()
         finally:
+            serving.set(False)  # health: NOT_SERVING at once
+            log.info("bridge-server draining (up to %gs)", config.drain_grace)
+            cancelled = await service.drain(config.drain_grace)
+            if cancelled:
+                log.warning("cancelled %d call(s) still running after the drain", cancelled)
             log.info("bridge-server stopping")
             server.close()
             await server.wait_closed()
@@ -74,6 +83,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
                 os.unlink(config.uds)  # type: ignore[arg-type]
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
+            # A repeated stop signal (orchestrators send them) must not turn a clean
+            # shutdown into a death by signal in its last moments.
+            signal.signal(sig, signal.SIG_IGN)
         log.info("bridge-server stopped")
 
 

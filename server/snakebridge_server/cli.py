@@ -35,6 +35,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--stream-linger", "stream_linger", float, "seconds a stream batch waits to fill up"),
     ("--log-level", "log_level", str, "debug | info | warning | error"),
     ("--token-file", "token_file", str, "require 'authorization: Bearer <token in file>'"),
+    ("--drain-grace", "drain_grace", float, "seconds running calls get on SIGTERM"),
 ]
 
 

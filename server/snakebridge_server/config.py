@@ -47,6 +47,7 @@ class ServerConfig:
     stream_batch_bytes: int = 1024 * 1024
     stream_linger: float = 0.005
     log_level: str = "info"
+    drain_grace: float = 10.0
     token_file: str | None = None
     insecure: bool = False
 
@@ -76,7 +77,13 @@ class ServerConfig:
         ):
             if getattr(self, key) < 1:
                 fail(key, "must be >= 1")
-        for key in ("call_timeout_default", "call_timeout_max", "cancel_grace", "session_ttl"):
+        for key in (
+            "call_timeout_default",
+            "call_timeout_max",
+            "cancel_grace",
+            "session_ttl",
+            "drain_grace",
+        ):
             if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
                 fail(key, "must be a finite number > 0")
         for key in ("stream_batch_items", "stream_batch_bytes"):

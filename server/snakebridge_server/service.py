@@ -4,6 +4,7 @@ maps ``BridgeError`` classes to gRPC statuses plus the ``snakebridge-error-bin``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -28,7 +29,13 @@ from snakebridge._wire import (
     StreamRequestWire,
     WireError,
 )
-from snakebridge.errors import BadRequest, BridgeError, RemoteError
+from snakebridge.errors import (
+    BadRequest,
+    BridgeError,
+    CallCancelled,
+    PoolUnavailable,
+    RemoteError,
+)
 
 from .bounded import recv_bounded, stop_reading
 from .bridge import Bridge, check_protocol
@@ -72,58 +79,102 @@ async def send_error(stream: Stream[Any, Any], exc: BridgeError) -> None:
 Rpc = Callable[[Stream[Any, Any]], Awaitable[None]]
 
 
-def _guarded(fn: Callable[[Stream[Any, Any]], Awaitable[None]]) -> Rpc:
-    async def handler(stream: Stream[Any, Any]) -> None:
-        try:
-            await fn(stream)
-        except BridgeError as exc:
-            await send_error(stream, exc)
-            stop_reading(stream)  # e.g. the unread rest of an oversized request
-        except WireError as exc:
-            await send_error(stream, BadRequest(f"malformed request: {exc}"))
-
-    handler.__name__ = fn.__name__
-    return handler
-
-
 class BridgeService:
     """``snakebridge.v1.Bridge`` implemented over a ``Bridge``."""
 
     def __init__(self, bridge: Bridge) -> None:
         self.bridge = bridge
+        self.draining = False
+        self._active: set[asyncio.Task[Any]] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._shut_down: set[asyncio.Task[Any]] = set()  # stragglers cancelled by drain()
         # Argument bytes plus the request's own (bounded) fields.
         self.max_request = bridge.config.max_message_size + _ENVELOPE
+
+    def _guard(self, fn: Callable[[Stream[Any, Any]], Awaitable[None]]) -> Rpc:
+        """Wrap a handler: map errors to statuses, refuse work while draining, and keep
+        track of running handlers so a drain can wait for them."""
+
+        async def handler(stream: Stream[Any, Any]) -> None:
+            if self.draining:
+                await send_error(stream, PoolUnavailable("the server is shutting down"))
+                return
+            task = asyncio.current_task()
+            assert task is not None
+            self._active.add(task)
+            self._idle.clear()
+            try:
+                await fn(stream)
+            except BridgeError as exc:
+                await send_error(stream, exc)
+                stop_reading(stream)  # e.g. the unread rest of an oversized request
+            except WireError as exc:
+                await send_error(stream, BadRequest(f"malformed request: {exc}"))
+            except asyncio.CancelledError:
+                if task not in self._shut_down:
+                    raise  # the client went away or its deadline passed
+                # The drain gave up on it: still answer, with a status, not a dropped stream.
+                await send_error(
+                    stream, CallCancelled("the server shut down before the call finished")
+                )
+            finally:
+                self._active.discard(task)
+                if not self._active:
+                    self._idle.set()
+
+        handler.__name__ = fn.__name__
+        return handler
+
+    async def drain(self, grace: float) -> int:
+        """Stop taking calls; let running ones finish for up to ``grace`` seconds, then
+        cancel the rest, which answer ``CallCancelled``. Returns how many were cancelled."""
+        self.draining = True
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+            return 0
+        except TimeoutError:
+            pass
+        stragglers = set(self._active)
+        self._shut_down |= stragglers
+        for task in stragglers:
+            task.cancel()
+        await asyncio.wait(stragglers, timeout=5.0)
+        return len(stragglers)
 
     def __mapping__(self) -> dict[str, Handler]:
         unary = Cardinality.UNARY_UNARY
         return {
-            SERVICE + "Call": Handler(_guarded(self.call), unary, CallRequestWire, CallReplyWire),
+            SERVICE + "Call": Handler(
+                self._guard(self.call), unary, CallRequestWire, CallReplyWire
+            ),
             SERVICE + "GetAttr": Handler(
-                _guarded(self.get_attr), unary, pb.GetAttrRequest, CallReplyWire
+                self._guard(self.get_attr), unary, pb.GetAttrRequest, CallReplyWire
             ),
             SERVICE + "SetAttr": Handler(
-                _guarded(self.set_attr), unary, pb.SetAttrRequest, CallReplyWire
+                self._guard(self.set_attr), unary, pb.SetAttrRequest, CallReplyWire
             ),
             SERVICE + "Stream": Handler(
-                _guarded(self.stream),
+                self._guard(self.stream),
                 Cardinality.UNARY_STREAM,
                 StreamRequestWire,
                 StreamBatchWire,
             ),
             SERVICE + "StreamNext": Handler(
-                _guarded(self.stream_next), unary, pb.StreamNextRequest, pb.StreamNextReply
+                self._guard(self.stream_next), unary, pb.StreamNextRequest, pb.StreamNextReply
             ),
             SERVICE + "ReleaseRef": Handler(
-                _guarded(self.release_ref), unary, pb.ReleaseRefRequest, pb.ReleaseRefReply
+                self._guard(self.release_ref), unary, pb.ReleaseRefRequest, pb.ReleaseRefReply
             ),
             SERVICE + "ReleaseSession": Handler(
-                _guarded(self.release_session),
+                self._guard(self.release_session),
                 unary,
                 pb.ReleaseSessionRequest,
                 pb.ReleaseSessionReply,
             ),
             SERVICE + "Describe": Handler(
-                _guarded(self.describe), unary, pb.DescribeRequest, pb.DescribeReply
+                self._guard(self.describe), unary, pb.DescribeRequest, pb.DescribeReply
             ),
         }
 

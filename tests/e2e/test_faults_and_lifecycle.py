@@ -190,3 +190,44 @@ def test_invalid_configuration_fails_at_startup_naming_the_key() -> None:
         )
         assert done.returncode == 2, (args, done.stderr)
         assert needle in done.stderr, (args, done.stderr)
+
+
+async def test_sigterm_drains_running_calls_and_refuses_new_ones(make_server: Any) -> None:
+    srv = make_server("--workers", "2", "--drain-grace", "10")
+    async with snakebridge.Client(srv.address) as client:
+        results: list[Any] = []
+
+        async def long_call() -> None:
+            results.append(await client.call("remote_helpers", "sleep", [1.5]))
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(long_call)
+            await _busy_worker_pid(client)
+            assert srv.proc is not None
+            srv.proc.send_signal(signal.SIGTERM)
+            srv.wait_for_log("draining")
+            with pytest.raises(errors.PoolUnavailable, match="shutting down"):
+                await client.call("math", "sqrt", [4])
+        assert results == [1.5]  # finished, not cut off
+    assert srv.stop() == 0
+
+
+async def test_calls_still_running_after_the_drain_grace_get_a_status(make_server: Any) -> None:
+    srv = make_server("--workers", "1", "--drain-grace", "0.5")
+    async with snakebridge.Client(srv.address) as client:
+        outcome: list[BaseException] = []
+
+        async def stuck() -> None:
+            try:
+                await client.call("remote_helpers", "sleep", [60])
+            except errors.BridgeError as exc:
+                outcome.append(exc)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(stuck)
+            await _busy_worker_pid(client)
+            assert srv.proc is not None
+            srv.proc.send_signal(signal.SIGTERM)
+        assert len(outcome) == 1 and isinstance(outcome[0], errors.CallCancelled), outcome
+    assert srv.stop() == 0
+    srv.wait_for_log(r"cancelled 1 call\(s\)")
