@@ -112,7 +112,7 @@ class RemoteError(BridgeError):
     def __str__(self) -> str:
         return f"{self.type_name}: {self.message}" if self.type_name else self.message
 
-    def __reduce__(self) -> Any:  # keep copy/pickling-free reprs sane
+    def __reduce__(self) -> Any:  # copy.copy() must rebuild the keyword-only fields
         return (
             type(self),
             (self.message,),

@@ -10,7 +10,7 @@ import ipaddress
 import math
 import os
 import sys
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Final
 
 from snakebridge._codec import DEFAULT_LIMITS
@@ -111,10 +111,6 @@ class ServerConfig:
                     f"{self.host!r} is not a loopback address; give --token-file, "
                     "or --insecure to serve it without authentication",
                 )
-
-    @classmethod
-    def field_names(cls) -> list[str]:
-        return [f.name for f in fields(cls)]
 
 
 def _is_loopback(host: str) -> bool:

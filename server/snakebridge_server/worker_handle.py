@@ -15,8 +15,6 @@ import logging
 import os
 import signal
 import socket
-import sys
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -471,11 +469,3 @@ class WorkerHandle:
             task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
-
-
-def default_python() -> str:
-    return sys.executable
-
-
-def now() -> float:
-    return time.monotonic()
