@@ -12,6 +12,7 @@ from typing import Any, Final, TypeVar
 
 import msgpack
 from grpclib.client import Channel
+from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.metadata import decode_metadata
@@ -47,6 +48,7 @@ from .errors import (
 __all__ = ["Client", "ModuleProxy", "RemoteStream", "Session"]
 
 _ADDRESS_ENV: Final = "SNAKEBRIDGE_ADDRESS"
+_CONNECTION_WINDOW: Final = 1 << 30
 _T = TypeVar("_T")
 
 _STATUS_FALLBACK: Final[dict[Status, type[BridgeError]]] = {
@@ -486,7 +488,11 @@ class Client(_Runtime):
     # -- lifecycle ----------------------------------------------------------------------
 
     async def __aenter__(self) -> Client:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()
+            raise
         return self
 
     async def __aexit__(
@@ -496,10 +502,14 @@ class Client(_Runtime):
 
     def _ensure_channel(self) -> Channel:
         if self._channel is None:
+            # grpclib's connection window equals one stream's (4 MiB), so one stream the
+            # app is not reading would stall every other reply on this client. Each stream
+            # stays bounded by its own 4 MiB window.
+            config = Configuration(http2_connection_window_size=_CONNECTION_WINDOW)
             if self._path is not None:
-                self._channel = Channel(path=self._path, ssl=self._ssl)
+                self._channel = Channel(path=self._path, ssl=self._ssl, config=config)
             else:
-                self._channel = Channel(self._host, self._port, ssl=self._ssl)
+                self._channel = Channel(self._host, self._port, ssl=self._ssl, config=config)
         return self._channel
 
     async def connect(self) -> None:
@@ -664,6 +674,7 @@ class Client(_Runtime):
         channel = self._ensure_channel()
         req = StreamRequestWire(protocol_version=PROTOCOL_VERSION, call=call)
         decode = self._decode
+        stream = None
         try:
             async with channel.request(
                 SERVICE + "Stream",
@@ -684,7 +695,7 @@ class Client(_Runtime):
         except (BridgeError, GeneratorExit):
             raise
         except GRPCError as exc:
-            raise _error_from_grpc(exc, None) from None
+            raise _error_from_grpc(exc, _trailers_of(stream)) from None
         except TimeoutError:
             raise CallTimeout("the stream did not finish within its timeout") from None
         except (StreamTerminatedError, ConnectionError, OSError) as exc:

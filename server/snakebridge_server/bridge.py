@@ -251,7 +251,10 @@ class Bridge:
         # The first batch is the first item alone: it arrives as fast as a unary result
         # even if the generator then blocks, and the prefetched second batch overlaps it.
         items = 1 if first else cfg.stream_batch_items
-        return items, cfg.stream_batch_bytes, cfg.stream_linger
+        # Stop filling a batch well before the message limit; only a single item bigger
+        # than the limit can then exceed it.
+        nbytes = min(cfg.stream_batch_bytes, cfg.max_message_size // 2)
+        return items, nbytes, cfg.stream_linger
 
     async def stream(self, req: CallRequestWire, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Iterate what ``req`` names in a worker, handing each batch to ``send``.
@@ -280,23 +283,28 @@ class Bridge:
             async with asyncio.timeout(req.timeout or None):
 
                 async def open_on(w: WorkerHandle) -> StreamReply:
-                    async with asyncio.timeout(pull_timeout):
-                        return await w.stream_open(
-                            req.kind,
-                            req.module,
-                            req.name,
-                            req.target_ref,
-                            req.session_id,
-                            req.args,
-                            self.sessions.ref_budget(session),
-                            self._stream_limits(first=True),
-                        )
+                    try:
+                        async with asyncio.timeout(pull_timeout):
+                            return await w.stream_open(
+                                req.kind,
+                                req.module,
+                                req.name,
+                                req.target_ref,
+                                req.session_id,
+                                req.args,
+                                self.sessions.ref_budget(session),
+                                self._stream_limits(first=True),
+                            )
+                    except TimeoutError:
+                        raise CallTimeout(
+                            f"the iterator produced nothing for {pull_timeout:g}s"
+                        ) from None
 
                 worker, reply = await self._on_worker(pool, owner, session, req.affinity, open_on)
                 stream_id = reply.stream_id
                 while True:
                     self.sessions.refs_created(session, worker.key, reply.new_refs)
-                    self._refs_freed(worker.key, reply.released)
+                    self._refs_freed(worker, reply.released)
                     open_ = reply.state == STREAM_MORE
                     if open_:
                         prefetch = asyncio.get_running_loop().create_task(
@@ -367,13 +375,14 @@ class Bridge:
         finally:
             self.sessions.end_call(session, worker.key, new_refs, time.monotonic())
         done, item, released = reply.value
-        self._refs_freed(worker.key, released)
+        self._refs_freed(worker, released)
         return bool(done), item
 
-    def _refs_freed(self, worker: WorkerKey, released: list[list[Any]]) -> None:
+    def _refs_freed(self, worker: WorkerHandle, released: list[list[Any]]) -> None:
         """The worker freed refs itself (exhausted StreamRefs): stop counting them."""
         for session_id, count in released:
-            self.sessions.refs_released(session_id, worker, count)
+            self.sessions.refs_released(session_id, worker.key, count)
+            worker.refs_held -= count
 
     # -- releases -----------------------------------------------------------------------
 

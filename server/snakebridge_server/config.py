@@ -102,6 +102,8 @@ class ServerConfig:
             fail("call_timeout_default", "must not exceed call_timeout_max")
         if self.log_level not in ("debug", "info", "warning", "error"):
             fail("log_level", f"{self.log_level!r} is not debug|info|warning|error")
+        if self.token_file is not None and not self.token_file:
+            fail("token_file", "must not be empty (omit it to serve without a token)")
         if self.uds is None and not _is_loopback(self.host) and not self.token_file:
             if not self.insecure:
                 # Anyone who can reach the port can run Python here: not without a token

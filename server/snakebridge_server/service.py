@@ -44,7 +44,7 @@ from .channel import clip
 log = logging.getLogger("snakebridge.service")
 
 _MAX_STATUS_MESSAGE = 2048
-_ENVELOPE = 4 * 1024 * 1024  # names, ids and up to 100,000 arg_refs (see bridge.MAX_*)
+_ENVELOPE = 4 * 1024 * 1024  # names, ids and up to 10,000 arg_refs (see bridge.MAX_*)
 # hpack's cost grows with the square of a header's size: keep the trailer small. A little
 # above the worker's own cuts, so text it already clipped is not clipped twice.
 _MAX_TRAILER_MESSAGE = 8 * 1024 + 64

@@ -102,9 +102,10 @@ class RefMinter:
                 raise _Budget
         return _codec.ref_ext(payload)
 
-    def rollback(self) -> None:
-        self.table.discard(self.created)
-        self.created.clear()
+    def rollback(self, since: int = 0) -> None:
+        """Drop the refs made since ``created[since]`` (all by default)."""
+        self.table.discard(self.created[since:])
+        del self.created[since:]
 
     def over_budget(self) -> LimitExceeded:
         self.rollback()
@@ -450,9 +451,11 @@ class Worker:
         mint = RefMinter(self.refs, session_id, budget)
 
         def encode_chunk(chunk: list[Any]) -> bytes:
+            made = len(mint.created)
             try:
                 return _codec.encode(chunk, on_unencodable=mint)
             except SerializationError:
+                mint.rollback(since=made)  # the failed attempt's leaf refs
                 # An item too cyclic or deep to carry by value goes out whole as a ref,
                 # as a unary result would; the others stay values.
                 return b"".join([array_header(len(chunk)), *(_item_or_ref(x, mint) for x in chunk)])
@@ -473,8 +476,8 @@ class Worker:
             self._drop_stream(stream_id)
             mint.rollback()
             raise LimitExceeded(
-                f"a stream item is {len(batch.body)} bytes, over the {self.max_result}-byte "
-                "message limit; yield smaller items"
+                f"a stream batch ({batch.count} items) is {len(batch.body)} bytes, over the "
+                f"{self.max_result}-byte message limit; yield smaller items"
             )
         error = None
         released: dict[str, int] = {}
@@ -602,9 +605,11 @@ def _is_iterator(obj: Any) -> bool:
 
 
 def _item_or_ref(item: Any, mint: RefMinter) -> bytes:
+    made = len(mint.created)
     try:
         return _codec.encode(item, on_unencodable=mint)
     except SerializationError:
+        mint.rollback(since=made)
         return _codec.encode(mint(item))
 
 

@@ -86,7 +86,10 @@ class WorkerStream:
     ) -> None:
         self.owner_ref = owner_ref
         self._loop = loop
-        self._pending: asyncio.Future[Any] | None = None
+        self._pending: asyncio.Future[Any] | None = None  # the next __anext__, kept
+        # The task filling the current async batch. If a pull is interrupted (the signal
+        # can land anywhere in the event loop), it is left scheduled: close() settles it.
+        self._collector: asyncio.Task[Batch] | None = None
         if hasattr(source, "__anext__") or (
             hasattr(source, "__aiter__") and not hasattr(source, "__iter__")
         ):
@@ -105,7 +108,10 @@ class WorkerStream:
         if self.it is not None:
             batch = collect_sync(self.it, limits, encode_chunk, clock)
         else:
-            batch = self._loop().run_until_complete(self._collect_async(limits, encode_chunk))
+            loop = self._loop()
+            self._collector = loop.create_task(self._collect_async(limits, encode_chunk))
+            batch = loop.run_until_complete(self._collector)
+            self._collector = None
         if batch.state != MORE:
             self.finished = True
         return batch
@@ -152,10 +158,12 @@ class WorkerStream:
                 close()
             return
         loop = self._loop()
-        if self._pending is not None:
-            self._pending.cancel()
-            loop.run_until_complete(asyncio.gather(self._pending, return_exceptions=True))
-            self._pending = None
+        leftovers = [t for t in (self._collector, self._pending) if t is not None]
+        for task in leftovers:
+            task.cancel()
+        if leftovers:
+            loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
+        self._collector = self._pending = None
         aclose = getattr(self.aiter, "aclose", None)
         if aclose is not None:
             loop.run_until_complete(aclose())

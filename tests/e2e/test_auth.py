@@ -43,6 +43,7 @@ async def test_requests_need_the_right_bearer_token(make_server: Any, tmp_path: 
         (lambda p: ["--token-file", str(token_file(p, mode=0o644))], "other users"),
         (lambda p: ["--token-file", str(token_file(p, token="   "))], "empty"),
         (lambda p: ["--listen", "0.0.0.0:0"], "--insecure"),
+        (lambda p: ["--token-file", ""], "token_file"),
     ],
 )
 def test_unsafe_or_broken_auth_settings_refuse_to_start(

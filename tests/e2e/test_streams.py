@@ -353,7 +353,7 @@ async def test_oversized_stream_item_is_limit_exceeded_and_the_worker_survives(
     async with snakebridge.Client(srv.address) as client:
         pid = await client.call("os", "getpid")
         seen = []
-        with pytest.raises(errors.LimitExceeded, match="stream item"):
+        with pytest.raises(errors.LimitExceeded, match="stream batch"):
             async for x in client.stream("remote_helpers", "huge_items", [200_000]):
                 seen.append(x)
         assert seen == [b"x" * 10]
@@ -361,3 +361,24 @@ async def test_oversized_stream_item_is_limit_exceeded_and_the_worker_survives(
             async for _ in client.stream("remote_helpers", "echo", [b"x" * 200_000]):
                 pass
         assert await client.call("os", "getpid") == pid
+
+
+async def test_an_unread_stream_does_not_stall_other_calls_on_the_client(
+    server: ServerProcess,
+) -> None:
+    async with snakebridge.Client(server.address) as client:
+        async with client.stream("remote_helpers", "forever", ["", 256 * 1024]) as items:
+            async for _ in items:
+                break  # leave it unread (not closed) while we do other work
+            await anyio.sleep(0.5)  # the stream fills its window meanwhile
+            for _ in range(5):
+                with anyio.fail_after(5):
+                    assert await client.call("math", "sqrt", [16]) == 4.0
+
+
+async def test_an_oversized_stream_request_is_limit_exceeded(make_server: Any) -> None:
+    srv = make_server("--workers", "1", "--max-message-size", "1000000")
+    async with snakebridge.Client(srv.address) as client:
+        with pytest.raises(errors.LimitExceeded, match="request message"):
+            async for _ in client.stream("remote_helpers", "echo", [b"x" * 8_000_000]):
+                pass
