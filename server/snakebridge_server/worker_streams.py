@@ -207,4 +207,9 @@ def collect_sync(
         # Grow geometrically, but never past what the measured rate fills in the time
         # left, so a slow iterator is not asked for many items at once.
         by_rate = int((limits.linger - elapsed) * count / max(elapsed, 1e-7))
-        chunk_size = max(1, min(2 * chunk_size, by_rate, _MAX_CHUNK, limits.max_items - count))
+        # ... nor past the bytes left at the average item size so far, so a batch of
+        # even-sized items stays within max_bytes instead of overshooting by a chunk.
+        by_bytes = int((limits.max_bytes - nbytes) * count / max(nbytes, 1))
+        chunk_size = max(
+            1, min(2 * chunk_size, by_rate, by_bytes, _MAX_CHUNK, limits.max_items - count)
+        )

@@ -178,3 +178,10 @@ def test_a_ref_owned_iterator_is_not_closed_by_its_stream() -> None:
     stream.next_batch(BatchLimits(3, 1 << 20, 10.0), encode, FakeClock(0))
     stream.close()
     assert closed == [] and next(it) == 3  # the ref's generator lives on
+
+
+def test_even_sized_items_do_not_overshoot_the_byte_limit() -> None:
+    limits = BatchLimits(max_items=100_000, max_bytes=100_000, linger=10.0)
+    batch = collect_sync(iter([b"x" * 975] * 10_000), limits, encode, FakeClock(1e-9))
+    assert batch.state == MORE
+    assert 90_000 <= len(batch.body) <= 100_000 + 1_000  # at most about one item over
