@@ -226,14 +226,6 @@ class Bag:
         return iter(self.data)
 
 
-def rss_kib() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    return -1
-
-
 def raise_long(n: int) -> None:
     raise ValueError("x" * n)
 
