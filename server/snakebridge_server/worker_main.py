@@ -21,9 +21,9 @@ import socket
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import msgpack
 
@@ -348,13 +348,37 @@ class Worker:
         mint = RefMinter(self.refs, session_id, ref_budget)
         target = self.refs.get(target_ref) if target_ref else None
         decoded = _codec.decode(args, ref_factory=self._lookup) if args else None
+        outcome = self._user_step(
+            call_id,
+            mint,
+            lambda: self.run_user_code(kind, module, name, target, decoded),
+            lambda result: self._encode_result(kind, result, mint),
+            "the result",
+            "return a ref or a smaller value",
+        )
+        if not isinstance(outcome, bytes):
+            return outcome
+        return [R_OK, call_id, outcome, len(mint.created)]
+
+    def _user_step(
+        self,
+        call_id: int,
+        mint: RefMinter,
+        run: Callable[[], Any],
+        encode: Callable[[Any], bytes],
+        what: str,
+        advice: str,
+    ) -> bytes | list[Any]:
+        """Run user code as ``call_id`` (interruptible) and encode its value with ``mint``.
+        Returns the encoding, or the R_ERR reply for an exception of the user code; refs
+        are rolled back on any failure."""
         self.current = call_id
         try:
             try:
-                result = self.run_user_code(kind, module, name, target, decoded)
+                value = run()
             finally:
                 self.current = 0
-            encoded = self._encode_result(kind, result, mint)
+            encoded = encode(value)
         except _Budget:
             raise mint.over_budget() from None
         except (CallInterrupted, BridgeError):
@@ -368,10 +392,10 @@ class Worker:
         if len(encoded) > self.max_result:
             mint.rollback()
             raise LimitExceeded(
-                f"the result is {len(encoded)} bytes, over the {self.max_result}-byte "
-                "message limit; return a ref or a smaller value"
+                f"{what} is {len(encoded)} bytes, over the {self.max_result}-byte "
+                f"message limit; {advice}"
             )
-        return [R_OK, call_id, encoded, len(mint.created)]
+        return encoded
 
     @staticmethod
     def _encode_result(kind: int, result: Any, mint: RefMinter) -> bytes:
@@ -511,33 +535,22 @@ class Worker:
         StreamRef is released."""
         it = self.refs.get(ref_id)
         mint = RefMinter(self.refs, session_id, ref_budget)
-        self.current = call_id
-        try:
-            try:
-                if hasattr(it, "__anext__"):
-                    item = self._get_loop().run_until_complete(it.__anext__())
-                else:
-                    item = next(it)
-            finally:
-                self.current = 0
-            encoded = _codec.encode(item, on_unencodable=mint)
-        except (StopIteration, StopAsyncIteration):
-            released = self.refs.release([ref_id])  # exhausted: the StreamRef frees itself
+
+        def take() -> Any:
+            if hasattr(it, "__anext__"):
+                return self._get_loop().run_until_complete(_anext_or(it, _EXHAUSTED))
+            return next(it, _EXHAUSTED)
+
+        def encode(item: Any) -> bytes:
+            return b"" if item is _EXHAUSTED else _codec.encode(item, on_unencodable=mint)
+
+        outcome = self._user_step(call_id, mint, take, encode, "the item", "yield smaller items")
+        if not isinstance(outcome, bytes):
+            return outcome
+        if outcome == b"":  # exhausted: the StreamRef frees itself
+            released = self.refs.release([ref_id])
             return [R_OK, call_id, [True, b"", _pairs(released)], 0]
-        except _Budget:
-            raise mint.over_budget() from None
-        except (CallInterrupted, BridgeError):
-            mint.rollback()
-            raise
-        except BaseException as exc:
-            mint.rollback()
-            return [R_ERR, call_id, "RemoteError", *_describe(exc)]
-        if len(encoded) > self.max_result:
-            mint.rollback()
-            raise LimitExceeded(
-                f"the item is {len(encoded)} bytes, over the {self.max_result}-byte message limit"
-            )
-        return [R_OK, call_id, [False, encoded, []], len(mint.created)]
+        return [R_OK, call_id, [False, outcome, []], len(mint.created)]
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -595,6 +608,16 @@ def _describe(exc: BaseException) -> list[str]:
         clip(message, _MAX_ERROR_MESSAGE),
         clip(tb, _MAX_TRACEBACK, keep_end=True),
     ]
+
+
+_EXHAUSTED: Final = object()
+
+
+async def _anext_or(it: Any, default: Any) -> Any:
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        return default
 
 
 def _is_iterator(obj: Any) -> bool:
