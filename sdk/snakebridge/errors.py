@@ -16,6 +16,7 @@
     ├── PoolSaturated                the pool's queue is full            (RESOURCE_EXHAUSTED)
     ├── LimitExceeded                a session/ref cap was reached       (RESOURCE_EXHAUSTED)
     ├── PoolUnavailable              the pool cannot take calls now      (UNAVAILABLE)
+    ├── PolicyError                  the sandbox policy refused the call (PERMISSION_DENIED)
     ├── ProtocolMismatch             the two sides speak other versions (FAILED_PRECONDITION)
     ├── ConnectionFailed             the server cannot be reached        (UNAVAILABLE)
     └── Unauthenticated              missing or wrong token              (UNAUTHENTICATED)
@@ -63,6 +64,7 @@ __all__ = [
     "GrpcStatus",
     "HelperNotFound",
     "LimitExceeded",
+    "PolicyError",
     "PoolSaturated",
     "PoolUnavailable",
     "ProtocolMismatch",
@@ -213,12 +215,25 @@ class LimitExceeded(BridgeError):
 
 
 class PoolUnavailable(BridgeError):
-    """The pool cannot take calls: no pool of that name, or it is shutting down.
+    """The pool cannot take calls: no pool of that name, it is shutting down, or it stopped
+    restarting workers after a crash loop (until its cooldown has passed).
 
-    (While a pool has no live worker, calls wait for a replacement within their timeout.)
+    (While a pool has no live worker otherwise, calls wait for a replacement within their
+    timeout.)
     """
 
     grpc_status = GrpcStatus.UNAVAILABLE
+
+
+class PolicyError(BridgeError):
+    """The pool's sandbox policy refused the call before it ran: a private or dunder name
+    (``__class__``, ``_x``), a denied module (``os``, ``subprocess``, ``builtins.eval``...),
+    or, at level ``strict``, a module outside the allowlist.
+
+    Ask the operator to allow it (``--sandbox-allow-modules``) or wrap it in a helper.
+    """
+
+    grpc_status = GrpcStatus.PERMISSION_DENIED
 
 
 class ProtocolMismatch(BridgeError):
@@ -258,6 +273,7 @@ _BY_NAME: dict[str, type[BridgeError]] = {
         PoolSaturated,
         LimitExceeded,
         PoolUnavailable,
+        PolicyError,
         ProtocolMismatch,
         ConnectionFailed,
         Unauthenticated,
@@ -288,9 +304,22 @@ def _remote_class(type_name: str) -> type[RemoteError]:
 
 
 def remote_error(type_name: str, message: str, traceback: str = "") -> RemoteError:
-    """Build the ``RemoteError`` (or builtin-inheriting subclass) for a remote exception."""
+    """Build the ``RemoteError`` (or builtin-inheriting subclass) for a remote exception.
+
+    Some builtins refuse to be built this way: MemoryError's ``__new__`` rejects the
+    subclass, UnicodeDecodeError's constructor wants its five arguments, ExceptionGroup
+    its list. Those fall back to ``BaseException.__new__``, then to a plain RemoteError;
+    an error reply must never fail to become an exception.
+    """
     cls = _remote_class(type_name)
-    err = cls.__new__(cls)
+    for make in (cls.__new__, BaseException.__new__):
+        try:
+            err = make(cls)
+            RemoteError.__init__(err, message, type_name=type_name, traceback=traceback)
+        except TypeError:
+            continue
+        err.args = (message,)
+        return err
+    err = RemoteError.__new__(RemoteError)
     RemoteError.__init__(err, message, type_name=type_name, traceback=traceback)
-    err.args = (message,)
     return err

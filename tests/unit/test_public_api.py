@@ -51,3 +51,19 @@ def test_worker_process_does_not_import_the_grpc_stack() -> None:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
+
+
+def test_every_builtin_exception_becomes_a_remote_error() -> None:
+    # MemoryError's __new__ refused the subclass and the server's channel died with the
+    # reply in hand, so the call hung until its timeout.
+    import builtins
+
+    for name, value in vars(builtins).items():
+        if not (isinstance(value, type) and issubclass(value, Exception)):
+            continue
+        err = errors.remote_error(f"builtins.{name}", "message", "traceback")
+        assert isinstance(err, errors.RemoteError), name
+        assert err.args == ("message",) and err.traceback == "traceback", name
+        assert str(err) == f"builtins.{name}: message", name
+    assert isinstance(errors.remote_error("builtins.MemoryError", ""), MemoryError)
+    assert isinstance(errors.remote_error("builtins.PermissionError", ""), PermissionError)
