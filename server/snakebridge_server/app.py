@@ -9,19 +9,34 @@ import os
 import signal
 import stat
 import sys
+from typing import Any
 
 from grpclib.events import RecvRequest, listen
 from grpclib.health.check import ServiceStatus
-from grpclib.health.service import Health
+from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server
 
 from .auth import TokenAuth, read_token
 from .bridge import Bridge
 from .config import ConfigError, ServerConfig
+from .sandbox.report import sandbox_report
 from .service import BridgeService
 from .worker_handle import WorkerStartError
 
 log = logging.getLogger("snakebridge.server")
+
+POOL_HEALTH_PREFIX = "snakebridge.pool."  # + pool name: that pool's grpc.health service
+
+
+class _HealthName:
+    """A name to register health checks under. grpclib's ``Health`` names a service after
+    the first method path of its ``__mapping__()`` (``/<service>/<method>``)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+
+    def __mapping__(self) -> dict[str, Any]:
+        return {f"/{self.service}/Check": None}
 
 
 def _bound_address(server: Server, config: ServerConfig) -> str:
@@ -46,7 +61,15 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         await bridge.start()
         service = BridgeService(bridge)
         serving = ServiceStatus()
-        server = Server([service, Health({service: [serving]})])
+        # One status per pool; the overall one ("" and the Bridge service) ignores them.
+        pool_status = {name: ServiceStatus() for name in bridge.pools}
+        checks: dict[Any, list[ServiceStatus]] = {OVERALL: [serving], service: [serving]}
+        for pool in bridge.pools.values():
+            status = pool_status[pool.name]
+            checks[_HealthName(POOL_HEALTH_PREFIX + pool.name)] = [status]
+            # NOT_SERVING for good once the drain began, whatever the pool reports.
+            pool.on_health = lambda ok, status=status: status.set(ok and not stop.is_set())
+        server = Server([service, Health(checks)])
         if config.token_file:
             listen(server, RecvRequest, TokenAuth(read_token(config.token_file)))
         if config.uds:
@@ -63,12 +86,19 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             f"pool {p.name}: {p.size} workers (pids {' '.join(str(w.pid) for w in p.workers if w)})"
             for p in bridge.pools.values()
         )
+        for pool in bridge.pools.values():
+            level, layers = sandbox_report(pool.workers)
+            log.info("pool %s: sandbox level %s (%s)", pool.name, level, "; ".join(layers))
         serving.set(True)
+        for pool in bridge.pools.values():
+            pool_status[pool.name].set(pool.healthy)
         log.info("bridge-server SERVING on %s (%s)", _bound_address(server, config), pools)
         try:
             await stop.wait()
         finally:
             serving.set(False)  # health: NOT_SERVING at once
+            for status in pool_status.values():
+                status.set(False)
             log.info("bridge-server draining (up to %gs)", config.drain_grace)
             cancelled = await service.drain(config.drain_grace)
             if cancelled:
@@ -100,7 +130,38 @@ def _remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
-def run(config: ServerConfig) -> int:
+async def check_pools(config: ServerConfig) -> list[str]:
+    """Start every pool once, report each one's sandbox, stop them. Raises what a real
+    start would raise (``WorkerStartError`` for a worker that cannot start or reaches a
+    sandbox level below ``min_sandbox``)."""
+    bridge = Bridge(config)
+    try:
+        await bridge.start()
+        lines = []
+        for pool in bridge.pools.values():
+            level, layers = sandbox_report(pool.workers)
+            lines.append(f"pool {pool.name}: {pool.live}/{pool.size} workers started")
+            lines.append(f"pool {pool.name}: sandbox level {level}")
+            lines.extend(f"  {layer}" for layer in layers)
+        return lines
+    finally:
+        await bridge.close()
+
+
+def check(config: ServerConfig) -> int:
+    """``bridge-server check``: 0 when the config is valid and every pool starts."""
+    try:
+        with _runner(config) as runner:
+            lines = runner.run(check_pools(config))
+    except (OSError, WorkerStartError, ConfigError) as exc:
+        print(f"bridge-server check: FAILED: {exc}", file=sys.stderr)
+        return 1
+    print("\n".join(lines))
+    print("bridge-server check: OK")
+    return 0
+
+
+def _runner(config: ServerConfig) -> asyncio.Runner:
     logging.basicConfig(
         level=config.log_level.upper(),
         stream=sys.stderr,
@@ -109,10 +170,13 @@ def run(config: ServerConfig) -> int:
     try:
         import uvloop
 
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+        return asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
-        runner = asyncio.Runner()
-    with runner:
+        return asyncio.Runner()
+
+
+def run(config: ServerConfig) -> int:
+    with _runner(config) as runner:
         try:
             runner.run(serve(config))
         except (OSError, WorkerStartError, ConfigError) as exc:

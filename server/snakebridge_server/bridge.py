@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
+import shutil
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
@@ -43,8 +44,11 @@ from snakebridge.errors import (
 
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import ServerConfig
-from .pool import Pool
+from .pool import Pool, SupervisionPolicy
 from .refids import WorkerKey, owner_of, parse_ref_id
+from .sandbox import SandboxSpec
+from .sandbox.policy import CallPolicy
+from .sandbox.spawn import make_scratch_root
 from .sessions import Session, SessionTable
 from .worker_handle import NeverStarted, Reply, StreamReply, WorkerHandle, WorkerSpec
 
@@ -69,6 +73,20 @@ def check_protocol(version: int) -> None:
 MAX_NAME = 1024  # module / attribute path, characters
 MAX_ID = 256  # session and ref ids, characters
 MAX_ARG_REFS = 10_000
+
+
+def check_policy(policy: CallPolicy, req: CallRequestWire) -> None:
+    """The sandbox's name rules, on the names in the request (the worker checks what they
+    resolve to as well)."""
+    if not policy.enforced:
+        return
+    kind = req.kind
+    if kind in (KIND_METHOD, KIND_GET_ATTR, KIND_SET_ATTR):
+        policy.check_attr(req.name)
+    elif kind == KIND_HELPER:
+        policy.check_attr(req.name)
+    else:
+        policy.check_path(req.module, req.name)
 
 
 def validate_call(req: CallRequestWire, *, iterate_ref: bool = False) -> None:
@@ -110,6 +128,7 @@ class Bridge:
             max_refs_total=config.max_refs_total,
             ttl=config.session_ttl,
         )
+        self.scratch_root = make_scratch_root() if config.sandbox != "none" else ""
         spec = WorkerSpec(
             python=config.python,
             boot=self.boot,
@@ -120,7 +139,30 @@ class Bridge:
             cancel_grace=config.cancel_grace,
             helpers=config.helpers,
             env=(("PYTHONUNBUFFERED", "1"),),
+            sandbox=SandboxSpec(
+                level=config.sandbox,
+                read_paths=config.sandbox_read_paths,
+                write_paths=config.sandbox_write_paths,
+                deny_modules=config.sandbox_deny_modules,
+                allow_modules=config.sandbox_allow_modules,
+                max_memory=config.max_memory,
+                max_call_cpu=config.max_call_cpu,
+                max_open_files=config.max_open_files,
+                max_file_size=config.max_file_size,
+                max_threads=config.max_threads,
+            ),
+            min_sandbox=config.min_sandbox,
+            sandbox_uid=config.sandbox_uid,
+            scratch_root=self.scratch_root,
         )
+        # Helper modules are the operator's own: a strict pool may always call into them.
+        self.policies = {
+            config.pool: CallPolicy.build(
+                config.sandbox,
+                extra_deny=config.sandbox_deny_modules,
+                extra_allow=(*config.sandbox_allow_modules, *config.helpers),
+            )
+        }
         self.default_pool = config.pool
         self.pools: dict[str, Pool] = {
             config.pool: Pool(
@@ -129,6 +171,15 @@ class Bridge:
                 spec,
                 max_queued=config.max_queued,
                 on_worker_lost=self.sessions.worker_gone,
+                policy=SupervisionPolicy(
+                    crash_loop_max=config.crash_loop_max,
+                    crash_loop_window=config.crash_loop_window,
+                    crash_loop_cooldown=config.crash_loop_cooldown,
+                    recycle_calls=config.recycle_calls,
+                    recycle_rss=config.recycle_rss,
+                    recycle_jitter=config.recycle_jitter,
+                    retire_timeout=config.call_timeout_max,
+                ),
             )
         }
         self._sweeper: asyncio.Task[None] | None = None
@@ -144,6 +195,8 @@ class Bridge:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
         await asyncio.gather(*(p.close() for p in self.pools.values()))
+        if self.scratch_root:
+            shutil.rmtree(self.scratch_root, ignore_errors=True)
 
     def pool(self, name: str) -> Pool:
         try:
@@ -172,6 +225,7 @@ class Bridge:
         refs = [*req.arg_refs, req.target_ref] if req.target_ref else req.arg_refs
         owner = owner_of(refs, self.boot)
         pool = self.pool(owner.pool if owner is not None else req.pool)
+        check_policy(self.policies[pool.name], req)
         pool.check_capacity()
         timeout = self._timeout(req.timeout)
         session = self.sessions.begin_call(req.session_id, time.monotonic())
@@ -231,9 +285,11 @@ class Bridge:
             else:
                 worker = await self._pick(pool, session, affinity)
             try:
-                return worker, await run(worker)
+                result = await run(worker)
             except NeverStarted:
                 continue
+            pool.after_call(worker)  # recycles it once it reached its call limit
+            return worker, result
 
     @staticmethod
     async def _pick(pool: Pool, session: Session, affinity: str) -> WorkerHandle:
@@ -272,6 +328,7 @@ class Bridge:
         refs = [*req.arg_refs, req.target_ref] if req.target_ref else req.arg_refs
         owner = owner_of(refs, self.boot)
         pool = self.pool(owner.pool if owner is not None else req.pool)
+        check_policy(self.policies[pool.name], req)
         pool.check_capacity()
         session = self.sessions.begin_call(req.session_id, time.monotonic())
         worker: WorkerHandle | None = None

@@ -36,7 +36,33 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--log-level", "log_level", str, "debug | info | warning | error"),
     ("--token-file", "token_file", str, "require 'authorization: Bearer <token in file>'"),
     ("--drain-grace", "drain_grace", float, "seconds running calls get on SIGTERM"),
+    ("--sandbox", "sandbox", str, "worker sandbox level: none | standard | strict"),
+    ("--min-sandbox", "min_sandbox", str, "refuse to start below this sandbox level"),
+    ("--sandbox-uid", "sandbox_uid", int, "uid for workers when root (-1 auto, 0 keep root)"),
+    ("--sandbox-read-paths", "sandbox_read_paths", str, "extra read-only paths (comma list)"),
+    ("--sandbox-write-paths", "sandbox_write_paths", str, "extra read-write paths (comma list)"),
+    ("--sandbox-allow-modules", "sandbox_allow_modules", str, "strict: callable modules"),
+    ("--sandbox-deny-modules", "sandbox_deny_modules", str, "extra modules calls may not use"),
+    ("--max-memory", "max_memory", int, "worker address space limit, bytes (0: none)"),
+    ("--max-call-cpu", "max_call_cpu", float, "CPU seconds one call may use (0: no limit)"),
+    ("--max-open-files", "max_open_files", int, "open files per worker"),
+    ("--max-file-size", "max_file_size", int, "largest file a worker may write, bytes"),
+    ("--max-threads", "max_threads", int, "threads per worker uid (with a dedicated uid)"),
+    ("--crash-loop-max", "crash_loop_max", int, "crashes within the window that trip a pool"),
+    ("--crash-loop-window", "crash_loop_window", float, "crash-loop window, seconds"),
+    ("--crash-loop-cooldown", "crash_loop_cooldown", float, "seconds a tripped pool waits"),
+    ("--recycle-calls", "recycle_calls", int, "replace a worker after this many calls"),
+    ("--recycle-rss", "recycle_rss", int, "replace a worker above this RSS, bytes"),
+    ("--recycle-jitter", "recycle_jitter", float, "random fraction off recycle limits"),
 ]
+
+_LISTS = {
+    "helpers",
+    "sandbox_read_paths",
+    "sandbox_write_paths",
+    "sandbox_allow_modules",
+    "sandbox_deny_modules",
+}
 
 
 def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> ServerConfig:
@@ -45,7 +71,9 @@ def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
     parser = argparse.ArgumentParser(
         prog="bridge-server",
         description="Serve Python interpreter worker processes over gRPC.",
-        epilog="Every flag can also be set as SNAKEBRIDGE_<FLAG> (e.g. SNAKEBRIDGE_WORKERS=4).",
+        epilog="Every flag can also be set as SNAKEBRIDGE_<FLAG> (e.g. SNAKEBRIDGE_WORKERS=4). "
+        "'bridge-server check [FLAGS]' starts every pool once, prints the sandbox level each "
+        "reached and exits non-zero on any problem.",
     )
     for flag, _, _, help_text in _FLAGS:
         parser.add_argument(flag, help=help_text)
@@ -79,18 +107,23 @@ def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
             raise ConfigError(f"invalid config {source}: {raw!r} is not a valid {key}") from None
         if key == "listen":
             values["host"], values["port"] = parse_listen(value)
-        elif key == "helpers":
-            values["helpers"] = tuple(m.strip() for m in value.split(",") if m.strip())
+        elif key in _LISTS:
+            values[key] = tuple(m.strip() for m in value.split(",") if m.strip())
         else:
             values[key] = value
     return ServerConfig(**values)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    from .app import run
+    """``bridge-server [FLAGS]`` serves; ``bridge-server check [FLAGS]`` validates the
+    config, starts every pool once, prints the sandbox level each reached and exits
+    non-zero on any problem."""
+    from .app import check, run
 
+    args = list(sys.argv[1:] if argv is None else argv)
+    checking = bool(args) and args[0] == "check"
     try:
-        config = build_config(sys.argv[1:] if argv is None else argv)
+        config = build_config(args[1:] if checking else args)
         if config.token_file:
             from .auth import read_token
 
@@ -98,4 +131,4 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"bridge-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    raise SystemExit(run(config))
+    raise SystemExit(check(config) if checking else run(config))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from typing import Final
@@ -16,8 +17,10 @@ from typing import Final
 from snakebridge._codec import DEFAULT_LIMITS
 
 from .refids import POOL_NAME_RE
+from .sandbox.policy import LEVELS as SANDBOX_LEVELS
 
 DEFAULT_POOL: Final = "default"
+_MODULE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
 class ConfigError(ValueError):
@@ -50,6 +53,26 @@ class ServerConfig:
     drain_grace: float = 10.0
     token_file: str | None = None
     insecure: bool = False
+    # -- sandbox (docs/sandbox.md) --
+    sandbox: str = "standard"
+    min_sandbox: str = "none"
+    sandbox_uid: int = -1  # -1: auto (61000 + slot when run as root), 0: never switch uid
+    sandbox_read_paths: tuple[str, ...] = ()
+    sandbox_write_paths: tuple[str, ...] = ()
+    sandbox_allow_modules: tuple[str, ...] = ()
+    sandbox_deny_modules: tuple[str, ...] = ()
+    max_memory: int = 2 * 1024 * 1024 * 1024  # address space per worker; 0: unlimited
+    max_call_cpu: float = 600.0  # CPU seconds per call; 0: unlimited
+    max_open_files: int = 1024
+    max_file_size: int = 1024 * 1024 * 1024
+    max_threads: int = 256  # RLIMIT_NPROC, only with a dedicated uid
+    # -- supervision --
+    crash_loop_max: int = 5
+    crash_loop_window: float = 60.0
+    crash_loop_cooldown: float = 30.0
+    recycle_calls: int = 0  # 0: never
+    recycle_rss: int = 0  # bytes; 0: never
+    recycle_jitter: float = 0.1
 
     def __post_init__(self) -> None:
         self.validate()
@@ -98,6 +121,42 @@ class ServerConfig:
                 "max_message_size",
                 f"must be at most {DEFAULT_LIMITS.max_size} (the value codec's decode limit)",
             )
+        for key in ("sandbox", "min_sandbox"):
+            if getattr(self, key) not in SANDBOX_LEVELS:
+                fail(key, f"{getattr(self, key)!r} is not one of {' | '.join(SANDBOX_LEVELS)}")
+        if SANDBOX_LEVELS.index(self.sandbox) < SANDBOX_LEVELS.index(self.min_sandbox):
+            fail("sandbox", f"{self.sandbox!r} is weaker than min_sandbox {self.min_sandbox!r}")
+        if not (self.sandbox_uid == -1 or 0 <= self.sandbox_uid <= 2**31 - 257):
+            fail("sandbox_uid", "must be -1 (auto), 0 (never switch) or a uid")
+        for key in ("sandbox_read_paths", "sandbox_write_paths"):
+            for path in getattr(self, key):
+                if not os.path.isabs(path):
+                    fail(key, f"{path!r} must be an absolute path")
+        for key in ("sandbox_allow_modules", "sandbox_deny_modules"):
+            for name in getattr(self, key):
+                if not _MODULE_RE.match(name):
+                    fail(key, f"{name!r} is not a dotted module name")
+        for key in ("max_memory", "max_file_size"):
+            if getattr(self, key) < 0:
+                fail(key, "must be >= 0 (0: unlimited)")
+        if 0 < self.max_memory < 256 * 1024 * 1024:
+            fail("max_memory", "must be 0 (unlimited) or at least 256 MiB")
+        if not (self.max_call_cpu >= 0 and math.isfinite(self.max_call_cpu)):
+            fail("max_call_cpu", "must be a finite number >= 0 (0: unlimited)")
+        if not 16 <= self.max_open_files <= 1 << 20:
+            fail("max_open_files", "must be in 16..1048576")
+        if not 16 <= self.max_threads <= 1 << 20:
+            fail("max_threads", "must be in 16..1048576")
+        if self.crash_loop_max < 1:
+            fail("crash_loop_max", "must be >= 1")
+        for key in ("crash_loop_window", "crash_loop_cooldown"):
+            if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
+                fail(key, "must be a finite number > 0")
+        for key in ("recycle_calls", "recycle_rss"):
+            if getattr(self, key) < 0:
+                fail(key, "must be >= 0 (0: never)")
+        if not 0 <= self.recycle_jitter <= 0.5:  # NaN fails too
+            fail("recycle_jitter", "must be in [0, 0.5]")
         if self.call_timeout_default > self.call_timeout_max:
             fail("call_timeout_default", "must not exceed call_timeout_max")
         if self.log_level not in ("debug", "info", "warning", "error"):

@@ -40,6 +40,7 @@ from snakebridge.errors import (
 from .bounded import recv_bounded, stop_reading
 from .bridge import Bridge, check_protocol
 from .channel import clip
+from .sandbox.report import sandbox_report
 
 log = logging.getLogger("snakebridge.service")
 
@@ -244,18 +245,19 @@ class BridgeService:
         bridge = self.bridge
         pools = []
         for pool in bridge.pools.values():
+            level, layers = sandbox_report(pool.workers)
             workers = [
                 pb.WorkerInfo(
                     worker_id=str(w.key),
                     slot=w.key.slot,
                     incarnation=w.key.incarnation,
                     pid=w.pid,
-                    state=w.state,
+                    state="retiring" if w.retiring else w.state,
                     in_flight=w.in_flight,
                     calls_done=w.calls_done,
                     refs=max(0, w.refs_held),
                 )
-                for w in pool.workers
+                for w in [*pool.workers, *pool.retiring]
                 if w is not None
             ]
             pools.append(
@@ -265,6 +267,10 @@ class BridgeService:
                     workers=workers,
                     in_flight=pool.in_flight,
                     max_queued=pool.max_queued,
+                    state=pool.state,
+                    restarts=dict(pool.restarts),
+                    sandbox_level=level,
+                    sandbox_layers=layers,
                 )
             )
         await stream.send_message(

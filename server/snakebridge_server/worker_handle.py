@@ -13,14 +13,22 @@ import asyncio
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import socket
+import tempfile
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Final
 
-from snakebridge.errors import BridgeError, WorkerCrashed, error_class, remote_error
+from snakebridge.errors import (
+    BridgeError,
+    LimitExceeded,
+    WorkerCrashed,
+    error_class,
+    remote_error,
+)
 
 from .channel import (
     CANCEL,
@@ -36,11 +44,13 @@ from .channel import (
     R_READY,
     STREAM_MORE,
     FrameDecoder,
-    FrameTooLarge,
     pack_frame,
     unpack_message,
 )
 from .refids import WorkerKey
+from .sandbox import SandboxSpec
+from .sandbox.policy import level_at_least
+from .sandbox.spawn import sandbox_uid, unreadable_by_others, worker_env
 
 log = logging.getLogger("snakebridge.worker")
 
@@ -52,6 +62,9 @@ class WorkerStartError(Exception):
 class NeverStarted(WorkerCrashed):
     """The worker died while this call was still queued behind another: it never ran, so
     the bridge re-routes it instead of reporting a crash."""
+
+
+_NO_SANDBOX = SandboxSpec()
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +80,10 @@ class WorkerSpec:
     cancel_grace: float
     helpers: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
+    sandbox: SandboxSpec = _NO_SANDBOX  # per-worker fields (scratch, uid) are filled in
+    min_sandbox: str = "none"
+    sandbox_uid: int = 0  # configured: -1 auto, 0 never, else the base uid
+    scratch_root: str = ""  # where worker scratch dirs go (the server's own directory)
 
 
 @dataclass(slots=True)
@@ -114,8 +131,8 @@ class _Channel(asyncio.Protocol):
             frames = self.decoder.feed(data)
             for body in frames:
                 self._dispatch(unpack_message(body))
-        except (FrameTooLarge, ValueError) as exc:
-            self.handle._fail(f"broken channel: {exc}")
+        except Exception as exc:  # FrameTooLarge, a malformed frame, ...: never silence
+            self.handle._fail(f"broken channel: {exc!r}")
 
     def _dispatch(self, message: list[Any]) -> None:
         op = message[0]
@@ -129,7 +146,11 @@ class _Channel(asyncio.Protocol):
             if op == R_OK:
                 fut.set_result(Reply(message[2], message[3]))
             else:
-                fut.set_exception(_error_from(message))
+                try:
+                    error = _error_from(message)
+                except Exception as exc:  # a reply we cannot turn into an error: still answer
+                    error = BridgeError(f"malformed error reply from the worker: {exc!r}")
+                fut.set_exception(error)
         elif op == R_READY and not self.ready.done():
             self.ready.set_result(message)
         else:
@@ -139,6 +160,57 @@ class _Channel(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(WorkerStartError("worker closed its channel during start"))
         self.handle._fail("worker process exited")
+
+
+_RUNTIME_PROBE: Final = (
+    "import os, sys, msgpack, snakebridge, snakebridge_server\n"
+    "print(os.path.realpath(sys.executable))\n"
+    "print(os.path.dirname(os.__file__))\n"
+    "for m in (msgpack, snakebridge, snakebridge_server): print(os.path.dirname(m.__file__))\n"
+    "for p in os.environ.get('PYTHONPATH', '').split(os.pathsep): p and print(p)\n"
+)
+_runtime_paths_cache: dict[tuple[str, str], list[str] | str] = {}
+
+
+async def _runtime_paths(python: str, env: dict[str, str]) -> list[str] | str:
+    """What a worker of ``python`` must be able to read (interpreter, stdlib, the worker
+    runtime's packages, PYTHONPATH), asked of that interpreter once; or why it cannot say."""
+    key = (python, env.get("PYTHONPATH", ""))
+    cached = _runtime_paths_cache.get(key)
+    if cached is not None:
+        return cached
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            python,
+            "-c",
+            _RUNTIME_PROBE,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+            env=env,
+        )
+        async with asyncio.timeout(30):
+            out, _ = await proc.communicate()
+    except (OSError, TimeoutError) as exc:
+        return f"cannot run {python!r}: {exc}"
+    if proc.returncode != 0:
+        return f"{python!r} cannot import the worker runtime"
+    result: list[str] | str = out.decode().split()
+    _runtime_paths_cache[key] = result
+    return result
+
+
+_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
+
+
+def read_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of ``pid`` from ``/proc/<pid>/stat``, or None."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _error_from(message: list[Any]) -> BridgeError:
@@ -156,6 +228,8 @@ class WorkerHandle:
         self.spec = spec
         self._on_exit = on_exit
         self.state = "starting"
+        # Recycled: still "ready" for the calls and streams it has, but takes no new ones.
+        self.retiring = False
         self.pid = 0
         self.calls_done = 0
         self.refs_held = 0
@@ -169,11 +243,16 @@ class WorkerHandle:
         self._proc: asyncio.subprocess.Process | None = None
         self._channel: _Channel | None = None
         self._ctrl: socket.socket | None = None
+        self._spare: socket.socket | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._kill_timers: dict[int, asyncio.TimerHandle] = {}
         self.exited = asyncio.Event()
         self.death_reason = ""
         self._recent_output: deque[str] = deque(maxlen=12)  # for start-failure reports
+        self.sandbox_level = "none"
+        self._cpu_mark: tuple[int, float] | None = None  # (running call id, CPU seconds)
+        self.sandbox_layers: list[str] = []
+        self.scratch = ""
         self._output_done = asyncio.Event()
 
     def __repr__(self) -> str:
@@ -185,15 +264,48 @@ class WorkerHandle:
 
     @property
     def alive(self) -> bool:
-        return self.state == "ready"
+        """Running and taking new calls (a retiring worker only finishes its own)."""
+        return self.state == "ready" and not self.retiring
 
     # -- start --------------------------------------------------------------------------
+
+    async def _prepare_sandbox(self, env: dict[str, str]) -> tuple[SandboxSpec, int]:
+        """This worker's sandbox spec (scratch dir, uid) and the uid it will switch to."""
+        spec = self.spec.sandbox
+        if spec.level == "none":
+            return spec, 0
+        uid = sandbox_uid(self.spec.sandbox_uid, self.key.slot, os.geteuid())
+        notes: tuple[str, ...] = ()
+        if uid:
+            paths = await _runtime_paths(self.spec.python, env)
+            why = paths if isinstance(paths, str) else unreadable_by_others(paths)
+            if why is not None:
+                notes = (f"uid: not switched, uid {uid} cannot read the worker runtime: {why}",)
+                uid = 0
+        self.scratch = tempfile.mkdtemp(
+            prefix=f"{self.key.pool}-{self.key.slot}-{self.key.incarnation}-",
+            dir=self.spec.scratch_root or None,
+        )
+        if uid:
+            os.chown(self.scratch, uid, uid)
+        return replace(spec, scratch=self.scratch, uid=uid, notes=notes), uid
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         ctrl_parent, ctrl_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
+            env = worker_env(
+                os.environ,
+                level=self.spec.sandbox.level,
+                scratch="",
+                extra=dict(self.spec.env),
+            )
+            # The worker switches to ``sandbox.uid`` itself, first thing (uvloop's
+            # subprocess_exec has no user=/group=).
+            sandbox, _ = await self._prepare_sandbox(env)
+            if sandbox.scratch:
+                env["HOME"] = env["TMPDIR"] = sandbox.scratch
             argv = [
                 self.spec.python,
                 "-m",
@@ -206,8 +318,8 @@ class WorkerHandle:
                 f"--max-frame={self.spec.max_frame}",
                 f"--max-result={self.spec.max_result}",
                 f"--helpers={','.join(self.spec.helpers)}",
+                f"--sandbox={sandbox.to_json()}",
             ]
-            env = {**os.environ, **dict(self.spec.env)}
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -216,16 +328,27 @@ class WorkerHandle:
                 pass_fds=(child.fileno(), ctrl_child.fileno()),
                 start_new_session=True,
                 env=env,
+                cwd=self.scratch or None,
             )
-        except BaseException:
+        except BaseException as exc:
             for s in (parent, child, ctrl_parent, ctrl_child):
                 s.close()
+            self._remove_scratch()
+            if isinstance(exc, OSError):
+                raise WorkerStartError(
+                    f"worker {self.key}: cannot run the interpreter {self.spec.python!r}: "
+                    f"{exc.strerror or exc}"
+                ) from exc
             raise
         # Only the worker may hold the child ends, so its death is our EOF.
         child.close()
         ctrl_child.close()
         self.pid = self._proc.pid
         self._ctrl = ctrl_parent
+        # A second descriptor of our end of the channel: when the worker dies, replies it
+        # sent that the transport has not read yet are still in the socket, and the
+        # transport drops them when it closes. _fail reads them through this one first.
+        self._spare = parent.dup()
         ctrl_parent.setblocking(False)
         self._spawn(self._pump_output())
         self._spawn(self._reap())
@@ -235,7 +358,13 @@ class WorkerHandle:
             )
             self._channel = channel
             async with asyncio.timeout(self.spec.start_timeout):
-                await channel.ready
+                ready = await channel.ready
+            self.sandbox_level, self.sandbox_layers = ready[3], list(ready[4])
+            if not level_at_least(self.sandbox_level, self.spec.min_sandbox):
+                raise WorkerStartError(
+                    f"worker {self.key} reached sandbox level {self.sandbox_level!r}, below "
+                    f"min_sandbox {self.spec.min_sandbox!r}: {'; '.join(self.sandbox_layers)}"
+                )
         except BaseException as exc:
             if isinstance(exc, WorkerStartError):
                 # It died on its own: let its last words (a traceback, usually) arrive.
@@ -251,6 +380,8 @@ class WorkerHandle:
                     f"worker {self.key} sent no READY within {self.spec.start_timeout}s"
                 ) from exc
             if isinstance(exc, WorkerStartError):
+                if str(exc).startswith(f"worker {self.key}"):
+                    raise
                 raise WorkerStartError(f"worker {self.key} failed to start: {exc}") from exc
             raise
         self.state = "ready"
@@ -281,7 +412,13 @@ class WorkerHandle:
         code = await self._proc.wait()
         if self.state != "dead":
             self._fail(f"worker process exited with code {code}")
+        self._remove_scratch()
         self.exited.set()
+
+    def _remove_scratch(self) -> None:
+        if self.scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            self.scratch = ""
 
     # -- calls --------------------------------------------------------------------------
 
@@ -409,12 +546,37 @@ class WorkerHandle:
         log.warning("worker %s ignored cancellation of call %d; killing it", self.key, call_id)
         self._fail(f"killed: call {call_id} ignored cancellation for {self.spec.cancel_grace}s")
 
+    # -- CPU budget backstop ------------------------------------------------------------
+
+    def watch_cpu(self) -> None:
+        """The worker enforces ``--max-call-cpu`` itself (SIGXCPU), but its code runs
+        there too and can raise its own soft limit or swallow the interruption. Called
+        about once a second: a call still running after budget + grace CPU seconds since
+        first seen gets the worker killed (the pool replaces it)."""
+        budget = self.spec.sandbox.max_call_cpu
+        if not budget or self.spec.sandbox.level == "none" or not self._pending:
+            self._cpu_mark = None
+            return
+        running = self._last_reply_id + 1
+        used = read_cpu_seconds(self.pid)
+        if used is None:
+            return
+        if self._cpu_mark is None or self._cpu_mark[0] != running:
+            self._cpu_mark = (running, used)
+            return
+        if used - self._cpu_mark[1] > budget + self.spec.cancel_grace + 1.0:
+            log.warning("worker %s: call %d ran past its CPU budget; killing it", self.key, running)
+            text = f"the call used more than its {budget:g} CPU seconds"
+            self._fail(f"killed: {text}", LimitExceeded(f"{text}; its worker was killed"))
+
     # -- death --------------------------------------------------------------------------
 
-    def _fail(self, reason: str) -> None:
-        """Mark dead, fail all pending calls, kill the process. Idempotent, synchronous."""
+    def _fail(self, reason: str, running_error: BridgeError | None = None) -> None:
+        """Mark dead, fail all pending calls, kill the process. Idempotent, synchronous.
+        The running call gets ``running_error`` if given, else ``WorkerCrashed``."""
         if self.state == "dead":
             return
+        self._read_leftover_replies()
         previous = self.state
         self.state = "dead"
         self.death_reason = reason
@@ -425,7 +587,11 @@ class WorkerHandle:
         self._abandoned.clear()
         running = self._last_reply_id + 1  # frames run strictly in order
         for call_id, fut in pending.items():
-            if not fut.done():
+            if fut.done():
+                continue
+            if call_id == running and running_error is not None:
+                fut.set_exception(running_error)
+            else:
                 cls = WorkerCrashed if call_id == running else NeverStarted
                 fut.set_exception(cls(f"worker {self.key} died: {reason}"))
         if self._channel is not None and self._channel.transport is not None:
@@ -438,6 +604,29 @@ class WorkerHandle:
         if previous == "ready":
             log.warning("worker %s (pid %d) lost: %s", self.key, self.pid, reason)
             self._on_exit(self)
+
+    def _read_leftover_replies(self) -> None:
+        """Dispatch the replies still unread in the channel, so calls the worker finished
+        are answered, and the running call (the one after the last reply) is known: a
+        finished call must never be reported as never started and run again elsewhere."""
+        spare, self._spare = self._spare, None
+        if spare is None or self._channel is None:
+            return
+        try:
+            spare.setblocking(False)
+            while True:
+                try:
+                    data = spare.recv(1 << 20)
+                except (BlockingIOError, InterruptedError):
+                    break
+                if not data:
+                    break
+                for body in self._channel.decoder.feed(data):
+                    self._channel._dispatch(unpack_message(body))
+        except Exception as exc:  # a torn or broken frame: what came before it counted
+            log.debug("worker %s: leftover replies unreadable: %r", self.key, exc)
+        finally:
+            spare.close()
 
     async def kill(self, reason: str) -> None:
         self._fail(reason)

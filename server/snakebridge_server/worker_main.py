@@ -22,7 +22,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from types import FrameType
+from types import FrameType, ModuleType
 from typing import Any, Final
 
 import msgpack
@@ -65,6 +65,10 @@ from .channel import (
     pack_frame,
     unpack_message,
 )
+from .sandbox import SandboxSpec
+from .sandbox.apply import CpuBudget
+from .sandbox.apply import apply as apply_sandbox
+from .sandbox.policy import CallPolicy
 from .worker_streams import (
     DONE,
     ERROR,
@@ -247,6 +251,10 @@ class Worker:
         self.streams: dict[int, WorkerStream] = {}
         self.max_streams = args.max_streams
         self._next_stream = 1
+        self.sandbox_level: str = args.sandbox_level
+        self.sandbox_layers: list[str] = args.sandbox_layers
+        self.policy: CallPolicy | None = args.policy if args.policy.enforced else None
+        self.cpu = CpuBudget(args.max_call_cpu, self._cpu_exceeded) if args.max_call_cpu else None
 
     def _register_helpers(self, module_name: str) -> None:
         mod = importlib.import_module(module_name)
@@ -257,6 +265,10 @@ class Worker:
             self.helpers[n] = getattr(mod, n)
 
     # -- cancellation -------------------------------------------------------------------
+
+    def _cpu_exceeded(self) -> None:
+        if self.current:
+            raise CpuExceeded
 
     def on_cancel_signal(self, signum: int, frame: FrameType | None) -> None:
         while True:
@@ -293,7 +305,15 @@ class Worker:
         return body
 
     def serve(self) -> None:
-        self.send([R_READY, os.getpid(), sys.version.split()[0]])
+        self.send(
+            [
+                R_READY,
+                os.getpid(),
+                sys.version.split()[0],
+                self.sandbox_level,
+                self.sandbox_layers,
+            ]
+        )
         while True:
             body = self.read_frame()
             if body is None:
@@ -305,8 +325,13 @@ class Worker:
                 self.last_done = call_id
                 self.send([R_ERR, call_id, "CallCancelled", "", "cancelled before it ran", ""])
                 continue
+            if self.cpu is not None and op in _USER_CODE_OPS:
+                self.cpu.arm()
             try:
                 reply = self.dispatch(op, call_id, message)
+            except CpuExceeded:
+                text = f"the call used more than its {self.cpu.seconds:g} CPU seconds"  # type: ignore[union-attr]
+                reply = [R_ERR, call_id, "LimitExceeded", "", text, ""]
             except CallInterrupted:
                 reply = [R_ERR, call_id, "CallCancelled", "", "call interrupted", ""]
             self.current = 0
@@ -346,7 +371,7 @@ class Worker:
         ref_budget: int,
     ) -> list[Any]:
         mint = RefMinter(self.refs, session_id, ref_budget)
-        target = self.refs.get(target_ref) if target_ref else None
+        target = self._vetted(self.refs.get(target_ref)) if target_ref else None
         decoded = _codec.decode(args, ref_factory=self._lookup) if args else None
         outcome = self._user_step(
             call_id,
@@ -429,7 +454,7 @@ class Worker:
         answer with the first batch."""
         if len(self.streams) >= self.max_streams:
             raise LimitExceeded(f"worker has {self.max_streams} open streams, its maximum")
-        target = self.refs.get(target_ref) if target_ref else None
+        target = self._vetted(self.refs.get(target_ref)) if target_ref else None
         decoded = _codec.decode(args, ref_factory=self._lookup) if args else None
         self.current = call_id
         try:
@@ -558,28 +583,30 @@ class Worker:
         return self._loop
 
     def _lookup(self, payload: RefPayload) -> Any:
-        return self.refs.get(payload.id)
+        # A ref passed as an argument is vetted too: map(<posix.system>, ...) would call it.
+        return self._vetted(self.refs.get(payload.id))
 
     def run_user_code(self, kind: int, module: str, name: str, target: Any, decoded: Any) -> Any:
         if kind in (KIND_FUNCTION, KIND_CLASS, KIND_METHOD, KIND_HELPER):
             args, kwargs = _split_args(decoded)
             if kind == KIND_METHOD:
-                fn = _walk(target, name)
+                fn = self._vetted(_walk(target, name))
             elif kind == KIND_HELPER:
                 try:
                     fn = self.helpers[name]
                 except KeyError:
                     raise HelperNotFound(f"no helper named {name!r}") from None
             else:
-                fn = resolve(module, name)
+                fn = self._vetted(resolve(module, name))
             result = fn(*args, **kwargs)
             if inspect.iscoroutine(result):
                 result = self._run_coroutine(result)
-            return result
+            # pydoc.locate("os.system") must not hand out what a name could not reach.
+            return self._vetted(result)
         if kind == KIND_MODULE_ATTR:
-            return resolve(module, name)
+            return self._vetted(resolve(module, name))
         if kind == KIND_GET_ATTR:
-            return _walk(target, name)
+            return self._vetted(_walk(target, name))
         if kind == KIND_SET_ATTR:
             owner_path, _, attr = name.rpartition(".")
             owner = _walk(target, owner_path) if owner_path else target
@@ -587,8 +614,39 @@ class Worker:
             return None
         raise BadRequest(f"unknown call kind {kind}")
 
+    def _vetted(self, obj: Any) -> Any:
+        """``obj``, unless the sandbox policy denies what it is (``logging.os.system`` is
+        ``posix.system`` whatever path led to it)."""
+        if self.policy is not None:
+            qualified = _qualified_name(obj)
+            if qualified:
+                self.policy.check_qualified(qualified)
+        return obj
+
     def _run_coroutine(self, coro: Any) -> Any:
         return self._get_loop().run_until_complete(coro)
+
+
+_USER_CODE_OPS: Final = frozenset({OP_CALL, OP_STREAM_OPEN, OP_STREAM_PULL, OP_STREAM_NEXT})
+
+
+class CpuExceeded(CallInterrupted):
+    """The running call went past its CPU budget (SIGXCPU)."""
+
+
+def _qualified_name(obj: Any) -> str:
+    """``module.qualname`` of a module, class or routine, or else of the object's type
+    (``os.environ`` is an ``os._Environ``). Only class-level attributes are read: reading
+    attributes of an arbitrary object could run its code."""
+    if isinstance(obj, ModuleType):
+        return obj.__name__
+    if not (isinstance(obj, type) or inspect.isroutine(obj)):
+        obj = type(obj)
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if isinstance(module, str) and isinstance(qualname, str):
+        return f"{module}.{qualname}"
+    return ""
 
 
 _MAX_ERROR_MESSAGE = 8 * 1024
@@ -681,10 +739,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-result", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--helpers", default="")
     parser.add_argument("--max-streams", type=int, default=1024)
+    parser.add_argument("--sandbox", default="{}")
     args = parser.parse_args(argv)
     _set_parent_death_signal()
     # The server owns shutdown: a terminal's Ctrl-C must not kill workers mid-call.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    spec = SandboxSpec.from_json(args.sandbox)
+    # Before the Worker exists: its helpers are user code and run inside the sandbox too.
+    args.sandbox_level, args.sandbox_layers = apply_sandbox(spec)
+    args.policy = CallPolicy.build(spec.level, extra_deny=spec.deny_modules)
+    args.max_call_cpu = spec.max_call_cpu if spec.level != "none" else 0.0
     worker = Worker(args)
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
     try:

@@ -25,6 +25,14 @@ BRIDGE_SERVER = str(Path(sys.executable).with_name("bridge-server"))
 _SERVING = re.compile(r"SERVING on (\S+) \(.*?pids ([\d ]+)\)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _sandbox_may_write_test_dirs(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Workers run sandboxed (level standard) and may write only their scratch dir; the
+    tests hand them marker paths under pytest's temp dir, so that is allowed too (through
+    the environment, as an operator could)."""
+    os.environ["SNAKEBRIDGE_SANDBOX_WRITE_PATHS"] = str(tmp_path_factory.getbasetemp())
+
+
 @pytest.fixture
 def anyio_backend() -> Any:
     return ("asyncio", {"use_uvloop": True})

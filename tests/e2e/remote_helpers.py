@@ -248,3 +248,23 @@ def with_cyclic_item() -> Any:
 def huge_items(size: int) -> Any:
     yield b"x" * 10
     yield b"x" * size
+
+
+# -- supervision (recycling) --------------------------------------------------------------
+
+_HELD: list[bytes] = []
+
+
+def hold_memory(nbytes: int) -> int:
+    """Allocate ``nbytes`` and keep them (written, so resident); returns the worker's pid."""
+    _HELD.append(b"\x01" * nbytes)
+    return os.getpid()
+
+
+def ticks(delay: float) -> Any:
+    """Endless: (pid, i) now, then one item per ``delay`` seconds."""
+    i = 0
+    while True:
+        yield (os.getpid(), i)
+        i += 1
+        time.sleep(delay)

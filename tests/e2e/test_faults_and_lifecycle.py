@@ -94,12 +94,12 @@ async def test_idempotent_call_is_retried_once_after_a_crash(
 async def test_timed_out_call_is_interrupted_in_the_worker(make_server: Any) -> None:
     srv = make_server("--workers", "1")
     async with snakebridge.Client(srv.address) as client:
-        pid = await client.call("os", "getpid")
+        pid = await client.call("remote_helpers", "pid")
         with pytest.raises(errors.CallTimeout):
             await client.call("remote_helpers", "sleep", [30], timeout=0.3)
         # The same process is free again within a second: the sleep was interrupted.
         with anyio.fail_after(1.0):
-            assert await client.call("os", "getpid") == pid
+            assert await client.call("remote_helpers", "pid") == pid
 
 
 async def test_call_that_ignores_interruption_is_killed_after_the_grace(
@@ -107,11 +107,11 @@ async def test_call_that_ignores_interruption_is_killed_after_the_grace(
 ) -> None:
     srv = make_server("--workers", "1", "--cancel-grace", "0.5")
     async with snakebridge.Client(srv.address) as client:
-        pid = await client.call("os", "getpid")
+        pid = await client.call("remote_helpers", "pid")
         with pytest.raises(errors.CallTimeout):
             await client.call("remote_helpers", "stubborn_sleep", [60], timeout=0.3)
         with anyio.fail_after(10):
-            new_pid = await client.call("os", "getpid")
+            new_pid = await client.call("remote_helpers", "pid")
         assert new_pid != pid
         assert not pid_alive(pid)
     srv.wait_for_log("ignored cancellation")

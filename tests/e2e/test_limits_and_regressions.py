@@ -23,20 +23,20 @@ async def test_oversized_arguments_are_refused_before_reaching_a_worker(
 ) -> None:
     srv = make_server("--workers", "1", "--max-message-size", "10000")
     async with snakebridge.Client(srv.address) as client:
-        pid = await client.call("os", "getpid")
+        pid = await client.call("remote_helpers", "pid")
         with pytest.raises(errors.LimitExceeded, match="arguments are"):
             await client.call("remote_helpers", "echo", [b"x" * 20000])
-        assert await client.call("os", "getpid") == pid  # the worker was never involved
+        assert await client.call("remote_helpers", "pid") == pid  # the worker was never involved
 
 
 async def test_oversized_result_is_an_error_and_the_worker_survives(make_server: Any) -> None:
     srv = make_server("--workers", "1", "--max-message-size", "10000")
     async with snakebridge.Client(srv.address) as client:
-        pid = await client.call("os", "getpid")
+        pid = await client.call("remote_helpers", "pid")
         thing = await client.call_class("remote_helpers", "Thing", [])
         with pytest.raises(errors.LimitExceeded, match="result is"):
             await client.call("remote_helpers", "big_bytes", [20000])
-        assert await client.call("os", "getpid") == pid
+        assert await client.call("remote_helpers", "pid") == pid
         assert await client.get_attr(thing, "name") == "thing"  # its refs were kept
 
 
@@ -54,14 +54,14 @@ async def test_a_call_over_its_ref_budget_leaves_no_refs_behind(make_server: Any
 async def test_strict_affinity_reports_a_lost_worker_once(make_server: Any) -> None:
     srv = make_server("--workers", "2")
     async with snakebridge.Client(srv.address) as client:
-        first = await client.call("os", "getpid", affinity="strict")
+        first = await client.call("remote_helpers", "pid", affinity="strict")
         with pytest.raises(errors.WorkerCrashed):
             await client.call("remote_helpers", "die", affinity="strict")
         with pytest.raises(errors.SessionLost):
-            await client.call("os", "getpid", affinity="strict")
-        again = await client.call("os", "getpid", affinity="strict")
+            await client.call("remote_helpers", "pid", affinity="strict")
+        again = await client.call("remote_helpers", "pid", affinity="strict")
         assert again != first
-        assert await client.call("os", "getpid", affinity="strict") == again
+        assert await client.call("remote_helpers", "pid", affinity="strict") == again
 
 
 @pytest.mark.parametrize("kind", ["cancelled", "generator_exit"])

@@ -28,7 +28,7 @@ async def test_call_returns_the_worker_result(server: ServerProcess) -> None:
 
 async def test_call_runs_in_a_worker_process_not_the_server(server: ServerProcess) -> None:
     async with snakebridge.Client(server.address) as client:
-        pid = await client.call("os", "getpid")
+        pid = await client.call("remote_helpers", "pid")
     assert pid in server.worker_pids
     assert pid != server.pid
 

@@ -351,7 +351,7 @@ async def test_oversized_stream_item_is_limit_exceeded_and_the_worker_survives(
 ) -> None:
     srv = make_server("--workers", "1", "--max-message-size", "100000")
     async with snakebridge.Client(srv.address) as client:
-        pid = await client.call("os", "getpid")
+        pid = await client.call("remote_helpers", "pid")
         seen = []
         with pytest.raises(errors.LimitExceeded, match="stream batch"):
             async for x in client.stream("remote_helpers", "huge_items", [200_000]):
@@ -360,7 +360,7 @@ async def test_oversized_stream_item_is_limit_exceeded_and_the_worker_survives(
         with pytest.raises(errors.LimitExceeded, match="arguments are"):
             async for _ in client.stream("remote_helpers", "echo", [b"x" * 200_000]):
                 pass
-        assert await client.call("os", "getpid") == pid
+        assert await client.call("remote_helpers", "pid") == pid
 
 
 async def test_an_unread_stream_does_not_stall_other_calls_on_the_client(

@@ -158,6 +158,24 @@ class PoolInfo(betterproto.Message):
     workers: List["WorkerInfo"] = betterproto.message_field(3)
     in_flight: int = betterproto.uint32_field(4)
     max_queued: int = betterproto.uint32_field(5)
+    state: str = betterproto.string_field(6)
+    """
+    "serving", or "tripped" after a crash loop (calls get PoolUnavailable until it recovers).
+    """
+
+    restarts: Dict[str, int] = betterproto.map_field(
+        7, betterproto.TYPE_STRING, betterproto.TYPE_UINT32
+    )
+    """
+    Workers replaced since start, by reason ("crash", "recycle_calls", "recycle_rss", ...).
+    """
+
+    sandbox_level: str = betterproto.string_field(8)
+    """
+    The sandbox level the pool's workers actually reached, and each layer's outcome.
+    """
+
+    sandbox_layers: List[str] = betterproto.string_field(9)
 
 
 @dataclass(eq=False, repr=False)

@@ -1,0 +1,254 @@
+"""Call policy: which names a client may reach, by sandbox level. Pure, no I/O.
+
+The policy is checked twice: by the server on the names in the request (cheap, before any
+worker is involved) and by the worker on the object the names resolved to (so
+``logging.os.system`` or a ref to a module cannot route around a denied name). Neither is
+the security boundary on its own: the kernel layers are (see ``docs/sandbox.md``); the policy
+turns the obvious ways in into a clear ``PolicyError`` instead of an OS error mid-call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from snakebridge.errors import PolicyError
+
+LEVELS: Final = ("none", "standard", "strict")  # weakest first
+
+# Reaching any of these (or anything under them) gives a caller the process, the file
+# system, the network, code execution or a way around the private-name rule.
+DEFAULT_DENY: Final = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "sys",
+        "subprocess",
+        "_posixsubprocess",
+        "ctypes",
+        "_ctypes",
+        "cffi",
+        "_cffi_backend",
+        "importlib",
+        "imp",
+        "pkgutil",
+        "runpy",
+        "zipimport",
+        "code",
+        "codeop",
+        "pickle",
+        "_pickle",
+        "marshal",
+        "shelve",
+        "dill",
+        "cloudpickle",
+        "socket",
+        "_socket",
+        "ssl",
+        "select",
+        "selectors",
+        "multiprocessing",
+        "_multiprocessing",
+        "concurrent.futures.process",
+        "signal",
+        "_signal",
+        "pty",
+        "tty",
+        "termios",
+        "fcntl",
+        "resource",
+        "mmap",
+        "gc",
+        "inspect",
+        "shutil",
+        "tempfile",
+        "webbrowser",
+        "urllib",
+        "http",
+        "ftplib",
+        "smtplib",
+        "telnetlib",
+        "xmlrpc",
+        "io.open",
+        "io.open_code",
+        "io.FileIO",
+        "_io.FileIO",
+        "_io.open",
+        "builtins.eval",
+        "builtins.exec",
+        "builtins.compile",
+        "builtins.open",
+        "builtins.breakpoint",
+        "builtins.input",
+        "builtins.getattr",
+        "builtins.setattr",
+        "builtins.delattr",
+        "builtins.globals",
+        "builtins.locals",
+        "builtins.vars",
+        "builtins.help",
+        "builtins.exit",
+        "builtins.quit",
+        "operator.attrgetter",
+        "operator.methodcaller",
+        # building and running code objects, or code given as strings
+        "types.CodeType",
+        "types.FunctionType",
+        "types.LambdaType",
+        "builtins.code",
+        "builtins.function",
+        "timeit",
+        "doctest",
+        "pdb",
+        "bdb",
+        "trace",
+        "profile",
+        "cProfile",
+        "pydoc",
+        "logging.config",
+    }
+)
+
+# Harmless names under a denied module: path arithmetic and constants (``os.path`` is
+# ``posixpath``). Only these exact names; what they resolve to is vetted by the worker.
+SAFE_UNDER_DENIED: Final = frozenset(
+    {"os.path", "os.sep", "os.altsep", "os.extsep", "os.pathsep", "os.linesep", "os.curdir"}
+    | {"os.pardir", "os.devnull", "os.name", "sys.version", "sys.version_info", "sys.platform"}
+    | {"sys.maxsize", "sys.byteorder", "sys.float_info", "sys.int_info", "sys.hash_info"}
+)
+
+
+def _safe(target: str) -> bool:
+    if target in SAFE_UNDER_DENIED:
+        return True
+    parent, _, _ = target.rpartition(".")
+    return parent == "os.path"  # os.path.join, os.path.basename, ...
+
+
+# What ``strict`` lets a client call, besides helpers and ``--sandbox-allow-modules``:
+# computation only.
+STRICT_ALLOW: Final = frozenset(
+    {
+        "array",
+        "base64",
+        "binascii",
+        "bisect",
+        "builtins",
+        "calendar",
+        "cmath",
+        "collections",
+        "copy",
+        "dataclasses",
+        "datetime",
+        "decimal",
+        "difflib",
+        "enum",
+        "fractions",
+        "functools",
+        "hashlib",
+        "heapq",
+        "hmac",
+        "html",
+        "ipaddress",
+        "itertools",
+        "json",
+        "math",
+        "numbers",
+        "operator",
+        "random",
+        "re",
+        "statistics",
+        "string",
+        "textwrap",
+        "time",
+        "typing",
+        "unicodedata",
+        "uuid",
+        "zlib",
+    }
+)
+
+
+def level_at_least(level: str, minimum: str) -> bool:
+    return LEVELS.index(level) >= LEVELS.index(minimum)
+
+
+def _under(name: str, roots: frozenset[str]) -> str | None:
+    """The entry of ``roots`` that ``name`` is or lies under (``os`` for ``os.path``)."""
+    if name in roots:
+        return name
+    cut = name.rfind(".")
+    while cut > 0:
+        prefix = name[:cut]
+        if prefix in roots:
+            return prefix
+        cut = name.rfind(".", 0, cut)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class CallPolicy:
+    level: str = "standard"
+    deny: frozenset[str] = DEFAULT_DENY
+    allow: frozenset[str] = STRICT_ALLOW
+
+    @classmethod
+    def build(
+        cls,
+        level: str,
+        *,
+        extra_deny: Iterable[str] = (),
+        extra_allow: Iterable[str] = (),
+    ) -> CallPolicy:
+        if level not in LEVELS:
+            raise ValueError(f"unknown sandbox level {level!r}")
+        return cls(level, DEFAULT_DENY | frozenset(extra_deny), STRICT_ALLOW | set(extra_allow))
+
+    @property
+    def enforced(self) -> bool:
+        return self.level != "none"
+
+    def check_path(self, module: str, name: str) -> None:
+        """A module-level target (``call``, ``call_class``, ``get_module_attr``, streams).
+        ``module`` may be empty (then ``name`` is the whole dotted path)."""
+        if not self.enforced:
+            return
+        target = f"{module}.{name}" if module and name else module or name
+        self._check_private(target)
+        denied = None if _safe(target) else _under(target, self.deny)
+        if denied is not None:
+            raise PolicyError(
+                f"{target!r} is not allowed at sandbox level {self.level!r} "
+                f"({denied!r} is denied); wrap what you need in a helper"
+            )
+        if self.level == "strict" and _under(target, self.allow) is None:
+            raise PolicyError(
+                f"{target!r} is not in the strict sandbox's module allowlist; "
+                "the operator can add it with --sandbox-allow-modules"
+            )
+
+    def check_attr(self, name: str) -> None:
+        """An attribute path on a ref (``call_method``, ``get_attr``, ``set_attr``)."""
+        if self.enforced:
+            self._check_private(name)
+
+    def check_qualified(self, qualified: str) -> None:
+        """The ``module.qualname`` of the object a name resolved to (worker side)."""
+        if not self.enforced:
+            return
+        denied = _under(qualified, self.deny)
+        if denied is not None:
+            raise PolicyError(
+                f"this resolves to {qualified!r}, which is not allowed at sandbox level "
+                f"{self.level!r} ({denied!r} is denied)"
+            )
+
+    def _check_private(self, dotted: str) -> None:
+        for part in dotted.split("."):
+            if part.startswith("_"):
+                raise PolicyError(
+                    f"{dotted!r}: private and dunder names ({part!r}) are not reachable at "
+                    f"sandbox level {self.level!r}"
+                )
