@@ -4,6 +4,7 @@ PY       ?= python3
 VENV     := .venv
 BIN      := $(VENV)/bin
 STAMP    := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.bench-installed
 ARGS     ?=
 
 .PHONY: run test unit e2e bench lint proto proto-check clean
@@ -24,7 +25,13 @@ unit: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -q tests/e2e $(ARGS)
 
-bench: $(STAMP)
+# The bench extra (the peers: RPyC, Pyro5) is installed for `make bench` only, not `make test`.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
+	@$(BIN)/python -m pip install -q -e ".[test,dev,bench]" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(BIN)/python -c 'import rpyc, Pyro5' || { echo "make bench: installing .[bench] failed" >&2; exit 1; }
+	@touch $@
+
+bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
 CODE := sdk server tests bench

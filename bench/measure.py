@@ -1,4 +1,5 @@
-"""Timing primitives: sequential round-trip latency and throughput at N calls in flight."""
+"""Timing primitives: sequential round-trip latency and throughput at N calls in flight, and
+named figures (a wall time, a speedup, MB/s, RSS) for targets that are not latency rows."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 Call = Callable[[], Awaitable[object]]
 
@@ -40,10 +41,34 @@ class Settings:
     tput_seconds: float = 2.0
     # A rep normally takes a few seconds; past this the server is taken to be hung.
     rep_timeout_s: float = 60.0
+    # A smoke run (--quick): sections with their own `measure` take fewer samples per rep.
+    smoke: bool = False
 
     @classmethod
     def quick(cls) -> Settings:
-        return cls(reps=1, warmup=50, calls=300, tput_warmup_s=0.1, tput_seconds=0.5)
+        return cls(reps=1, warmup=50, calls=300, tput_warmup_s=0.1, tput_seconds=0.5, smoke=True)
+
+
+@dataclass(frozen=True)
+class Figure:
+    """A named number that a target's own `measure` reports in `Rep.figures[key]`.
+
+    The result holds the median over reps. `goal` and `target` state the issue's target
+    for it (`"<="`: at most `target`; `">="`: at least), which the report checks.
+    """
+
+    key: str
+    label: str
+    unit: str
+    fmt: str = ".1f"
+    goal: Literal["<=", ">="] | None = None
+    target: float | None = None
+    note: str = ""
+
+    def meets(self, value: float) -> bool | None:
+        if self.goal is None or self.target is None:
+            return None
+        return value <= self.target if self.goal == "<=" else value >= self.target
 
 
 @dataclass
@@ -52,19 +77,41 @@ class Target:
 
     `extra` is copied into the Result; a section may still add to it while shutting down
     (e.g. the server's exit code), since results are built after every section has closed.
+    A target with `figures` reports those (its `measure` fills `Rep.figures`) instead of
+    latency and calls/s, and is listed apart from the latency table.
     """
 
     name: str
     call: Call
     extra: dict[str, Any] = field(default_factory=dict)
     measure: Callable[[Call, Settings], Awaitable[Rep]] | None = None
+    figures: tuple[Figure, ...] = ()
 
 
 @dataclass(frozen=True)
 class Rep:
-    p50_us: float
-    p99_us: float
-    calls_per_s: float
+    p50_us: float | None = None
+    p99_us: float | None = None
+    calls_per_s: float | None = None
+    figures: dict[str, float] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        """One line for the progress output."""
+        if self.figures:
+            return ", ".join(f"{key} {value:.4g}" for key, value in self.figures.items())
+        return (
+            f"p50 {_fmt(self.p50_us, '.0f')} us, p99 {_fmt(self.p99_us, '.0f')} us, "
+            f"{_fmt(self.calls_per_s, ',.0f')} calls/s"
+        )
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _median(values: list[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
 
 
 def percentiles_us(samples_ns: list[int]) -> tuple[float, float]:
@@ -136,14 +183,37 @@ async def measure_rep(call: Call, settings: Settings) -> Rep:
 
 def aggregate(target: Target, reps: list[Rep], settings: Settings) -> Result:
     """Each figure is the median over the repetitions (the machine is noisy)."""
+    if target.figures:
+        return _aggregate_figures(target, reps)
     return Result(
         name=target.name,
-        p50_us=statistics.median(r.p50_us for r in reps),
-        p99_us=statistics.median(r.p99_us for r in reps),
-        calls_per_s=statistics.median(r.calls_per_s for r in reps),
+        p50_us=_median([r.p50_us for r in reps]),
+        p99_us=_median([r.p99_us for r in reps]),
+        calls_per_s=_median([r.calls_per_s for r in reps]),
         extra={
             **target.extra,
             "concurrency": settings.concurrency,
-            "reps": [asdict(r) for r in reps],
+            "reps": [{k: v for k, v in asdict(r).items() if k != "figures" or v} for r in reps],
         },
     )
+
+
+def _aggregate_figures(target: Target, reps: list[Rep]) -> Result:
+    """`extra["figures"]`: per figure its median over reps, each rep's value, and the
+    target and whether the median meets it (JSON-ready)."""
+    figures: dict[str, dict[str, Any]] = {}
+    for fig in target.figures:
+        values = [r.figures[fig.key] for r in reps if fig.key in r.figures]
+        median = statistics.median(values) if values else None
+        figures[fig.key] = {
+            "label": fig.label,
+            "unit": fig.unit,
+            "fmt": fig.fmt,
+            "median": median,
+            "reps": values,
+            "goal": fig.goal,
+            "target": fig.target,
+            "meets": None if median is None else fig.meets(median),
+            "note": fig.note,
+        }
+    return Result(name=target.name, extra={**target.extra, "figures": figures})

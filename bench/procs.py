@@ -7,8 +7,9 @@ import contextlib
 import os
 import signal
 import socket
+import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -36,6 +37,78 @@ def kill_leftovers() -> None:
         _LIVE_GROUPS.discard(pgid)
 
 
+def repo_on_pythonpath() -> dict[str, str]:
+    """`PYTHONPATH` with the repo root first: a bridge-server's workers (which inherit
+    PYTHONPATH even when sandboxed, and read what is on their sys.path) can then import
+    `bench.remote_funcs`. An absolute path, since sandboxed workers run in a scratch cwd."""
+    current = os.environ.get("PYTHONPATH")
+    return {"PYTHONPATH": os.pathsep.join([str(REPO_ROOT), *([current] if current else [])])}
+
+
+def rss_bytes(pid: int) -> int | None:
+    """Resident set size of `pid` (VmRSS in /proc/<pid>/status), or None if unreadable."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("VmRSS:"):
+            value, unit = line.split()[1:3]
+            return int(value) * 1024 if unit == "kB" else None
+    return None
+
+
+def busy_ticks() -> int | None:
+    """CPU ticks spent busy (all but idle and iowait) on all CPUs since boot (/proc/stat)."""
+    try:
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    except OSError:
+        return None
+    values = [int(v) for v in fields]
+    return sum(values) - values[3] - values[4]
+
+
+def tree_ticks(roots: set[int]) -> int:
+    """CPU ticks (user + system) used so far by the live processes in `roots`, their
+    children (a bridge-server's workers run in sessions of their own, but are its
+    children) and this process's group."""
+    own = os.getpgrp()
+    total = 0
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = Path(entry.path, "stat").read_text()
+        except OSError:
+            continue
+        fields = text.rsplit(")", 1)[1].split()
+        ppid, pgid = int(fields[1]), int(fields[2])
+        if int(entry.name) in roots or ppid in roots or pgid == own:
+            total += int(fields[11]) + int(fields[12])
+    return total
+
+
+class OtherLoad:
+    """CPUs used by processes other than `roots`, their children and this process group,
+    between `start()` and `stop()`: the other load on the machine during a measurement."""
+
+    def __init__(self, roots: set[int]) -> None:
+        self.roots = roots
+        self._start: tuple[float, int | None, int] | None = None
+
+    def start(self) -> None:
+        self._start = (time.perf_counter(), busy_ticks(), tree_ticks(self.roots))
+
+    def stop(self) -> float | None:
+        assert self._start is not None
+        begun, busy, ours = self._start
+        now, busy_now = time.perf_counter(), busy_ticks()
+        if busy is None or busy_now is None:
+            return None
+        other = (busy_now - busy) - (tree_ticks(self.roots) - ours)
+        return max(0.0, other / os.sysconf("SC_CLK_TCK") / (now - begun))
+
+
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -47,9 +120,13 @@ def _group_alive(pgid: int) -> bool:
 class ServerProcess:
     """`async with ServerProcess(...)`: start, wait for a ready line, always stop on exit.
 
-    The child runs in its own session, so anything it spawns (workers) shares its process
-    group; on exit the leader gets SIGTERM, and after `stop_timeout` seconds, or if it left
-    children behind, the whole group gets SIGKILL.
+    The child runs in its own session, so anything it spawns shares its process group
+    unless it starts a session of its own (bridge-server's workers do, and die with the
+    server by their parent-death signal); on exit the leader gets SIGTERM, and after
+    `stop_timeout` seconds, or if it left children in its group, the group gets SIGKILL.
+
+    `env` is added to the inherited environment. `spawned_at` and `ready_at` are
+    `time.perf_counter()` readings: just before the exec, and when the ready line was read.
     """
 
     def __init__(
@@ -61,6 +138,7 @@ class ServerProcess:
         ready_timeout: float = 20.0,
         stop_timeout: float = 10.0,
         cwd: Path = REPO_ROOT,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -68,6 +146,9 @@ class ServerProcess:
         self.ready_timeout = ready_timeout
         self.stop_timeout = stop_timeout
         self.cwd = cwd
+        self.env = dict(env or {})
+        self.spawned_at: float | None = None
+        self.ready_at: float | None = None
         self.output: deque[str] = deque(maxlen=40)
         self.ready_line: str | None = None
         self.returncode: int | None = None
@@ -97,11 +178,16 @@ class ServerProcess:
             await self.stop()
             raise
 
+    @property
+    def pid(self) -> int | None:
+        return None if self._proc is None else self._proc.pid
+
     def tail(self, lines: int = 5) -> str:
         return " | ".join(list(self.output)[-lines:]) or "(no output)"
 
     async def _start(self) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        self.spawned_at = time.perf_counter()
         self._proc = await asyncio.create_subprocess_exec(
             *self.argv,
             stdin=asyncio.subprocess.DEVNULL,
@@ -143,6 +229,7 @@ class ServerProcess:
             line = raw.decode(errors="replace").rstrip()
             self.output.append(line)
             if not self._ready.is_set() and self.ready_marker in line:
+                self.ready_at = time.perf_counter()
                 self.ready_line = line
                 self._ready.set()
 

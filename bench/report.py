@@ -1,4 +1,5 @@
-"""Machine description, the results table, ratios against the floor, and the JSON record."""
+"""Machine description, the results table, named figures, the targets summary, ratios
+against the floor, and the JSON record."""
 
 from __future__ import annotations
 
@@ -102,6 +103,11 @@ def _ratio(num: float | None, den: float | None) -> float | None:
     return None if num is None or not den else num / den
 
 
+def _is_row(r: Result) -> bool:
+    """A latency-table row (not a rate, not a target reporting named figures)."""
+    return "unit" not in r.extra and "figures" not in r.extra
+
+
 def ratios(results: list[Result], floor: Result | None) -> dict[str, dict[str, float | None]]:
     """Each result's p50 and throughput as a multiple of the floor's."""
     if floor is None:
@@ -112,15 +118,32 @@ def ratios(results: list[Result], floor: Result | None) -> dict[str, dict[str, f
             "calls_per_s_vs_floor": _ratio(r.calls_per_s, floor.calls_per_s),
         }
         for r in results
-        if r is not floor and "unit" not in r.extra
+        if r is not floor and _is_row(r)
     }
 
 
 def print_table(
     results: list[Result], rel: dict[str, dict[str, float | None]], concurrency: int
 ) -> None:
+    """The latency table, then rates (streams), then targets that report named figures."""
+    rows = [r for r in results if _is_row(r)]
     rates = [r for r in results if "unit" in r.extra]
-    results = [r for r in results if "unit" not in r.extra]
+    figured = [r for r in results if "figures" in r.extra]
+    if rows:
+        _print_rows(rows, rel, concurrency)
+    if rates:
+        if rows:
+            print()
+        _print_rates(rates)
+    if figured:
+        if rows or rates:
+            print()
+        _print_figures(figured)
+
+
+def _print_rows(
+    results: list[Result], rel: dict[str, dict[str, float | None]], concurrency: int
+) -> None:
     headers = ["benchmark", "p50 us", "p99 us", f"calls/s @{concurrency}", "p50 x", "calls/s x"]
     rows = [
         [
@@ -141,23 +164,125 @@ def print_table(
         if n == 0:
             print("  ".join("-" * w for w in widths))
     print("(x columns: multiple of the bare grpclib floor; p50 lower is better, calls/s higher)")
-    if rates:
-        print()
-        width = max(len(r.name) for r in rates)
-        for r in rates:
-            unit = r.extra["unit"]
-            line = f"{r.name.ljust(width)}  {_fmt(r.calls_per_s, ',.0f'):>12} {unit}"
-            line += f"  (one stream: {_fmt(r.p50_us and r.p50_us / 1000, ',.1f')} ms)"
-            target = r.extra.get("target")
-            if target is not None and r.calls_per_s is not None:
-                verdict = "meets" if r.calls_per_s >= target else "BELOW"
-                line += f"  target >= {target:,} {unit}: {verdict}"
-            if "note" in r.extra:
-                line += f"  [{r.extra['note']}]"
+
+
+def _print_rates(rates: list[Result]) -> None:
+    width = max(len(r.name) for r in rates)
+    for r in rates:
+        unit = r.extra["unit"]
+        line = f"{r.name.ljust(width)}  {_fmt(r.calls_per_s, ',.0f'):>12} {unit}"
+        line += f"  (one stream: {_fmt(r.p50_us and r.p50_us / 1000, ',.1f')} ms)"
+        target = r.extra.get("target")
+        if target is not None and r.calls_per_s is not None:
+            verdict = "meets" if r.calls_per_s >= target else "BELOW"
+            line += f"  target >= {target:,} {unit}: {verdict}"
+        if "note" in r.extra:
+            line += f"  [{r.extra['note']}]"
+        print(line)
+
+
+def _target_text(goal: str, target: float, unit: str) -> str:
+    number = f"{target:,.0f}" if target >= 1000 and target == int(target) else f"{target:g}"
+    return f"target {goal} {number}{_unit(unit)}"
+
+
+def _unit(unit: str) -> str:
+    return unit if unit == "x" else f" {unit}"
+
+
+def _print_figures(results: list[Result]) -> None:
+    """Each target's figures (medians over reps), one per line, with its target if any."""
+    width = max((len(f["label"]) for r in results for f in r.extra["figures"].values()), default=0)
+    for r in results:
+        print(f"{r.name}" + (f"  [{r.extra['about']}]" if r.extra.get("about") else ""))
+        figures: dict[str, dict[str, Any]] = r.extra["figures"]
+        for fig in figures.values():
+            line = f"  {fig['label'].ljust(width)}  {_fmt(fig['median'], fig['fmt']):>10}"
+            line += _unit(fig["unit"])
+            if fig["goal"] is not None and fig["target"] is not None:
+                line += f"  ({_target_text(fig['goal'], fig['target'], fig['unit'])})"
+            if fig["note"]:
+                line += f"  [{fig['note']}]"
             print(line)
 
 
+def _verdict(meets: bool, goal: str) -> str:
+    if meets:
+        return "meets"
+    return "OVER target" if goal == "<=" else "UNDER target"
+
+
+def target_checks(
+    results: list[Result], rel: dict[str, dict[str, float | None]]
+) -> list[dict[str, Any]]:
+    """Every figure that has a target: its value, the target and whether it is met."""
+    checks: list[dict[str, Any]] = []
+
+    def add(
+        name: str, figure: str, value: float | None, goal: str, target: float, unit: str, fmt: str
+    ) -> None:
+        meets = None
+        if value is not None:
+            meets = value <= target if goal == "<=" else value >= target
+        checks.append(
+            {
+                "benchmark": name,
+                "figure": figure,
+                "value": value,
+                "unit": unit,
+                "fmt": fmt,
+                "goal": goal,
+                "target": target,
+                "meets": meets,
+            }
+        )
+
+    for r in results:
+        ratio = rel.get(r.name, {})
+        if r.extra.get("p50_ratio_target") is not None:
+            add(
+                r.name,
+                "p50 / grpclib p50",
+                ratio.get("p50_vs_floor"),
+                "<=",
+                r.extra["p50_ratio_target"],
+                "x",
+                ".3f",
+            )
+        if r.extra.get("calls_per_s_ratio_target") is not None:
+            add(
+                r.name,
+                "calls/s / grpclib calls/s",
+                ratio.get("calls_per_s_vs_floor"),
+                ">=",
+                r.extra["calls_per_s_ratio_target"],
+                "x",
+                ".2f",
+            )
+        if "unit" in r.extra and r.extra.get("target") is not None:
+            unit = r.extra["unit"]
+            add(r.name, unit, r.calls_per_s, ">=", r.extra["target"], unit, ",.0f")
+        for fig in r.extra.get("figures", {}).values():
+            if fig["goal"] is not None and fig["target"] is not None:
+                add(
+                    r.name,
+                    fig["label"],
+                    fig["median"],
+                    fig["goal"],
+                    fig["target"],
+                    fig["unit"],
+                    fig["fmt"],
+                )
+    return checks
+
+
 def print_targets(results: list[Result], rel: dict[str, dict[str, float | None]]) -> None:
+    """The targets summary: every figure with a target, and whether it is met."""
+    checks = target_checks(results, rel)
+    if not checks:
+        return
+    print()
+    print("targets (medians over reps):")
     for r in results:
         target = r.extra.get("p50_ratio_target")
         p50_x = rel.get(r.name, {}).get("p50_vs_floor")
@@ -169,6 +294,13 @@ def print_targets(results: list[Result], rel: dict[str, dict[str, float | None]]
             f"{r.name}: p50 / grpclib p50 = {p50_x:.3f} (target <= {target:g}, {verdict}); "
             f"calls/s / grpclib calls/s = {_fmt(tput_x, '.2f')}"
         )
+    for check in checks:
+        if check["figure"] == "p50 / grpclib p50":
+            continue  # the line above
+        value = _fmt(check["value"], check["fmt"]) + _unit(check["unit"])
+        verdict = "no figure" if check["meets"] is None else _verdict(check["meets"], check["goal"])
+        target = _target_text(check["goal"], check["target"], check["unit"])
+        print(f"{check['benchmark']}: {check['figure']} = {value} ({target}: {verdict})")
 
 
 def print_notes(results: list[Result]) -> None:
@@ -200,6 +332,7 @@ def record(
         "settings": asdict(settings),
         "results": [asdict(r) for r in results],
         "ratios": rel,
+        "targets": target_checks(results, rel),
         "unavailable": unavailable,
         "teardown_errors": teardown_errors,
     }

@@ -76,11 +76,7 @@ def _order(opened: dict[str, list[Target]], rep: int) -> list[tuple[str, Target]
 
 
 def _show(rep_no: int, total: int, target: Target, rep: Rep) -> None:
-    print(
-        f"  rep {rep_no}/{total} {target.name}: p50 {rep.p50_us:.0f} us, "
-        f"p99 {rep.p99_us:.0f} us, {rep.calls_per_s:,.0f} calls/s",
-        flush=True,
-    )
+    print(f"  rep {rep_no}/{total} {target.name}: {rep.summary()}", flush=True)
 
 
 async def _measure(

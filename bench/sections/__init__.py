@@ -14,7 +14,7 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from bench.measure import Settings, Target, Unavailable
-from bench.sections import grpclib_floor, snakebridge_sdk, streams
+from bench.sections import cpu, grpclib_floor, lifecycle, payloads, peers, snakebridge_sdk, streams
 
 __all__ = ["BASELINE", "SECTIONS", "Section", "Unavailable"]
 
@@ -24,6 +24,10 @@ SECTIONS: dict[str, Section] = {
     "grpclib": grpclib_floor.targets,
     "snakebridge": snakebridge_sdk.targets,
     "streams": streams.targets,
+    "peers": peers.targets,
+    "cpu": cpu.targets,
+    "payloads": payloads.targets,
+    "lifecycle": lifecycle.targets,
 }
 
 BASELINE = "grpclib"

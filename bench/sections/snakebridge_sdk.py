@@ -1,22 +1,33 @@
-"""snakebridge end to end: the SDK calling `math.sqrt` through a real bridge-server."""
+"""snakebridge end to end: the SDK calling `math.sqrt` through a real bridge-server with 2
+workers, at the run's concurrency (64 in flight: the headline row) and at 1, 16 and 256."""
 
 from __future__ import annotations
 
 import importlib
 import shutil
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench.measure import Settings, Target, Unavailable
+from bench.compare import (
+    CALLS_PER_S_VS_FLOOR_TARGET,
+    MUST_BEAT,
+    SNAKEBRIDGE,
+    peer_names,
+    recording,
+)
+from bench.measure import Call, Rep, Settings, Target, Unavailable, measure_rep
 from bench.procs import ServerFailed, ServerProcess, free_port
 
 HOST = "127.0.0.1"
 WORKERS = 2
 # snakebridge p50 / bare grpclib p50 must stay at or under this.
 P50_RATIO_TARGET = 1.25
+# Calls in flight besides the run's own (settings.concurrency, 64): each is its own target.
+OTHER_CONCURRENCY = (1, 16, 256)
 
 
 def _server_binary() -> str:
@@ -27,6 +38,20 @@ def _server_binary() -> str:
     if found is None:
         raise Unavailable("bridge-server is not installed")
     return found
+
+
+def at_concurrency(in_flight: int) -> Callable[[Call, Settings], Awaitable[Rep]]:
+    """`measure_rep` with `in_flight` calls kept in flight instead of settings.concurrency.
+
+    Its sequential p50/p99 are measured afresh, like every target's. The JSON's
+    `concurrency` field still says settings.concurrency (aggregate() sets it); the real
+    figure is in the target's `in_flight`.
+    """
+
+    async def measure(call: Call, settings: Settings) -> Rep:
+        return await measure_rep(call, replace(settings, concurrency=in_flight))
+
+    return measure
 
 
 def _sdk() -> Any:
@@ -45,7 +70,14 @@ async def targets(settings: Settings) -> AsyncIterator[list[Target]]:
     port = free_port(HOST)
     argv = [_server_binary(), "--listen", f"{HOST}:{port}", "--workers", str(WORKERS)]
     server = ServerProcess("bridge-server", argv, "SERVING")
-    extra: dict[str, Any] = {"workers": WORKERS, "p50_ratio_target": P50_RATIO_TARGET}
+    extra: dict[str, Any] = {
+        "workers": WORKERS,
+        "in_flight": settings.concurrency,
+        "p50_ratio_target": P50_RATIO_TARGET,
+        "calls_per_s_ratio_target": CALLS_PER_S_VS_FLOOR_TARGET,
+        # Peers whose calls/s (same concurrency, in client threads) this must at least match.
+        "must_beat": [peer_names(settings)[peer] for peer in MUST_BEAT],
+    }
     try:
         try:
             await server.start()
@@ -59,7 +91,17 @@ async def targets(settings: Settings) -> AsyncIterator[list[Target]]:
             async def call() -> object:
                 return await client.call("math", "sqrt", [16])
 
-            yield [Target("snakebridge math.sqrt", call, extra)]
+            others = [
+                Target(
+                    f"{SNAKEBRIDGE}, {n} in flight",
+                    call,
+                    {"workers": WORKERS, "in_flight": n},
+                    at_concurrency(n),
+                )
+                for n in OTHER_CONCURRENCY
+                if n != settings.concurrency
+            ]
+            yield [Target(SNAKEBRIDGE, call, extra, recording(SNAKEBRIDGE)), *others]
     finally:
         await server.stop()
         extra["server_exit_code"] = server.returncode

@@ -18,6 +18,7 @@ from grpclib.server import Server
 
 from .auth import TokenAuth, read_token
 from .bridge import Bridge
+from .coalesce import coalescing
 from .config import ConfigError, ServerConfig
 from .sandbox.report import sandbox_report
 from .service import BridgeService
@@ -70,6 +71,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             # NOT_SERVING for good once the drain began, whatever the pool reports.
             pool.on_health = lambda ok, status=status: status.set(ok and not stop.is_set())
         server = Server([service, Health(checks)])
+        server._protocol_factory = coalescing(server._protocol_factory)  # type: ignore[method-assign]
         if config.token_file:
             listen(server, RecvRequest, TokenAuth(read_token(config.token_file)))
         if config.uds:

@@ -98,14 +98,15 @@ class FrameDecoder:
         frames: list[bytes] = []
         pos = 0
         end = len(buf)
-        while end - pos >= 4:
-            (length,) = HEADER.unpack_from(buf, pos)
-            if length > self._max_frame:
-                raise FrameTooLarge(f"frame of {length} bytes exceeds {self._max_frame}")
-            if end - pos - 4 < length:
-                break
-            frames.append(bytes(buf[pos + 4 : pos + 4 + length]))
-            pos += 4 + length
+        with memoryview(buf) as view:  # one copy per frame, not two (slice, then bytes)
+            while end - pos >= 4:
+                (length,) = HEADER.unpack_from(buf, pos)
+                if length > self._max_frame:
+                    raise FrameTooLarge(f"frame of {length} bytes exceeds {self._max_frame}")
+                if end - pos - 4 < length:
+                    break
+                frames.append(bytes(view[pos + 4 : pos + 4 + length]))
+                pos += 4 + length
         if pos:
             del buf[:pos]
         return frames
