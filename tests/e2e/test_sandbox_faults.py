@@ -206,13 +206,16 @@ async def test_calls_a_killed_worker_completed_are_never_run_again(
         clients = [
             await stack.enter_async_context(snakebridge.Client(srv.address)) for _ in range(CLIENTS)
         ]
+        # Its own connection: the callers keep theirs at the 100-stream HTTP/2 limit, where
+        # a Describe could wait for a free stream for as long as they run.
+        observer = await stack.enter_async_context(snakebridge.Client(srv.address))
         with anyio.fail_after(60):
             async with anyio.create_task_group() as tg:
                 for k in range(CALLS):
                     tg.start_soon(caller, clients[k % CLIENTS])
                 for slot in (0, 1, 0):
                     await anyio.sleep(0.3)
-                    pid = await _ready_pid(clients[0], slot)
+                    pid = await _ready_pid(observer, slot)
                     os.kill(pid, signal.SIGKILL)
                     killed.append(pid)
                 await anyio.sleep(0.3)
