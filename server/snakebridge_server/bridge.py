@@ -43,7 +43,7 @@ from snakebridge.errors import (
 )
 
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
-from .config import ServerConfig
+from .config import PoolConfig, ServerConfig
 from .pool import Pool, SupervisionPolicy
 from .refids import WorkerKey, owner_of, parse_ref_id
 from .sandbox import SandboxSpec
@@ -125,64 +125,72 @@ class Bridge:
         self.sessions = SessionTable(
             max_sessions=config.max_sessions,
             max_refs_per_session=config.max_refs_per_session,
-            max_refs_total=config.max_refs_total,
+            max_refs_total=config.max_refs,
             ttl=config.session_ttl,
         )
-        self.scratch_root = make_scratch_root() if config.sandbox != "none" else ""
-        spec = WorkerSpec(
-            python=config.python,
+        sandboxed = any(p.sandbox != "none" for p in config.pools)
+        self.scratch_root = make_scratch_root() if sandboxed else ""
+        self.default_pool = config.pool
+        self.pool_configs = {p.name: p for p in config.pools}
+        self.policies: dict[str, CallPolicy] = {}
+        self.pools: dict[str, Pool] = {}
+        uid_offset = 0  # each worker of every pool gets a uid of its own
+        for pc in config.pools:
+            # Helper modules are the operator's own: a strict pool may always call them.
+            self.policies[pc.name] = CallPolicy.build(
+                pc.sandbox,
+                extra_deny=pc.sandbox_deny_modules,
+                extra_allow=(*pc.sandbox_allow_modules, *pc.helpers),
+            )
+            self.pools[pc.name] = Pool(
+                pc.name,
+                pc.workers,
+                self._worker_spec(pc, uid_offset),
+                max_queued=pc.max_queued,
+                on_worker_lost=self.sessions.worker_gone,
+                policy=SupervisionPolicy(
+                    crash_loop_max=pc.crash_loop_max,
+                    crash_loop_window=pc.crash_loop_window,
+                    crash_loop_cooldown=pc.crash_loop_cooldown,
+                    recycle_calls=pc.recycle_calls,
+                    recycle_rss=pc.recycle_rss,
+                    recycle_jitter=pc.recycle_jitter,
+                    retire_timeout=pc.max_call_timeout,
+                ),
+            )
+            uid_offset += pc.workers
+        self._sweeper: asyncio.Task[None] | None = None
+
+    def _worker_spec(self, pc: PoolConfig, uid_offset: int) -> WorkerSpec:
+        config = self.config
+        return WorkerSpec(
+            python=pc.python,
             boot=self.boot,
-            max_refs=config.max_refs_total,
+            max_refs=config.max_refs,
             max_frame=config.max_message_size + 1024 * 1024,
             max_result=config.max_message_size,
             start_timeout=config.worker_start_timeout,
             cancel_grace=config.cancel_grace,
-            helpers=config.helpers,
-            env=(("PYTHONUNBUFFERED", "1"),),
+            helpers=pc.helpers,
+            preload=pc.preload,
+            env=(("PYTHONUNBUFFERED", "1"), *pc.env),
             sandbox=SandboxSpec(
-                level=config.sandbox,
-                read_paths=config.sandbox_read_paths,
-                write_paths=config.sandbox_write_paths,
-                deny_modules=config.sandbox_deny_modules,
-                allow_modules=config.sandbox_allow_modules,
-                max_memory=config.max_memory,
-                max_call_cpu=config.max_call_cpu,
-                max_open_files=config.max_open_files,
-                max_file_size=config.max_file_size,
-                max_threads=config.max_threads,
+                level=pc.sandbox,
+                read_paths=pc.sandbox_read_paths,
+                write_paths=pc.sandbox_write_paths,
+                deny_modules=pc.sandbox_deny_modules,
+                allow_modules=pc.sandbox_allow_modules,
+                max_memory=pc.max_memory,
+                max_call_cpu=pc.max_call_cpu,
+                max_open_files=pc.max_open_files,
+                max_file_size=pc.max_file_size,
+                max_threads=pc.max_threads,
             ),
-            min_sandbox=config.min_sandbox,
+            min_sandbox=pc.min_sandbox,
             sandbox_uid=config.sandbox_uid,
+            uid_offset=uid_offset,
             scratch_root=self.scratch_root,
         )
-        # Helper modules are the operator's own: a strict pool may always call into them.
-        self.policies = {
-            config.pool: CallPolicy.build(
-                config.sandbox,
-                extra_deny=config.sandbox_deny_modules,
-                extra_allow=(*config.sandbox_allow_modules, *config.helpers),
-            )
-        }
-        self.default_pool = config.pool
-        self.pools: dict[str, Pool] = {
-            config.pool: Pool(
-                config.pool,
-                config.workers,
-                spec,
-                max_queued=config.max_queued,
-                on_worker_lost=self.sessions.worker_gone,
-                policy=SupervisionPolicy(
-                    crash_loop_max=config.crash_loop_max,
-                    crash_loop_window=config.crash_loop_window,
-                    crash_loop_cooldown=config.crash_loop_cooldown,
-                    recycle_calls=config.recycle_calls,
-                    recycle_rss=config.recycle_rss,
-                    recycle_jitter=config.recycle_jitter,
-                    retire_timeout=config.call_timeout_max,
-                ),
-            )
-        }
-        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         for pool in self.pools.values():
@@ -206,9 +214,11 @@ class Bridge:
                 f"no pool named {name!r}; pools: {', '.join(sorted(self.pools))}"
             ) from None
 
-    def _timeout(self, requested: float) -> float:
-        cfg = self.config
-        return min(requested or cfg.call_timeout_default, cfg.call_timeout_max)
+    def _timeout(self, pool: Pool, requested: float) -> float:
+        """A call's time limit: what it asked for, else the pool's default, at most the
+        pool's maximum."""
+        pc = self.pool_configs[pool.name]
+        return min(requested or pc.call_timeout, pc.max_call_timeout)
 
     # -- calls --------------------------------------------------------------------------
 
@@ -227,7 +237,7 @@ class Bridge:
         pool = self.pool(owner.pool if owner is not None else req.pool)
         check_policy(self.policies[pool.name], req)
         pool.check_capacity()
-        timeout = self._timeout(req.timeout)
+        timeout = self._timeout(pool, req.timeout)
         session = self.sessions.begin_call(req.session_id, time.monotonic())
         worker: WorkerHandle | None = None
         reply: Reply | None = None
@@ -335,7 +345,7 @@ class Bridge:
         stream_id = 0
         open_ = False
         prefetch: asyncio.Task[StreamReply] | None = None
-        pull_timeout = self.config.call_timeout_default
+        pull_timeout = self.pool_configs[pool.name].call_timeout
         try:
             async with asyncio.timeout(req.timeout or None):
 
@@ -415,7 +425,7 @@ class Bridge:
         session = self.sessions.begin_call(session_id, time.monotonic())
         new_refs = 0
         try:
-            async with asyncio.timeout(self._timeout(timeout)):
+            async with asyncio.timeout(self._timeout(pool, timeout)):
 
                 async def next_on(w: WorkerHandle) -> Reply:
                     return await w.stream_next(
@@ -427,7 +437,7 @@ class Bridge:
             new_refs = reply.new_refs
         except TimeoutError:
             raise CallTimeout(
-                f"StreamNext did not finish within {self._timeout(timeout):g}s"
+                f"StreamNext did not finish within {self._timeout(pool, timeout):g}s"
             ) from None
         finally:
             self.sessions.end_call(session, worker.key, new_refs, time.monotonic())

@@ -1,14 +1,23 @@
-"""``bridge-server`` command line. Each flag can also be set as ``SNAKEBRIDGE_<NAME>``."""
+"""``bridge-server`` command line. Each flag can also be set as ``SNAKEBRIDGE_<NAME>`` or
+in the ``--config`` TOML file (``cli.build_config`` layers them)."""
 
 from __future__ import annotations
 
 import argparse
 import os
 import sys
+import tomllib
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .config import ConfigError, ServerConfig, parse_listen
+from .config import (
+    DEFAULT_POOL,
+    POOL_KEYS,
+    ConfigError,
+    PoolConfig,
+    ServerConfig,
+    parse_listen,
+)
 
 ENV_PREFIX = "SNAKEBRIDGE_"
 
@@ -19,15 +28,16 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--workers", "workers", int, "worker processes in the default pool (default: CPU count)"),
     ("--pool", "pool", str, "name of the default pool (default: default)"),
     ("--python", "python", str, "interpreter the workers run (default: this one)"),
+    ("--preload", "preload", str, "comma-separated modules each worker imports at start"),
     ("--helpers", "helpers", str, "comma-separated modules whose functions are helpers"),
     ("--max-queued", "max_queued", int, "calls queued per pool before PoolSaturated"),
-    ("--call-timeout", "call_timeout_default", float, "default per-call timeout, seconds"),
-    ("--max-call-timeout", "call_timeout_max", float, "largest per-call timeout, seconds"),
+    ("--call-timeout", "call_timeout", float, "default per-call timeout, seconds"),
+    ("--max-call-timeout", "max_call_timeout", float, "largest per-call timeout, seconds"),
     ("--cancel-grace", "cancel_grace", float, "seconds a cancelled call may take to stop"),
     ("--session-ttl", "session_ttl", float, "idle seconds before a session is released"),
     ("--max-sessions", "max_sessions", int, "live sessions at most"),
     ("--max-refs-per-session", "max_refs_per_session", int, "refs one session may hold"),
-    ("--max-refs", "max_refs_total", int, "refs all sessions together may hold"),
+    ("--max-refs", "max_refs", int, "refs all sessions together may hold"),
     ("--max-message-size", "max_message_size", int, "largest argument/result, bytes"),
     ("--worker-start-timeout", "worker_start_timeout", float, "seconds for a worker's READY"),
     ("--stream-batch-items", "stream_batch_items", int, "most items in one stream message"),
@@ -57,24 +67,113 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
 ]
 
 _LISTS = {
+    "preload",
     "helpers",
     "sandbox_read_paths",
     "sandbox_write_paths",
     "sandbox_allow_modules",
     "sandbox_deny_modules",
 }
+_CONVERT: dict[str, Callable[[str], Any]] = {key: convert for _, key, convert, _ in _FLAGS}
+_TRUE = ("1", "true", "yes")
+
+# Layers, lowest precedence first: built-in defaults, the TOML file, SNAKEBRIDGE_*
+# variables, flags. One dict per source, keyed by setting name (the flag without "--",
+# dashes as underscores), values already converted.
+Settings = dict[str, Any]
 
 
-def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> ServerConfig:
-    """CLI flags over ``SNAKEBRIDGE_*`` environment variables over defaults."""
-    environ = dict(os.environ if environ is None else environ)
+def _from_text(key: str, raw: str, source: str) -> Any:
+    """A flag's or variable's text as the setting's value."""
+    if key in _LISTS:
+        return tuple(m.strip() for m in raw.split(",") if m.strip())
+    try:
+        return _CONVERT[key](raw)
+    except ValueError:
+        raise ConfigError(f"invalid config {source}: {raw!r} is not a valid {key}") from None
+
+
+def _from_toml(key: str, value: Any, where: str) -> Any:
+    """A TOML value as the setting's value; ``where`` names it in errors."""
+
+    def wrong(expected: str) -> ConfigError:
+        return ConfigError(f"invalid config {where}: {value!r} is not {expected}")
+
+    if key == "env":
+        if not isinstance(value, dict):
+            raise wrong('a table of NAME = "value"')
+        env = []
+        for name, item in value.items():
+            if isinstance(item, bool) or not isinstance(item, str | int | float):
+                raise ConfigError(f"invalid config {where}.{name}: {item!r} is not a string")
+            env.append((name, str(item)))
+        return tuple(env)
+    if key == "insecure":
+        if not isinstance(value, bool):
+            raise wrong("true or false")
+        return value
+    if key in _LISTS:
+        if isinstance(value, str):
+            return _from_text(key, value, where)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise wrong("a list of strings")
+        return tuple(value)
+    convert = _CONVERT.get(key)
+    if convert is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise wrong("an integer")
+    elif convert is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise wrong("a number")
+        return float(value)
+    elif not isinstance(value, str):
+        raise wrong("a string")
+    return value
+
+
+def load_toml(path: str) -> tuple[Settings, dict[str, Settings]]:
+    """The file's top-level settings and its ``[pools.NAME]`` tables."""
+    try:
+        with open(path, "rb") as f:
+            raw = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"invalid config config: cannot read {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid config config: {path} is not valid TOML: {exc}") from None
+    top: Settings = {}
+    pools: dict[str, Settings] = {}
+    for key, value in raw.items():
+        if key == "pools":
+            if not isinstance(value, dict) or not all(isinstance(t, dict) for t in value.values()):
+                raise ConfigError(f"invalid config {path}: pools: use [pools.NAME] tables")
+            for name, table in value.items():
+                pools[name] = {}
+                for pkey, pvalue in table.items():
+                    where = f"{path}: pools.{name}.{pkey}"
+                    if pkey not in POOL_KEYS:
+                        reason = "not a pool setting" if pkey in _KNOWN else "unknown key"
+                        raise ConfigError(f"invalid config {where}: {reason}")
+                    pools[name][pkey] = _from_toml(pkey, pvalue, where)
+        elif key in _KNOWN and key != "config":
+            top[key] = _from_toml(key, value, f"{path}: {key}")
+        else:
+            raise ConfigError(f"invalid config {path}: unknown key {key!r}")
+    return top, pools
+
+
+_KNOWN = {key for _, key, _, _ in _FLAGS} | {"insecure", "env"}
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="bridge-server",
         description="Serve Python interpreter worker processes over gRPC.",
-        epilog="Every flag can also be set as SNAKEBRIDGE_<FLAG> (e.g. SNAKEBRIDGE_WORKERS=4). "
-        "'bridge-server check [FLAGS]' starts every pool once, prints the sandbox level each "
-        "reached and exits non-zero on any problem.",
+        epilog="Every flag can also be set as SNAKEBRIDGE_<FLAG> (e.g. SNAKEBRIDGE_WORKERS=4) "
+        "or as a key of the --config TOML file; flags win over variables, variables over "
+        "the file. 'bridge-server check [FLAGS]' starts every pool once, prints the sandbox "
+        "level each reached and exits non-zero on any problem. See docs/configuration.md.",
     )
+    parser.add_argument("--config", help="TOML file of settings and [pools.NAME] tables")
     for flag, _, _, help_text in _FLAGS:
         parser.add_argument(flag, help=help_text)
     parser.add_argument(
@@ -83,35 +182,48 @@ def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
         default=None,
         help="allow a non-loopback --listen without --token-file (no authentication!)",
     )
-    ns = parser.parse_args(list(argv))
-    values: dict[str, Any] = {}
-    insecure = ns.insecure or environ.get(ENV_PREFIX + "INSECURE", "").lower() in (
-        "1",
-        "true",
-        "yes",
-    )
-    if insecure:
-        values["insecure"] = True
-    for flag, key, convert, _ in _FLAGS:
-        attr = flag[2:].replace("-", "_")
-        env_name = ENV_PREFIX + attr.upper()
-        raw = getattr(ns, attr)
-        source = flag
-        if raw is None and env_name in environ:
-            raw, source = environ[env_name], env_name
-        if raw is None:
-            continue
-        try:
-            value = convert(raw)
-        except ValueError:
-            raise ConfigError(f"invalid config {source}: {raw!r} is not a valid {key}") from None
-        if key == "listen":
-            values["host"], values["port"] = parse_listen(value)
-        elif key in _LISTS:
-            values[key] = tuple(m.strip() for m in value.split(",") if m.strip())
+    return parser
+
+
+def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> ServerConfig:
+    """Flags over ``SNAKEBRIDGE_*`` variables over the ``--config`` file over defaults.
+
+    Pool settings at the top level are the defaults of every pool; a ``[pools.NAME]``
+    table overrides them for its pool. A pool setting given as a flag or variable
+    configures the default pool even over its table (``--sandbox strict`` always applies
+    to it), and is a default the other pools' tables may override.
+    """
+    environ = dict(os.environ if environ is None else environ)
+    ns = _parser().parse_args(list(argv))
+    flagged: Settings = {}  # from variables, then flags over them
+    for source in ("env", "cli"):
+        for flag, key, _, _ in _FLAGS:
+            attr = flag[2:].replace("-", "_")
+            env_name = ENV_PREFIX + attr.upper()
+            if source == "cli" and getattr(ns, attr) is not None:
+                flagged[key] = _from_text(key, getattr(ns, attr), flag)
+            elif source == "env" and env_name in environ:
+                flagged[key] = _from_text(key, environ[env_name], env_name)
+    if ns.insecure or environ.get(ENV_PREFIX + "INSECURE", "").lower() in _TRUE:
+        flagged["insecure"] = True
+    path = ns.config or environ.get(ENV_PREFIX + "CONFIG") or None
+    file_top, file_pools = load_toml(path) if path else ({}, {})
+    top = {**file_top, **flagged}
+    values = {k: v for k, v in top.items() if k not in POOL_KEYS}
+    if "listen" in values:
+        values["host"], values["port"] = parse_listen(values.pop("listen"))
+    default_pool = values.get("pool", DEFAULT_POOL)
+    flagged_pool = {k: v for k, v in flagged.items() if k in POOL_KEYS}
+    file_defaults = {k: v for k, v in file_top.items() if k in POOL_KEYS}
+    pools = []
+    for name in file_pools or [default_pool]:
+        own = file_pools.get(name, {})
+        if name == default_pool:
+            settings = {**file_defaults, **own, **flagged_pool}
         else:
-            values[key] = value
-    return ServerConfig(**values)
+            settings = {**file_defaults, **flagged_pool, **own}
+        pools.append(PoolConfig(name=name, **settings))
+    return ServerConfig(pools=tuple(pools), **values)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -1,7 +1,9 @@
-"""Server configuration: one frozen, validated object.
+"""Server configuration: one frozen, validated ``ServerConfig`` holding one frozen
+``PoolConfig`` per named pool.
 
-Every setting has a CLI flag and a ``SNAKEBRIDGE_<NAME>`` environment variable (the flag
-wins). ``ServerConfig.validate`` names the offending key and the reason.
+Every setting has one name, used alike as the TOML key, the CLI flag (``--call-timeout``)
+and the ``SNAKEBRIDGE_<NAME>`` environment variable; ``cli.build_config`` layers those
+sources. Validation names the offending key (and pool) and the reason.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import math
 import os
 import re
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from typing import Final
 
 from snakebridge._codec import DEFAULT_LIMITS
@@ -20,43 +22,41 @@ from .refids import POOL_NAME_RE
 from .sandbox.policy import LEVELS as SANDBOX_LEVELS
 
 DEFAULT_POOL: Final = "default"
+MAX_POOLS: Final = 32
+MAX_WORKERS_TOTAL: Final = 1024
 _MODULE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+_ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class ConfigError(ValueError):
     """Invalid configuration; the message names the key and the reason."""
 
 
+def _fail(key: str, reason: str) -> None:
+    raise ConfigError(f"invalid config {key}: {reason}")
+
+
+def _positive_finite(value: float) -> bool:
+    return value > 0 and math.isfinite(value)
+
+
 @dataclass(frozen=True, slots=True)
-class ServerConfig:
-    host: str = "127.0.0.1"
-    port: int = 50051
-    uds: str | None = None
+class PoolConfig:
+    """One named pool of worker processes. Each field but ``name`` is also a top-level
+    setting, which is the default of every pool (see ``cli.build_config``)."""
+
+    name: str = DEFAULT_POOL
     workers: int = os.cpu_count() or 1
-    pool: str = DEFAULT_POOL
     python: str = sys.executable
+    env: tuple[tuple[str, str], ...] = ()  # extra worker environment, after the allowlist
+    preload: tuple[str, ...] = ()  # modules each worker imports before it reports READY
     helpers: tuple[str, ...] = ()
     max_queued: int = 4096
-    max_message_size: int = 64 * 1024 * 1024
-    call_timeout_default: float = 300.0
-    call_timeout_max: float = 3600.0
-    cancel_grace: float = 2.0
-    session_ttl: float = 1800.0
-    max_sessions: int = 10_000
-    max_refs_per_session: int = 100_000
-    max_refs_total: int = 1_000_000
-    worker_start_timeout: float = 30.0
-    stream_batch_items: int = 8192
-    stream_batch_bytes: int = 1024 * 1024
-    stream_linger: float = 0.005
-    log_level: str = "info"
-    drain_grace: float = 10.0
-    token_file: str | None = None
-    insecure: bool = False
+    call_timeout: float = 300.0
+    max_call_timeout: float = 3600.0
     # -- sandbox (docs/sandbox.md) --
     sandbox: str = "standard"
     min_sandbox: str = "none"
-    sandbox_uid: int = -1  # -1: auto (61000 + slot when run as root), 0: never switch uid
     sandbox_read_paths: tuple[str, ...] = ()
     sandbox_write_paths: tuple[str, ...] = ()
     sandbox_allow_modules: tuple[str, ...] = ()
@@ -78,64 +78,45 @@ class ServerConfig:
         self.validate()
 
     def validate(self) -> None:
-        def fail(key: str, reason: str) -> None:
-            raise ConfigError(f"invalid config {key}: {reason}")
+        # The default pool's errors read as before pools existed: its keys are the flags.
+        where = "" if self.name == DEFAULT_POOL else f" (pool {self.name!r})"
 
-        if not 0 <= self.port <= 65535:
-            fail("port", f"{self.port} is not in 0..65535")
-        if not self.host:
-            fail("host", "must not be empty")
-        if self.uds is not None and not os.path.isabs(self.uds):
-            fail("uds", f"{self.uds!r} must be an absolute path")
+        def fail(key: str, reason: str) -> None:
+            _fail(key + where, reason)
+
+        if not POOL_NAME_RE.match(self.name):
+            _fail("pools", f"pool name {self.name!r} must match {POOL_NAME_RE.pattern}")
         if not 1 <= self.workers <= 256:
             fail("workers", f"{self.workers} is not in 1..256")
-        if not POOL_NAME_RE.match(self.pool):
-            fail("pool", f"{self.pool!r} must match {POOL_NAME_RE.pattern}")
-        for key in (
-            "max_queued",
-            "max_message_size",
-            "max_sessions",
-            "max_refs_per_session",
-            "max_refs_total",
-        ):
-            if getattr(self, key) < 1:
-                fail(key, "must be >= 1")
-        for key in (
-            "call_timeout_default",
-            "call_timeout_max",
-            "cancel_grace",
-            "session_ttl",
-            "drain_grace",
-        ):
-            if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
+        if not self.python:
+            fail("python", "must not be empty")
+        for name, value in self.env:
+            if not _ENV_NAME_RE.match(name):
+                fail("env", f"{name!r} is not a valid environment variable name")
+            if "\0" in value:
+                fail("env", f"the value of {name} contains a NUL byte")
+        if len(self.env) != len(dict(self.env)):
+            fail("env", "a variable is set twice")
+        for key in ("preload", "helpers", "sandbox_allow_modules", "sandbox_deny_modules"):
+            for name in getattr(self, key):
+                if not _MODULE_RE.match(name):
+                    fail(key, f"{name!r} is not a dotted module name")
+        if self.max_queued < 1:
+            fail("max_queued", "must be >= 1")
+        for key in ("call_timeout", "max_call_timeout"):
+            if not _positive_finite(getattr(self, key)):
                 fail(key, "must be a finite number > 0")
-        for key in ("stream_batch_items", "stream_batch_bytes"):
-            if getattr(self, key) < 1:
-                fail(key, "must be >= 1")
-        if not 0 < self.stream_linger <= 10:  # NaN fails too
-            fail("stream_linger", "must be in (0, 10] seconds")
-        if not (self.worker_start_timeout > 0 and math.isfinite(self.worker_start_timeout)):
-            fail("worker_start_timeout", "must be a finite number > 0")
-        if self.max_message_size > DEFAULT_LIMITS.max_size:
-            fail(
-                "max_message_size",
-                f"must be at most {DEFAULT_LIMITS.max_size} (the value codec's decode limit)",
-            )
+        if self.call_timeout > self.max_call_timeout:
+            fail("call_timeout", "must not exceed max_call_timeout")
         for key in ("sandbox", "min_sandbox"):
             if getattr(self, key) not in SANDBOX_LEVELS:
                 fail(key, f"{getattr(self, key)!r} is not one of {' | '.join(SANDBOX_LEVELS)}")
         if SANDBOX_LEVELS.index(self.sandbox) < SANDBOX_LEVELS.index(self.min_sandbox):
             fail("sandbox", f"{self.sandbox!r} is weaker than min_sandbox {self.min_sandbox!r}")
-        if not (self.sandbox_uid == -1 or 0 <= self.sandbox_uid <= 2**31 - 257):
-            fail("sandbox_uid", "must be -1 (auto), 0 (never switch) or a uid")
         for key in ("sandbox_read_paths", "sandbox_write_paths"):
             for path in getattr(self, key):
                 if not os.path.isabs(path):
                     fail(key, f"{path!r} must be an absolute path")
-        for key in ("sandbox_allow_modules", "sandbox_deny_modules"):
-            for name in getattr(self, key):
-                if not _MODULE_RE.match(name):
-                    fail(key, f"{name!r} is not a dotted module name")
         for key in ("max_memory", "max_file_size"):
             if getattr(self, key) < 0:
                 fail(key, "must be >= 0 (0: unlimited)")
@@ -150,15 +131,85 @@ class ServerConfig:
         if self.crash_loop_max < 1:
             fail("crash_loop_max", "must be >= 1")
         for key in ("crash_loop_window", "crash_loop_cooldown"):
-            if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
+            if not _positive_finite(getattr(self, key)):
                 fail(key, "must be a finite number > 0")
         for key in ("recycle_calls", "recycle_rss"):
             if getattr(self, key) < 0:
                 fail(key, "must be >= 0 (0: never)")
         if not 0 <= self.recycle_jitter <= 0.5:  # NaN fails too
             fail("recycle_jitter", "must be in [0, 0.5]")
-        if self.call_timeout_default > self.call_timeout_max:
-            fail("call_timeout_default", "must not exceed call_timeout_max")
+
+
+# Settings of a pool (every PoolConfig field but its name).
+POOL_KEYS: Final = frozenset(f.name for f in fields(PoolConfig)) - {"name"}
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    uds: str | None = None
+    pool: str = DEFAULT_POOL  # the pool of calls that name none
+    pools: tuple[PoolConfig, ...] = field(default=(PoolConfig(),))
+    max_message_size: int = 64 * 1024 * 1024
+    cancel_grace: float = 2.0
+    session_ttl: float = 1800.0
+    max_sessions: int = 10_000
+    max_refs_per_session: int = 100_000
+    max_refs: int = 1_000_000
+    worker_start_timeout: float = 30.0
+    stream_batch_items: int = 8192
+    stream_batch_bytes: int = 1024 * 1024
+    stream_linger: float = 0.005
+    log_level: str = "info"
+    drain_grace: float = 10.0
+    token_file: str | None = None
+    insecure: bool = False
+    sandbox_uid: int = -1  # -1: auto (61000 + worker index when root), 0: never switch uid
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def pool_config(self, name: str) -> PoolConfig:
+        return next(p for p in self.pools if p.name == name)
+
+    def validate(self) -> None:
+        fail = _fail
+        if not 0 <= self.port <= 65535:
+            fail("port", f"{self.port} is not in 0..65535")
+        if not self.host:
+            fail("host", "must not be empty")
+        if self.uds is not None and not os.path.isabs(self.uds):
+            fail("uds", f"{self.uds!r} must be an absolute path")
+        if not POOL_NAME_RE.match(self.pool):
+            fail("pool", f"{self.pool!r} must match {POOL_NAME_RE.pattern}")
+        names = [p.name for p in self.pools]
+        if not 1 <= len(names) <= MAX_POOLS:
+            fail("pools", f"{len(names)} pools; there must be 1 to {MAX_POOLS}")
+        if len(set(names)) != len(names):
+            fail("pools", "two pools have the same name")
+        if self.pool not in names:
+            fail("pool", f"the default pool {self.pool!r} is not among the pools ({names})")
+        if sum(p.workers for p in self.pools) > MAX_WORKERS_TOTAL:
+            fail("workers", f"more than {MAX_WORKERS_TOTAL} workers in all pools together")
+        for key in ("max_message_size", "max_sessions", "max_refs_per_session", "max_refs"):
+            if getattr(self, key) < 1:
+                fail(key, "must be >= 1")
+        for key in ("cancel_grace", "session_ttl", "drain_grace", "worker_start_timeout"):
+            if not _positive_finite(getattr(self, key)):
+                fail(key, "must be a finite number > 0")
+        for key in ("stream_batch_items", "stream_batch_bytes"):
+            if getattr(self, key) < 1:
+                fail(key, "must be >= 1")
+        if not 0 < self.stream_linger <= 10:  # NaN fails too
+            fail("stream_linger", "must be in (0, 10] seconds")
+        if self.max_message_size > DEFAULT_LIMITS.max_size:
+            fail(
+                "max_message_size",
+                f"must be at most {DEFAULT_LIMITS.max_size} (the value codec's decode limit)",
+            )
+        if not (self.sandbox_uid == -1 or 0 <= self.sandbox_uid <= 2**31 - 1 - 4096):
+            fail("sandbox_uid", "must be -1 (auto), 0 (never switch) or a uid")
         if self.log_level not in ("debug", "info", "warning", "error"):
             fail("log_level", f"{self.log_level!r} is not debug|info|warning|error")
         if self.token_file is not None and not self.token_file:
@@ -168,7 +219,7 @@ class ServerConfig:
                 # Anyone who can reach the port can run Python here: not without a token
                 # (TLS is not built yet) unless the operator says so explicitly.
                 fail(
-                    "host",
+                    "listen",
                     f"{self.host!r} is not a loopback address; give --token-file, "
                     "or --insecure to serve it without authentication",
                 )

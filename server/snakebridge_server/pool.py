@@ -21,7 +21,8 @@ from typing import Any, Protocol, TypeVar
 from snakebridge.errors import PoolSaturated, PoolUnavailable, SessionLost
 
 from .refids import WorkerKey
-from .worker_handle import WorkerHandle, WorkerSpec, WorkerStartError
+from .sandbox.spawn import worker_env
+from .worker_handle import WorkerHandle, WorkerSpec, WorkerStartError, check_runtime
 
 log = logging.getLogger("snakebridge.pool")
 
@@ -238,6 +239,13 @@ class Pool:
         return task
 
     async def start(self) -> None:
+        env = worker_env(
+            os.environ, level=self.spec.sandbox.level, scratch="", extra=dict(self.spec.env)
+        )
+        try:
+            await check_runtime(self.spec.python, env)
+        except WorkerStartError as exc:
+            raise WorkerStartError(f"pool {self.name}: {exc}") from None
         try:
             async with asyncio.TaskGroup() as tg:
                 for slot in range(self.size):

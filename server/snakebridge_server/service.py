@@ -279,6 +279,6 @@ class BridgeService:
                 protocol_version=PROTOCOL_VERSION,
                 pools=pools,
                 sessions=len(bridge.sessions),
-                helpers=list(bridge.config.helpers),
+                helpers=list(bridge.pool_configs[bridge.default_pool].helpers),
             )
         )

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Final
 
+from snakebridge import __version__
 from snakebridge.errors import (
     BridgeError,
     LimitExceeded,
@@ -80,10 +81,12 @@ class WorkerSpec:
     start_timeout: float
     cancel_grace: float
     helpers: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     sandbox: SandboxSpec = _NO_SANDBOX  # per-worker fields (scratch, uid) are filled in
     min_sandbox: str = "none"
     sandbox_uid: int = 0  # configured: -1 auto, 0 never, else the base uid
+    uid_offset: int = 0  # workers of earlier pools: every worker gets its own uid
     scratch_root: str = ""  # where worker scratch dirs go (the server's own directory)
 
 
@@ -169,22 +172,29 @@ class _Channel(asyncio.Protocol):
 
 
 _RUNTIME_PROBE: Final = (
-    "import os, sys, msgpack, snakebridge, snakebridge_server\n"
+    "import os, sys, msgpack, snakebridge, snakebridge_server.worker_main\n"
+    "print(snakebridge.__version__)\n"
     "print(os.path.realpath(sys.executable))\n"
     "print(os.path.dirname(os.__file__))\n"
     "for m in (msgpack, snakebridge, snakebridge_server): print(os.path.dirname(m.__file__))\n"
     "for p in os.environ.get('PYTHONPATH', '').split(os.pathsep): p and print(p)\n"
 )
-_runtime_paths_cache: dict[tuple[str, str], list[str] | str] = {}
+_runtime_paths_cache: dict[tuple[str, str], list[str]] = {}
 
 
-async def _runtime_paths(python: str, env: dict[str, str]) -> list[str] | str:
+async def check_runtime(python: str, env: dict[str, str]) -> list[str]:
     """What a worker of ``python`` must be able to read (interpreter, stdlib, the worker
-    runtime's packages, PYTHONPATH), asked of that interpreter once; or why it cannot say."""
+    runtime's packages, PYTHONPATH), asked of that interpreter once. Raises
+    ``WorkerStartError`` saying what to install where when it cannot run the worker
+    runtime of this server's version."""
     key = (python, env.get("PYTHONPATH", ""))
     cached = _runtime_paths_cache.get(key)
     if cached is not None:
         return cached
+    install = (
+        f"install snakebridge {__version__} into that environment "
+        f"({python} -m pip install snakebridge=={__version__}, or this project's checkout)"
+    )
     try:
         proc = await asyncio.create_subprocess_exec(
             python,
@@ -192,18 +202,28 @@ async def _runtime_paths(python: str, env: dict[str, str]) -> list[str] | str:
             _RUNTIME_PROBE,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
             env=env,
+            cwd="/",  # as a worker in its scratch dir: nothing importable from our cwd
         )
         async with asyncio.timeout(30):
-            out, _ = await proc.communicate()
+            out, err = await proc.communicate()
     except (OSError, TimeoutError) as exc:
-        return f"cannot run {python!r}: {exc}"
+        raise WorkerStartError(f"cannot run the interpreter {python!r}: {exc}") from None
     if proc.returncode != 0:
-        return f"{python!r} cannot import the worker runtime"
-    result: list[str] | str = out.decode().split()
-    _runtime_paths_cache[key] = result
-    return result
+        lines = err.decode(errors="replace").strip().splitlines()
+        why = lines[-1][:300] if lines else f"exit status {proc.returncode}"
+        raise WorkerStartError(
+            f"the interpreter {python!r} cannot import the worker runtime ({why}); {install}"
+        )
+    version, *paths = out.decode().split()
+    if version != __version__:
+        raise WorkerStartError(
+            f"the interpreter {python!r} has snakebridge {version}, this server is "
+            f"{__version__}; {install}"
+        )
+    _runtime_paths_cache[key] = paths
+    return paths
 
 
 _CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
@@ -280,11 +300,10 @@ class WorkerHandle:
         spec = self.spec.sandbox
         if spec.level == "none":
             return spec, 0
-        uid = sandbox_uid(self.spec.sandbox_uid, self.key.slot, os.geteuid())
+        uid = sandbox_uid(self.spec.sandbox_uid, self.spec.uid_offset + self.key.slot, os.geteuid())
         notes: tuple[str, ...] = ()
         if uid:
-            paths = await _runtime_paths(self.spec.python, env)
-            why = paths if isinstance(paths, str) else unreadable_by_others(paths)
+            why = unreadable_by_others(await check_runtime(self.spec.python, env))
             if why is not None:
                 notes = (f"uid: not switched, uid {uid} cannot read the worker runtime: {why}",)
                 uid = 0
@@ -324,6 +343,7 @@ class WorkerHandle:
                 f"--max-frame={self.spec.max_frame}",
                 f"--max-result={self.spec.max_result}",
                 f"--helpers={','.join(self.spec.helpers)}",
+                f"--preload={','.join(self.spec.preload)}",
                 f"--sandbox={sandbox.to_json()}",
             ]
             self._proc = await asyncio.create_subprocess_exec(

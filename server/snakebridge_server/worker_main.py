@@ -738,6 +738,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-frame", type=int, default=80 * 1024 * 1024)
     parser.add_argument("--max-result", type=int, default=64 * 1024 * 1024)
     parser.add_argument("--helpers", default="")
+    parser.add_argument("--preload", default="")
     parser.add_argument("--max-streams", type=int, default=1024)
     parser.add_argument("--sandbox", default="{}")
     args = parser.parse_args(argv)
@@ -749,6 +750,10 @@ def main(argv: list[str] | None = None) -> None:
     args.sandbox_level, args.sandbox_layers = apply_sandbox(spec)
     args.policy = CallPolicy.build(spec.level, extra_deny=spec.deny_modules)
     args.max_call_cpu = spec.max_call_cpu if spec.level != "none" else 0.0
+    # The operator's preloads, inside the sandbox like everything after it: a module that
+    # fails to import fails the worker's start, with its traceback in the server's log.
+    for module_name in filter(None, args.preload.split(",")):
+        importlib.import_module(module_name)
     worker = Worker(args)
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
     try:

@@ -268,3 +268,30 @@ def ticks(delay: float) -> Any:
         yield (os.getpid(), i)
         i += 1
         time.sleep(delay)
+
+
+# -- pools (test_pools.py) ----------------------------------------------------------------
+
+
+def interpreter() -> list[str]:
+    """The worker's interpreter: its prefix (the venv) and executable."""
+    import sys
+
+    return [sys.prefix, sys.executable]
+
+
+def env_value(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+def imported(name: str) -> bool:
+    import sys
+
+    return name in sys.modules
+
+
+class PrefixProbe:
+    def prefix(self) -> str:
+        import sys
+
+        return sys.prefix

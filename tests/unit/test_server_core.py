@@ -249,7 +249,7 @@ def test_resolve_walks_dotted_names_and_imports_submodules() -> None:
 def test_flags_beat_environment_beat_defaults() -> None:
     env = {"SNAKEBRIDGE_WORKERS": "3", "SNAKEBRIDGE_LISTEN": "127.0.0.1:6000"}
     cfg = build_config(["--workers", "5"], env)
-    assert (cfg.workers, cfg.port, cfg.host) == (5, 6000, "127.0.0.1")
+    assert (cfg.pool_config("default").workers, cfg.port, cfg.host) == (5, 6000, "127.0.0.1")
     assert build_config([], {}).port == 50051
 
 
@@ -261,7 +261,7 @@ def test_flags_beat_environment_beat_defaults() -> None:
         (["--listen", "10.0.0.1:1"], {}, "loopback"),
         (["--listen", "localhost"], {}, "listen"),
         (["--uds", "relative.sock"], {}, "uds"),
-        (["--call-timeout", "10", "--max-call-timeout", "5"], {}, "call_timeout_default"),
+        (["--call-timeout", "10", "--max-call-timeout", "5"], {}, "call_timeout"),
         (["--pool", "bad name"], {}, "pool"),
         (["--log-level", "loud"], {}, "log_level"),
         (["--worker-start-timeout", "nan"], {}, "worker_start_timeout"),
@@ -286,4 +286,6 @@ def test_non_loopback_bind_needs_a_token_or_an_explicit_insecure() -> None:
 def test_config_is_frozen() -> None:
     cfg = ServerConfig()
     with pytest.raises(AttributeError):
-        cfg.workers = 3  # type: ignore[misc]
+        cfg.port = 3  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        cfg.pools[0].workers = 3  # type: ignore[misc]
