@@ -19,6 +19,7 @@ from grpclib.metadata import decode_metadata
 
 from . import _codec
 from ._generated.snakebridge import v1 as pb
+from ._h2_repr import use_cheap_data_frame_repr
 from ._protocol import (
     AFFINITY_STRICT,
     DEFAULT_HOST,
@@ -44,6 +45,8 @@ from .errors import (
     error_class,
     remote_error,
 )
+
+use_cheap_data_frame_repr()
 
 __all__ = ["Client", "ModuleProxy", "RemoteStream", "Session"]
 

@@ -159,8 +159,9 @@ class CallRequestWire:
         ):
             if text:
                 parts.append(_len_field(tag, text.encode()))
-        if self.args:
-            parts.append(_len_field(0x3A, self.args))
+        if self.args:  # header and value apart: the join below is the one copy of args
+            parts.append(b"\x3a" + _varint(len(self.args)))
+            parts.append(self.args)
         parts.extend(_len_field(0x42, ref.encode()) for ref in self.arg_refs)
         if self.timeout:
             parts.append(b"\x49" + _DOUBLE.pack(self.timeout))

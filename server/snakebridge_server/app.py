@@ -16,6 +16,8 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server
 
+from snakebridge._h2_repr import use_cheap_data_frame_repr
+
 from .auth import TokenAuth, read_token
 from .bridge import Bridge
 from .coalesce import coalescing
@@ -53,6 +55,7 @@ def _bound_address(server: Server, config: ServerConfig) -> str:
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGINT/SIGTERM arrives)."""
     stop = stop or asyncio.Event()
+    use_cheap_data_frame_repr()  # see snakebridge/_h2_repr.py: a big part of large requests
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -71,12 +71,50 @@ class FrameTooLarge(Exception):
     """A frame header announced more than the configured maximum."""
 
 
+#: A top-level blob this big travels as its own buffer (``pack_frame_parts``), not copied.
+_BIG_BLOB: Final = 256 * 1024
+
+
 def pack_frame(message: list[Any]) -> bytes:
     body: bytes = msgpack.packb(message, use_bin_type=True)
     return HEADER.pack(len(body)) + body
 
 
-def unpack_message(body: bytes | memoryview) -> list[Any]:
+def _bin_header(size: int) -> bytes:
+    if size < 0x100:
+        return b"\xc4" + bytes((size,))
+    if size < 0x10000:
+        return b"\xc5" + size.to_bytes(2, "big")
+    return b"\xc6" + size.to_bytes(4, "big")
+
+
+def pack_frame_parts(message: list[Any]) -> list[bytes]:
+    """The frame of ``message`` as buffers to write in order: the same bytes as
+    ``pack_frame``, but a top-level ``bytes`` element of ``_BIG_BLOB`` or more (a large
+    argument or result) is its own part, so it is neither packed (msgpack copies it at
+    least twice) nor joined. Small messages are one part."""
+    if not any(type(v) is bytes and len(v) >= _BIG_BLOB for v in message):
+        return [pack_frame(message)]
+    parts: list[bytes] = []
+    small: list[bytes] = []
+    for value in message:
+        if type(value) is bytes and len(value) >= _BIG_BLOB:
+            small.append(_bin_header(len(value)))
+            parts.append(b"".join(small))
+            parts.append(value)
+            small = []
+        else:
+            small.append(msgpack.packb(value, use_bin_type=True))
+    if small:
+        parts.append(b"".join(small))
+    count = len(message)
+    head = bytes((0x90 | count,)) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
+    size = len(head) + sum(len(p) for p in parts)
+    parts[0] = HEADER.pack(size) + head + parts[0]
+    return parts
+
+
+def unpack_message(body: bytes | bytearray | memoryview) -> list[Any]:
     message = msgpack.unpackb(body, raw=False, use_list=True)
     if type(message) is not list or not message:
         raise ValueError("malformed channel message")
@@ -84,18 +122,39 @@ def unpack_message(body: bytes | memoryview) -> list[Any]:
 
 
 class FrameDecoder:
-    """Accumulates bytes and yields complete frame bodies. Synchronous and I/O-free."""
+    """Accumulates bytes and yields complete frame bodies. Synchronous and I/O-free.
 
-    __slots__ = ("_buf", "_max_frame")
+    A large frame (a big argument or result) is collected in a buffer of its exact size,
+    allocated when its header arrives, and handed out as that buffer: each byte is copied
+    once, where growing one buffer and slicing a ``bytes`` out of it copied it about three
+    times."""
+
+    __slots__ = ("_big", "_big_filled", "_buf", "_max_frame")
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
         self._buf = bytearray()
         self._max_frame = max_frame
+        self._big: bytearray | None = None  # the large frame being collected
+        self._big_filled = 0
 
-    def feed(self, data: bytes) -> list[bytes]:
+    def feed(self, data: bytes | memoryview) -> list[bytes | bytearray]:
+        frames: list[bytes | bytearray] = []
+        if self._big is not None:
+            big, filled = self._big, self._big_filled
+            take = min(len(data), len(big) - filled)
+            with memoryview(data) as incoming:
+                big[filled : filled + take] = incoming[:take]
+                rest = bytes(incoming[take:])  # the start of the next frame, if any
+            self._big_filled = filled + take
+            if self._big_filled < len(big):
+                return frames
+            frames.append(big)
+            self._big = None
+            if not rest:
+                return frames
+            data = rest
         buf = self._buf
         buf += data
-        frames: list[bytes] = []
         pos = 0
         end = len(buf)
         with memoryview(buf) as view:  # one copy per frame, not two (slice, then bytes)
@@ -104,6 +163,12 @@ class FrameDecoder:
                 if length > self._max_frame:
                     raise FrameTooLarge(f"frame of {length} bytes exceeds {self._max_frame}")
                 if end - pos - 4 < length:
+                    if length >= _BIG_BLOB:
+                        big = bytearray(length)
+                        have = end - pos - 4
+                        big[:have] = view[pos + 4 : end]
+                        self._big, self._big_filled = big, have
+                        pos = end
                     break
                 frames.append(bytes(view[pos + 4 : pos + 4 + length]))
                 pos += 4 + length
@@ -113,4 +178,4 @@ class FrameDecoder:
 
     @property
     def buffered(self) -> int:
-        return len(self._buf)
+        return len(self._buf) + self._big_filled * (self._big is not None)

@@ -45,7 +45,7 @@ from .channel import (
     R_READY,
     STREAM_MORE,
     FrameDecoder,
-    pack_frame,
+    pack_frame_parts,
     unpack_message,
 )
 from .coalesce import CoalescingTransport
@@ -455,7 +455,9 @@ class WorkerHandle:
         self._next_id += 1
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = fut
-        self._channel.transport.write(pack_frame([op, call_id, *fields]))
+        transport = self._channel.transport
+        for part in pack_frame_parts([op, call_id, *fields]):
+            transport.write(part)
         return call_id, fut
 
     async def call(

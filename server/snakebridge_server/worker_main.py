@@ -62,7 +62,7 @@ from .channel import (
     R_OK,
     R_READY,
     clip,
-    pack_frame,
+    pack_frame_parts,
     unpack_message,
 )
 from .sandbox import SandboxSpec
@@ -289,8 +289,8 @@ class Worker:
     # -- frame loop ---------------------------------------------------------------------
 
     def send(self, message: list[Any]) -> None:
-        frame = pack_frame(message)
-        self.sock.sendall(frame)
+        for part in pack_frame_parts(message):
+            self.sock.sendall(part)
 
     def read_frame(self) -> bytes | None:
         header = self.rfile.read(HEADER.size)

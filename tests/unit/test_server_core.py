@@ -6,9 +6,17 @@ from dataclasses import dataclass
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from snakebridge.errors import BadRequest, LimitExceeded, SessionLost
-from snakebridge_server.channel import FrameDecoder, FrameTooLarge, pack_frame, unpack_message
+from snakebridge_server.channel import (
+    FrameDecoder,
+    FrameTooLarge,
+    pack_frame,
+    pack_frame_parts,
+    unpack_message,
+)
 from snakebridge_server.cli import build_config
 from snakebridge_server.config import ConfigError, ServerConfig
 from snakebridge_server.pool import choose_worker, restart_delay
@@ -182,6 +190,35 @@ def test_frames_split_at_any_byte_boundary_reassemble() -> None:
         frames = dec.feed(stream[:cut]) + dec.feed(stream[cut:])
         assert [unpack_message(f) for f in frames] == [[1, 7, b"x" * 1000], [0, 7, "done", 0]]
         assert dec.buffered == 0
+
+
+_BLOBS = st.sampled_from([b"", b"small", bytes(range(256)) * 1024, b"\x07" * (300 * 1024)])
+_FIELDS = st.one_of(st.integers(-5, 2**40), st.text(max_size=20), _BLOBS, st.none())
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    messages=st.lists(st.lists(_FIELDS, min_size=1, max_size=20), min_size=1, max_size=4),
+    cuts=st.lists(
+        st.one_of(st.integers(1, 8), st.integers(4096, 400 * 1024)), min_size=2, max_size=30
+    ),
+)
+def test_big_blobs_frame_as_parts_and_reassemble_from_any_chunking(
+    messages: list[list[object]], cuts: list[int]
+) -> None:
+    """A large argument or result is written as its own buffer (no msgpack copy) and
+    collected into a frame-sized buffer: the bytes are pack_frame's, the messages come
+    back whole however the stream is cut."""
+    for message in messages:
+        assert b"".join(pack_frame_parts(message)) == pack_frame(message)
+    stream = b"".join(b"".join(pack_frame_parts(m)) for m in messages)
+    dec, frames, pos, i = FrameDecoder(), [], 0, 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        frames += dec.feed(stream[pos : pos + step])
+        pos, i = pos + step, i + 1
+    assert [unpack_message(f) for f in frames] == messages
+    assert dec.buffered == 0
 
 
 def test_oversized_frame_is_refused_from_its_header() -> None:

@@ -336,3 +336,17 @@ def test_stream_request_and_batch_match_the_generated_messages() -> None:
         StreamBatch(items=b"\x92\x01\x02")
     )
     assert StreamBatchWire.FromString(bytes(StreamBatch(items=b"\x91\x05"))).items == b"\x91\x05"
+
+
+def test_importing_the_sdk_makes_data_frame_reprs_cheap() -> None:
+    """h2 repr()s every received frame; hyperframe's generic repr hex-encoded the whole
+    DATA payload (snakebridge/_h2_repr.py). The SDK client (and the server) replace it
+    with the size."""
+    from hyperframe.frame import DataFrame
+
+    from snakebridge import Client  # noqa: F401  (importing the client installs it)
+
+    frame = DataFrame(1, data=b"\xab" * (1 << 20))
+    text = repr(frame)
+    assert "1048576 bytes of data" in text
+    assert "abab" not in text and len(text) < 200
