@@ -51,6 +51,7 @@ from .sandbox.policy import CallPolicy
 from .sandbox.spawn import make_scratch_root
 from .sessions import Session, SessionTable
 from .worker_handle import NeverStarted, Reply, StreamReply, WorkerHandle, WorkerSpec
+from .worker_helpers import is_helper_file, source_module_name
 
 log = logging.getLogger("snakebridge.bridge")
 _T = TypeVar("_T")
@@ -138,10 +139,12 @@ class Bridge:
             start_timeout=config.worker_start_timeout,
             cancel_grace=config.cancel_grace,
             helpers=config.helpers,
+            helper_allow=config.helper_allow,
             env=(("PYTHONUNBUFFERED", "1"),),
             sandbox=SandboxSpec(
                 level=config.sandbox,
-                read_paths=config.sandbox_read_paths,
+                # The worker loads helper files inside its sandbox: it may read them.
+                read_paths=(*config.sandbox_read_paths, *filter(is_helper_file, config.helpers)),
                 write_paths=config.sandbox_write_paths,
                 deny_modules=config.sandbox_deny_modules,
                 allow_modules=config.sandbox_allow_modules,
@@ -155,14 +158,17 @@ class Bridge:
             sandbox_uid=config.sandbox_uid,
             scratch_root=self.scratch_root,
         )
-        # Helper modules are the operator's own: a strict pool may always call into them.
+        # Helper modules are the operator's own: a strict pool may always call into them,
+        # unless --helper-allow exposes only some of their names (then only call_helper).
+        helper_modules = () if config.helper_allow else map(source_module_name, config.helpers)
         self.policies = {
             config.pool: CallPolicy.build(
                 config.sandbox,
                 extra_deny=config.sandbox_deny_modules,
-                extra_allow=(*config.sandbox_allow_modules, *config.helpers),
+                extra_allow=(*config.sandbox_allow_modules, *helper_modules),
             )
         }
+        self.helper_info: dict[str, list[tuple[str, str, str]]] = {}  # by pool, at start
         self.default_pool = config.pool
         self.pools: dict[str, Pool] = {
             config.pool: Pool(
@@ -187,6 +193,10 @@ class Bridge:
     async def start(self) -> None:
         for pool in self.pools.values():
             await pool.start()
+            # Every worker of a pool loads the same helpers: the first one's list stands.
+            self.helper_info[pool.name] = next(
+                (w.helper_info for w in pool.workers if w is not None), []
+            )
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_sessions())
 
     async def close(self) -> None:
@@ -205,6 +215,12 @@ class Bridge:
             raise PoolUnavailable(
                 f"no pool named {name!r}; pools: {', '.join(sorted(self.pools))}"
             ) from None
+
+    def list_helpers(self, pool: str) -> list[tuple[str, str, str]]:
+        """``(name, signature, doc)`` of each helper ``pool`` exposes (empty: the default)."""
+        if len(pool) > MAX_ID:
+            raise BadRequest(f"pool names are limited to {MAX_ID} characters")
+        return self.helper_info.get(self.pool(pool).name, [])
 
     def _timeout(self, requested: float) -> float:
         cfg = self.config

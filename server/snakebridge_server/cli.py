@@ -19,7 +19,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--workers", "workers", int, "worker processes in the default pool (default: CPU count)"),
     ("--pool", "pool", str, "name of the default pool (default: default)"),
     ("--python", "python", str, "interpreter the workers run (default: this one)"),
-    ("--helpers", "helpers", str, "comma-separated modules whose functions are helpers"),
+    ("--helpers", "helpers", str, "helper sources: modules or absolute .py paths (comma list)"),
     ("--max-queued", "max_queued", int, "calls queued per pool before PoolSaturated"),
     ("--call-timeout", "call_timeout_default", float, "default per-call timeout, seconds"),
     ("--max-call-timeout", "call_timeout_max", float, "largest per-call timeout, seconds"),
@@ -54,10 +54,12 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--recycle-calls", "recycle_calls", int, "replace a worker after this many calls"),
     ("--recycle-rss", "recycle_rss", int, "replace a worker above this RSS, bytes"),
     ("--recycle-jitter", "recycle_jitter", float, "random fraction off recycle limits"),
+    ("--helper-allow", "helper_allow", str, "expose only these helper names (comma list)"),
 ]
 
 _LISTS = {
     "helpers",
+    "helper_allow",
     "sandbox_read_paths",
     "sandbox_write_paths",
     "sandbox_allow_modules",

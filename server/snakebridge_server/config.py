@@ -18,6 +18,7 @@ from snakebridge._codec import DEFAULT_LIMITS
 
 from .refids import POOL_NAME_RE
 from .sandbox.policy import LEVELS as SANDBOX_LEVELS
+from .worker_helpers import is_helper_file
 
 DEFAULT_POOL: Final = "default"
 _MODULE_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
@@ -36,6 +37,7 @@ class ServerConfig:
     pool: str = DEFAULT_POOL
     python: str = sys.executable
     helpers: tuple[str, ...] = ()
+    helper_allow: tuple[str, ...] = ()  # when set, the only helper names exposed
     max_queued: int = 4096
     max_message_size: int = 64 * 1024 * 1024
     call_timeout_default: float = 300.0
@@ -91,6 +93,25 @@ class ServerConfig:
             fail("workers", f"{self.workers} is not in 1..256")
         if not POOL_NAME_RE.match(self.pool):
             fail("pool", f"{self.pool!r} must match {POOL_NAME_RE.pattern}")
+        for entry in self.helpers:
+            if self.helpers.count(entry) > 1:
+                fail("helpers", f"{entry!r} is listed more than once")
+            if not is_helper_file(entry):
+                if not _MODULE_RE.match(entry):
+                    fail("helpers", f"{entry!r} is not a dotted module name or a .py path")
+            elif not os.path.isabs(entry):
+                fail("helpers", f"{entry!r}: a helper file must be given as an absolute path")
+            elif not entry.endswith(".py"):
+                fail("helpers", f"{entry!r}: a helper file must end with .py")
+            elif not os.path.isfile(entry):
+                fail("helpers", f"{entry!r}: no such file")
+        for name in self.helper_allow:
+            if not name.isidentifier() or name.startswith("_"):
+                fail("helper_allow", f"{name!r} is not a public function name")
+            if self.helper_allow.count(name) > 1:
+                fail("helper_allow", f"{name!r} is listed more than once")
+        if self.helper_allow and not self.helpers:
+            fail("helper_allow", "names helpers, but no helper source is given (--helpers)")
         for key in (
             "max_queued",
             "max_message_size",

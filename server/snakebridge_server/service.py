@@ -177,6 +177,9 @@ class BridgeService:
             SERVICE + "Describe": Handler(
                 self._guard(self.describe), unary, pb.DescribeRequest, pb.DescribeReply
             ),
+            SERVICE + "ListHelpers": Handler(
+                self._guard(self.list_helpers), unary, pb.ListHelpersRequest, pb.ListHelpersReply
+            ),
         }
 
     async def call(self, stream: Stream[CallRequestWire, CallReplyWire]) -> None:
@@ -238,6 +241,15 @@ class BridgeService:
         check_protocol(req.protocol_version)
         released, existed = await self.bridge.release_session(req.session_id)
         await stream.send_message(pb.ReleaseSessionReply(released_refs=released, existed=existed))
+
+    async def list_helpers(
+        self, stream: Stream[pb.ListHelpersRequest, pb.ListHelpersReply]
+    ) -> None:
+        req = await recv_bounded(stream, self.max_request)
+        check_protocol(req.protocol_version)
+        rows = self.bridge.list_helpers(req.pool)
+        helpers = [pb.HelperInfo(name=n, signature=sig, doc=doc) for n, sig, doc in rows]
+        await stream.send_message(pb.ListHelpersReply(helpers=helpers))
 
     async def describe(self, stream: Stream[pb.DescribeRequest, pb.DescribeReply]) -> None:
         req = await recv_bounded(stream, self.max_request)
