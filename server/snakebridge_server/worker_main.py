@@ -750,7 +750,8 @@ def main(argv: list[str] | None = None) -> None:
     except HelperLoadError as exc:
         # The cause's traceback for the operator, then one line naming the source: the
         # server quotes the last lines of a worker that failed to start.
-        traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
+        if exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
         print(f"snakebridge worker: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
