@@ -19,6 +19,7 @@ __all__ = [
     "BridgeError",
     "CallTimeout",
     "Client",
+    "HelperInfo",
     "ModuleProxy",
     "Ref",
     "RefNotFound",
@@ -33,7 +34,7 @@ __all__ = [
 
 if TYPE_CHECKING:
     from . import errors
-    from ._client import Client, ModuleProxy, Session
+    from ._client import Client, HelperInfo, ModuleProxy, Session
     from ._refs import Ref, StreamRef
     from .errors import (
         BridgeError,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "Client": "._client",
+    "HelperInfo": "._client",
     "ModuleProxy": "._client",
     "Session": "._client",
     "Ref": "._refs",

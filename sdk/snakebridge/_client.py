@@ -7,6 +7,7 @@ import os
 import ssl as _ssl
 import uuid
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -104,6 +105,15 @@ def _trailers_of(stream: Any) -> Mapping[str, Any] | None:
     h2 = getattr(stream, "_stream", None)
     raw = getattr(h2, "trailers", None) or getattr(h2, "headers", None)
     return decode_metadata(raw) if raw else None
+
+
+@dataclass(frozen=True, slots=True)
+class HelperInfo:
+    """A helper the server exposes to ``call_helper``, as ``Client.helpers()`` lists it."""
+
+    name: str
+    signature: str  # e.g. "(a: int, b: int) -> int"; "" when the callable has none
+    doc: str  # its docstring, cut to 2048 characters; "" when it has none
 
 
 class _Runtime:
@@ -611,6 +621,17 @@ class Client(_Runtime):
             "Describe", req, pb.DescribeRequest, pb.DescribeReply, _check_timeout(timeout)
         )
         return reply
+
+    async def helpers(
+        self, *, pool: str | None = None, timeout: float | None = 10.0
+    ) -> list[HelperInfo]:
+        """The helpers ``call_helper`` can reach in ``pool`` (default: the server's default
+        pool), sorted by name."""
+        req = pb.ListHelpersRequest(protocol_version=PROTOCOL_VERSION, pool=pool or "")
+        reply: pb.ListHelpersReply = await self._unary(
+            "ListHelpers", req, pb.ListHelpersRequest, pb.ListHelpersReply, _check_timeout(timeout)
+        )
+        return [HelperInfo(h.name, h.signature, h.doc) for h in reply.helpers]
 
     # -- plumbing -----------------------------------------------------------------------
 

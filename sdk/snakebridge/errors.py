@@ -152,10 +152,11 @@ class RefNotFound(BridgeError):
 
 
 class HelperNotFound(BridgeError):
-    """No helper of that name is registered on the server.
+    """No helper of that name is exposed by the server: none is registered under it, or
+    the operator's ``--helper-allow`` leaves it out.
 
-    Helpers are what the operator registered (``bridge-server --helpers MODULES``); check
-    the server's configuration for the names it offers.
+    ``await client.helpers()`` lists the names a pool offers; the operator adds more with
+    ``bridge-server --helpers`` (and ``--helper-allow``).
     """
 
     grpc_status = GrpcStatus.NOT_FOUND

@@ -51,6 +51,7 @@ from .sandbox.policy import CallPolicy
 from .sandbox.spawn import make_scratch_root
 from .sessions import Session, SessionTable
 from .worker_handle import NeverStarted, Reply, StreamReply, WorkerHandle, WorkerSpec
+from .worker_helpers import is_helper_file, source_module_name
 
 log = logging.getLogger("snakebridge.bridge")
 _T = TypeVar("_T")
@@ -135,12 +136,16 @@ class Bridge:
         self.policies: dict[str, CallPolicy] = {}
         self.pools: dict[str, Pool] = {}
         uid_offset = 0  # each worker of every pool gets a uid of its own
+        self.helper_info: dict[str, list[tuple[str, str, str]]] = {}  # by pool, at start
         for pc in config.pools:
-            # Helper modules are the operator's own: a strict pool may always call them.
+            # Helper modules are the operator's own: a strict pool may always call into
+            # them, unless helper_allow exposes only some of their names (then only
+            # call_helper reaches them).
+            helper_modules = () if pc.helper_allow else map(source_module_name, pc.helpers)
             self.policies[pc.name] = CallPolicy.build(
                 pc.sandbox,
                 extra_deny=pc.sandbox_deny_modules,
-                extra_allow=(*pc.sandbox_allow_modules, *pc.helpers),
+                extra_allow=(*pc.sandbox_allow_modules, *helper_modules),
             )
             self.pools[pc.name] = Pool(
                 pc.name,
@@ -172,11 +177,13 @@ class Bridge:
             start_timeout=config.worker_start_timeout,
             cancel_grace=config.cancel_grace,
             helpers=pc.helpers,
+            helper_allow=pc.helper_allow,
             preload=pc.preload,
             env=(("PYTHONUNBUFFERED", "1"), *pc.env),
             sandbox=SandboxSpec(
                 level=pc.sandbox,
-                read_paths=pc.sandbox_read_paths,
+                # The worker loads helper files inside its sandbox: it may read them.
+                read_paths=(*pc.sandbox_read_paths, *filter(is_helper_file, pc.helpers)),
                 write_paths=pc.sandbox_write_paths,
                 deny_modules=pc.sandbox_deny_modules,
                 allow_modules=pc.sandbox_allow_modules,
@@ -195,6 +202,10 @@ class Bridge:
     async def start(self) -> None:
         for pool in self.pools.values():
             await pool.start()
+            # Every worker of a pool loads the same helpers: the first one's list stands.
+            self.helper_info[pool.name] = next(
+                (w.helper_info for w in pool.workers if w is not None), []
+            )
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_sessions())
 
     async def close(self) -> None:
@@ -213,6 +224,12 @@ class Bridge:
             raise PoolUnavailable(
                 f"no pool named {name!r}; pools: {', '.join(sorted(self.pools))}"
             ) from None
+
+    def list_helpers(self, pool: str) -> list[tuple[str, str, str]]:
+        """``(name, signature, doc)`` of each helper ``pool`` exposes (empty: the default)."""
+        if len(pool) > MAX_ID:
+            raise BadRequest(f"pool names are limited to {MAX_ID} characters")
+        return self.helper_info.get(self.pool(pool).name, [])
 
     def _timeout(self, pool: Pool, requested: float) -> float:
         """A call's time limit: what it asked for, else the pool's default, at most the

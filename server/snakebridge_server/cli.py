@@ -29,7 +29,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--pool", "pool", str, "name of the default pool (default: default)"),
     ("--python", "python", str, "interpreter the workers run (default: this one)"),
     ("--preload", "preload", str, "comma-separated modules each worker imports at start"),
-    ("--helpers", "helpers", str, "comma-separated modules whose functions are helpers"),
+    ("--helpers", "helpers", str, "helper sources: modules or absolute .py paths (comma list)"),
     ("--max-queued", "max_queued", int, "calls queued per pool before PoolSaturated"),
     ("--call-timeout", "call_timeout", float, "default per-call timeout, seconds"),
     ("--max-call-timeout", "max_call_timeout", float, "largest per-call timeout, seconds"),
@@ -64,11 +64,13 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--recycle-calls", "recycle_calls", int, "replace a worker after this many calls"),
     ("--recycle-rss", "recycle_rss", int, "replace a worker above this RSS, bytes"),
     ("--recycle-jitter", "recycle_jitter", float, "random fraction off recycle limits"),
+    ("--helper-allow", "helper_allow", str, "expose only these helper names (comma list)"),
 ]
 
 _LISTS = {
     "preload",
     "helpers",
+    "helper_allow",
     "sandbox_read_paths",
     "sandbox_write_paths",
     "sandbox_allow_modules",

@@ -20,6 +20,7 @@ from snakebridge._codec import DEFAULT_LIMITS
 
 from .refids import POOL_NAME_RE
 from .sandbox.policy import LEVELS as SANDBOX_LEVELS
+from .worker_helpers import is_helper_file
 
 DEFAULT_POOL: Final = "default"
 MAX_POOLS: Final = 32
@@ -51,6 +52,7 @@ class PoolConfig:
     env: tuple[tuple[str, str], ...] = ()  # extra worker environment, after the allowlist
     preload: tuple[str, ...] = ()  # modules each worker imports before it reports READY
     helpers: tuple[str, ...] = ()
+    helper_allow: tuple[str, ...] = ()  # when set, the only helper names exposed
     max_queued: int = 4096
     call_timeout: float = 300.0
     max_call_timeout: float = 3600.0
@@ -97,10 +99,29 @@ class PoolConfig:
                 fail("env", f"the value of {name} contains a NUL byte")
         if len(self.env) != len(dict(self.env)):
             fail("env", "a variable is set twice")
-        for key in ("preload", "helpers", "sandbox_allow_modules", "sandbox_deny_modules"):
+        for key in ("preload", "sandbox_allow_modules", "sandbox_deny_modules"):
             for name in getattr(self, key):
                 if not _MODULE_RE.match(name):
                     fail(key, f"{name!r} is not a dotted module name")
+        for entry in self.helpers:
+            if self.helpers.count(entry) > 1:
+                fail("helpers", f"{entry!r} is listed more than once")
+            if not is_helper_file(entry):
+                if not _MODULE_RE.match(entry):
+                    fail("helpers", f"{entry!r} is not a dotted module name or a .py path")
+            elif not os.path.isabs(entry):
+                fail("helpers", f"{entry!r}: a helper file must be given as an absolute path")
+            elif not entry.endswith(".py"):
+                fail("helpers", f"{entry!r}: a helper file must end with .py")
+            elif not os.path.isfile(entry):
+                fail("helpers", f"{entry!r}: no such file")
+        for name in self.helper_allow:
+            if not name.isidentifier() or name.startswith("_"):
+                fail("helper_allow", f"{name!r} is not a public function name")
+            if self.helper_allow.count(name) > 1:
+                fail("helper_allow", f"{name!r} is listed more than once")
+        if self.helper_allow and not self.helpers:
+            fail("helper_allow", "names helpers, but no helper source is given (--helpers)")
         if self.max_queued < 1:
             fail("max_queued", "must be >= 1")
         for key in ("call_timeout", "max_call_timeout"):

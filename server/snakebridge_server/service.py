@@ -177,6 +177,9 @@ class BridgeService:
             SERVICE + "Describe": Handler(
                 self._guard(self.describe), unary, pb.DescribeRequest, pb.DescribeReply
             ),
+            SERVICE + "ListHelpers": Handler(
+                self._guard(self.list_helpers), unary, pb.ListHelpersRequest, pb.ListHelpersReply
+            ),
         }
 
     async def call(self, stream: Stream[CallRequestWire, CallReplyWire]) -> None:
@@ -239,6 +242,15 @@ class BridgeService:
         released, existed = await self.bridge.release_session(req.session_id)
         await stream.send_message(pb.ReleaseSessionReply(released_refs=released, existed=existed))
 
+    async def list_helpers(
+        self, stream: Stream[pb.ListHelpersRequest, pb.ListHelpersReply]
+    ) -> None:
+        req = await recv_bounded(stream, self.max_request)
+        check_protocol(req.protocol_version)
+        rows = self.bridge.list_helpers(req.pool)
+        helpers = [pb.HelperInfo(name=n, signature=sig, doc=doc) for n, sig, doc in rows]
+        await stream.send_message(pb.ListHelpersReply(helpers=helpers))
+
     async def describe(self, stream: Stream[pb.DescribeRequest, pb.DescribeReply]) -> None:
         req = await recv_bounded(stream, self.max_request)
         check_protocol(req.protocol_version)
@@ -279,6 +291,6 @@ class BridgeService:
                 protocol_version=PROTOCOL_VERSION,
                 pools=pools,
                 sessions=len(bridge.sessions),
-                helpers=list(bridge.pool_configs[bridge.default_pool].helpers),
+                helpers=[name for name, _, _ in bridge.list_helpers("")],
             )
         )

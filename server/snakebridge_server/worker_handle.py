@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -81,6 +82,7 @@ class WorkerSpec:
     start_timeout: float
     cancel_grace: float
     helpers: tuple[str, ...] = ()
+    helper_allow: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
     env: tuple[tuple[str, str], ...] = ()
     sandbox: SandboxSpec = _NO_SANDBOX  # per-worker fields (scratch, uid) are filled in
@@ -278,6 +280,7 @@ class WorkerHandle:
         self.sandbox_level = "none"
         self._cpu_mark: tuple[int, float] | None = None  # (running call id, CPU seconds)
         self.sandbox_layers: list[str] = []
+        self.helper_info: list[tuple[str, str, str]] = []  # (name, signature, doc), from READY
         self.scratch = ""
         self._output_done = asyncio.Event()
 
@@ -342,7 +345,8 @@ class WorkerHandle:
                 f"--max-refs={self.spec.max_refs}",
                 f"--max-frame={self.spec.max_frame}",
                 f"--max-result={self.spec.max_result}",
-                f"--helpers={','.join(self.spec.helpers)}",
+                f"--helpers={json.dumps(self.spec.helpers)}",
+                f"--helper-allow={json.dumps(self.spec.helper_allow)}",
                 f"--preload={','.join(self.spec.preload)}",
                 f"--sandbox={sandbox.to_json()}",
             ]
@@ -386,6 +390,7 @@ class WorkerHandle:
             async with asyncio.timeout(self.spec.start_timeout):
                 ready = await channel.ready
             self.sandbox_level, self.sandbox_layers = ready[3], list(ready[4])
+            self.helper_info = [(str(n), str(sig), str(doc)) for n, sig, doc in ready[5]]
             if not level_at_least(self.sandbox_level, self.spec.min_sandbox):
                 raise WorkerStartError(
                     f"worker {self.key} reached sandbox level {self.sandbox_level!r}, below "

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import importlib
 import inspect
+import json
 import os
 import signal
 import socket
@@ -69,6 +70,7 @@ from .sandbox import SandboxSpec
 from .sandbox.apply import CpuBudget
 from .sandbox.apply import apply as apply_sandbox
 from .sandbox.policy import CallPolicy
+from .worker_helpers import HelperLoadError, describe_helpers, load_helpers
 from .worker_streams import (
     DONE,
     ERROR,
@@ -241,9 +243,9 @@ class Worker:
         self.refs = RefTable(args.ref_prefix, args.pool, args.max_refs)
         self.max_frame = args.max_frame
         self.max_result = args.max_result
-        self.helpers: dict[str, Any] = {}
-        for module_name in filter(None, args.helpers.split(",")):
-            self._register_helpers(module_name)
+        self.helpers: dict[str, Any] = load_helpers(
+            json.loads(args.helpers), json.loads(args.helper_allow)
+        )
         self.current = 0  # call id running in user code, 0 when idle
         self.last_done = 0
         self.cancelled: set[int] = set()
@@ -255,14 +257,6 @@ class Worker:
         self.sandbox_layers: list[str] = args.sandbox_layers
         self.policy: CallPolicy | None = args.policy if args.policy.enforced else None
         self.cpu = CpuBudget(args.max_call_cpu, self._cpu_exceeded) if args.max_call_cpu else None
-
-    def _register_helpers(self, module_name: str) -> None:
-        mod = importlib.import_module(module_name)
-        names = getattr(mod, "__all__", None)
-        if names is None:
-            names = [n for n, v in vars(mod).items() if not n.startswith("_") and callable(v)]
-        for n in names:
-            self.helpers[n] = getattr(mod, n)
 
     # -- cancellation -------------------------------------------------------------------
 
@@ -312,6 +306,7 @@ class Worker:
                 sys.version.split()[0],
                 self.sandbox_level,
                 self.sandbox_layers,
+                describe_helpers(self.helpers),
             ]
         )
         while True:
@@ -737,7 +732,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-refs", type=int, default=100_000)
     parser.add_argument("--max-frame", type=int, default=80 * 1024 * 1024)
     parser.add_argument("--max-result", type=int, default=64 * 1024 * 1024)
-    parser.add_argument("--helpers", default="")
+    parser.add_argument("--helpers", default="[]")  # JSON list of sources
+    parser.add_argument("--helper-allow", default="[]")  # JSON list of names
     parser.add_argument("--preload", default="")
     parser.add_argument("--max-streams", type=int, default=1024)
     parser.add_argument("--sandbox", default="{}")
@@ -754,7 +750,15 @@ def main(argv: list[str] | None = None) -> None:
     # fails to import fails the worker's start, with its traceback in the server's log.
     for module_name in filter(None, args.preload.split(",")):
         importlib.import_module(module_name)
-    worker = Worker(args)
+    try:
+        worker = Worker(args)
+    except HelperLoadError as exc:
+        # The cause's traceback for the operator, then one line naming the source: the
+        # server quotes the last lines of a worker that failed to start.
+        if exc.__cause__ is not None:
+            traceback.print_exception(exc.__cause__, file=sys.stderr)
+        print(f"snakebridge worker: {exc}", file=sys.stderr, flush=True)
+        raise SystemExit(1) from None
     signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
     try:
         worker.serve()

@@ -295,6 +295,9 @@ async def test_describe_reports_versions_pools_and_workers(server: ServerProcess
     assert pool.name == "default" and pool.size == 2
     assert {w.pid for w in pool.workers} == server.worker_pids
     assert all(w.state == "ready" for w in pool.workers)
+    # The shared server registers remote_helpers, whose __all__ is add and greet: names,
+    # not sources, so no server path reaches a client.
+    assert list(info.helpers) == ["add", "greet"]
 
 
 async def test_five_hundred_concurrent_calls_all_succeed(server: ServerProcess) -> None:

@@ -187,6 +187,28 @@ class DescribeReply(betterproto.Message):
     helpers: List[str] = betterproto.string_field(5)
 
 
+@dataclass(eq=False, repr=False)
+class ListHelpersRequest(betterproto.Message):
+    protocol_version: int = betterproto.uint32_field(1)
+    pool: str = betterproto.string_field(2)
+
+
+@dataclass(eq=False, repr=False)
+class HelperInfo(betterproto.Message):
+    """
+    One operator helper (`bridge-server --helpers`), as its pool's workers loaded it.
+    """
+
+    name: str = betterproto.string_field(1)
+    signature: str = betterproto.string_field(2)
+    doc: str = betterproto.string_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class ListHelpersReply(betterproto.Message):
+    helpers: List["HelperInfo"] = betterproto.message_field(1)
+
+
 class BridgeStub(betterproto.ServiceStub):
     async def call(
         self,
@@ -325,6 +347,23 @@ class BridgeStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def list_helpers(
+        self,
+        list_helpers_request: "ListHelpersRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "ListHelpersReply":
+        return await self._unary_unary(
+            "/snakebridge.v1.Bridge/ListHelpers",
+            list_helpers_request,
+            ListHelpersReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class BridgeBase(ServiceBase):
 
@@ -359,6 +398,11 @@ class BridgeBase(ServiceBase):
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def describe(self, describe_request: "DescribeRequest") -> "DescribeReply":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def list_helpers(
+        self, list_helpers_request: "ListHelpersRequest"
+    ) -> "ListHelpersReply":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_call(
@@ -421,6 +465,13 @@ class BridgeBase(ServiceBase):
         response = await self.describe(request)
         await stream.send_message(response)
 
+    async def __rpc_list_helpers(
+        self, stream: "grpclib.server.Stream[ListHelpersRequest, ListHelpersReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.list_helpers(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/snakebridge.v1.Bridge/Call": grpclib.const.Handler(
@@ -470,5 +521,11 @@ class BridgeBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 DescribeRequest,
                 DescribeReply,
+            ),
+            "/snakebridge.v1.Bridge/ListHelpers": grpclib.const.Handler(
+                self.__rpc_list_helpers,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                ListHelpersRequest,
+                ListHelpersReply,
             ),
         }
