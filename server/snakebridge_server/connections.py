@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
-from typing import Any, Final
+from typing import Any, Final, cast
 
 from grpclib.config import Configuration
 from grpclib.protocol import H2Protocol
@@ -47,6 +47,7 @@ log = logging.getLogger("snakebridge.server")
 PING_MIN_INTERVAL: Final = 10.0  # seconds; closer pings without server data are strikes
 PING_STRIKES: Final = 2  # strikes allowed; the next one closes the connection
 _REFUSAL_LOG_INTERVAL: Final = 1.0  # at most one "refused" warning a second
+_REFUSAL_GRACE: Final = 1.0  # seconds a refused client has to read its GOAWAY and leave
 _FD_HEADROOM: Final = 256  # fds beyond max_connections: workers' pipes, logs, the listener
 
 
@@ -155,6 +156,32 @@ class ConnectionGuard:
         return False
 
 
+class _Refusal:
+    """A connection over the cap. It is answered once the client has spoken (its preface
+    and usually its first request), so that the GOAWAY ends that request in the client
+    rather than reaching it between its connect and its first stream, which grpclib's
+    client does not survive. What the client sends is read and dropped: closing with
+    unread data would reset the connection before the client reads the GOAWAY."""
+
+    __slots__ = ("_answered", "_transport")
+
+    def __init__(self, protocol: H2Protocol, transport: asyncio.BaseTransport) -> None:
+        protocol.handler.close()  # lets grpclib's server forget its handler
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's: no asyncio base
+        self._answered = False
+        asyncio.get_running_loop().call_later(_REFUSAL_GRACE, self._transport.close)
+
+    def received(self) -> None:
+        if self._answered:
+            return
+        self._answered = True
+        self._transport.write(_refusal())
+        if self._transport.can_write_eof():
+            self._transport.write_eof()  # the client closes on the GOAWAY and our EOF
+        else:
+            self._transport.close()  # TLS: close_notify after the GOAWAY
+
+
 class _Guarded:
     """One connection's limits: hooks into its ``H2Protocol`` once it is made."""
 
@@ -166,6 +193,7 @@ class _Guarded:
         "_last_ping",
         "_preface",
         "_protocol",
+        "_refusal",
         "_streams",
         "_strikes",
     )
@@ -180,15 +208,14 @@ class _Guarded:
         self._preface: asyncio.TimerHandle | None = None
         self._last_ping: float | None = None
         self._strikes = 0
+        self._refusal: _Refusal | None = None
         connection_made = protocol.connection_made
         connection_lost = protocol.connection_lost
+        data_received = protocol.data_received
 
         def made(transport: asyncio.BaseTransport) -> None:
             if not guard._admit():
-                protocol.handler.close()  # lets grpclib's server forget its handler
-                if isinstance(transport, asyncio.WriteTransport):
-                    transport.write(_refusal())
-                transport.close()
+                self._refusal = _Refusal(protocol, transport)
                 return
             self._admitted = True
             connection_made(transport)
@@ -203,6 +230,14 @@ class _Guarded:
             self._cancel_timers()
             connection_lost(exc)
 
+        def received(data: bytes) -> None:
+            if self._admitted:
+                data_received(data)
+            elif self._refusal is not None:
+                self._refusal.received()
+
+        # Set before the transport exists: uvloop binds data_received when it is created.
+        protocol.data_received = received  # type: ignore[method-assign]
         protocol.connection_made = made  # type: ignore[method-assign]
         protocol.connection_lost = lost  # type: ignore[method-assign]
 
