@@ -58,7 +58,7 @@ class ServerConfig:
     tls_key: str | None = None  # PEM private key of tls_cert
     tls_client_ca: str | None = None  # PEM CA bundle: client certificates required (mTLS)
     max_connections: int = 4096  # open client connections; more are refused
-    max_streams_per_connection: int = 1024  # HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS
+    max_streams_per_connection: int = 100  # SETTINGS_MAX_CONCURRENT_STREAMS (h2 default)
     idle_timeout: float = 300.0  # seconds a connection with no open stream is kept; 0: forever
     handshake_timeout: float = 10.0  # seconds for the client's HTTP/2 preface
     keepalive_time: float = 7200.0  # seconds between pings while streams are open; 0: none
