@@ -44,12 +44,12 @@ lint: $(STAMP)
 proto: $(STAMP)
 	bash .ci/gen-proto sdk/snakebridge/_generated
 
-# Regenerate into a scratch dir and compare: the committed stubs must match the .proto.
+# Regenerate into a scratch dir and compare: the committed stubs and bridge_pb2.py must match the .proto.
 proto-check: $(STAMP)
 	@tmp=$$(mktemp -d) && bash .ci/gen-proto $$tmp && \
 	  diff -r -x __pycache__ $$tmp sdk/snakebridge/_generated && rm -rf $$tmp && \
 	  echo "proto-check: generated stubs are up to date" || \
-	  { echo "proto-check: sdk/snakebridge/_generated is stale; run 'make proto'"; exit 1; }
+	  { echo "proto-check: sdk/snakebridge/_generated (stubs or bridge_pb2.py) is stale; run 'make proto'"; exit 1; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -473,7 +473,8 @@ class Client(_Runtime):
     ``$SNAKEBRIDGE_ADDRESS``, then ``127.0.0.1:50051``. ``timeout`` is the default
     per-call timeout in seconds (None: the server's default). ``token`` is sent as
     ``authorization: Bearer`` metadata, for servers started with ``--token-file``;
-    ``ssl`` secures the channel (server-side TLS is not implemented yet). Use as
+    ``ssl`` is an ``ssl.SSLContext`` for a server started with ``--tls-cert`` (the client
+    adds ALPN ``h2`` to it; load a client certificate into it for ``--tls-client-ca``). Use as
     ``async with Client(...) as client:``; leaving releases the auto session.
     """
 
@@ -487,6 +488,8 @@ class Client(_Runtime):
     ) -> None:
         self.address = address or os.environ.get(_ADDRESS_ENV) or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
         self._host, self._port, self._path = parse_address(self.address)
+        if ssl is not None:
+            ssl.set_alpn_protocols(["h2"])  # gRPC is HTTP/2; TLS servers may insist on ALPN
         self._ssl = ssl
         self._metadata = {"authorization": f"Bearer {token}"} if token else None
         self.timeout = _check_timeout(timeout)
@@ -723,9 +726,16 @@ class Client(_Runtime):
         except TimeoutError:
             raise CallTimeout("the stream did not finish within its timeout") from None
         except (StreamTerminatedError, ConnectionError, OSError) as exc:
-            raise ConnectionFailed(f"Stream to {self.address} failed: {exc}") from exc
+            raise self._connection_failed("Stream", exc) from exc
         except ProtocolError as exc:
             raise BridgeError(f"Stream: gRPC protocol error: {exc}") from exc
+
+    def _connection_failed(self, method: str, exc: BaseException) -> ConnectionFailed:
+        message = f"{method} to {self.address} failed: {exc}"
+        if self._ssl is None and isinstance(exc, StreamTerminatedError):
+            # A TLS server drops a plaintext client's HTTP/2 preface without a word.
+            message += " (if the server serves TLS, pass Client(..., ssl=ssl_context))"
+        return ConnectionFailed(message)
 
     async def _unary(
         self, method: str, request: Any, req_type: type[Any], reply_type: type[_T],
@@ -757,7 +767,7 @@ class Client(_Runtime):
         except TimeoutError:
             raise CallTimeout(f"{method} did not finish within {timeout}s") from None
         except (StreamTerminatedError, ConnectionError, OSError) as exc:
-            raise ConnectionFailed(f"{method} to {self.address} failed: {exc}") from exc
+            raise self._connection_failed(method, exc) from exc
         except ProtocolError as exc:
             raise BridgeError(f"{method}: gRPC protocol error: {exc}") from exc
         if reply is None:

@@ -21,9 +21,17 @@ from snakebridge._h2_repr import use_cheap_data_frame_repr
 from .auth import TokenAuth, read_token
 from .bridge import Bridge
 from .coalesce import coalescing
-from .config import ConfigError, ServerConfig
+from .config import ConfigError, ServerConfig, _is_loopback
+from .connections import (
+    ConnectionGuard,
+    ConnectionLimits,
+    grpc_configuration,
+    raise_open_files_limit,
+)
+from .reflection import with_reflection
 from .sandbox.report import sandbox_report
 from .service import BridgeService
+from .tls import server_ssl_context
 from .worker_handle import WorkerStartError
 
 log = logging.getLogger("snakebridge.server")
@@ -73,8 +81,14 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             checks[_HealthName(POOL_HEALTH_PREFIX + pool.name)] = [status]
             # NOT_SERVING for good once the drain began, whatever the pool reports.
             pool.on_health = lambda ok, status=status: status.set(ok and not stop.is_set())
-        server = Server([service, Health(checks)])
+        server = Server(
+            with_reflection([service, Health(checks)]), config=grpc_configuration(config)
+        )
         server._protocol_factory = coalescing(server._protocol_factory)  # type: ignore[method-assign]
+        guard = ConnectionGuard(ConnectionLimits.from_config(config))
+        server._protocol_factory = guard.wrap(server._protocol_factory)  # type: ignore[method-assign]
+        raise_open_files_limit(config.max_connections)
+        ssl_context = server_ssl_context(config)
         if config.token_file:
             listen(server, RecvRequest, TokenAuth(read_token(config.token_file)))
         if config.uds:
@@ -86,7 +100,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             finally:
                 os.umask(old_umask)
         else:
-            await server.start(config.host, config.port)
+            await server.start(config.host, config.port, ssl=ssl_context)
+            _warn_if_unauthenticated(config)
         pools = ", ".join(
             f"pool {p.name}: {p.size} workers (pids {' '.join(str(w.pid) for w in p.workers if w)})"
             for p in bridge.pools.values()
@@ -122,6 +137,16 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             # shutdown into a death by signal in its last moments.
             signal.signal(sig, signal.SIG_IGN)
         log.info("bridge-server stopped")
+
+
+def _warn_if_unauthenticated(config: ServerConfig) -> None:
+    if config.tls_cert and not (config.token_file or config.tls_client_ca or config.insecure):
+        if not _is_loopback(config.host):
+            log.warning(
+                "serving TLS on %s without --token-file or --tls-client-ca: traffic is "
+                "encrypted, but any client that reaches the port can run code",
+                config.host,
+            )
 
 
 def _remove_stale_socket(path: str) -> None:

@@ -65,6 +65,16 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--recycle-rss", "recycle_rss", int, "replace a worker above this RSS, bytes"),
     ("--recycle-jitter", "recycle_jitter", float, "random fraction off recycle limits"),
     ("--helper-allow", "helper_allow", str, "expose only these helper names (comma list)"),
+    # -- network: TLS and connection limits --
+    ("--tls-cert", "tls_cert", str, "serve TLS with this PEM certificate chain"),
+    ("--tls-key", "tls_key", str, "PEM private key of --tls-cert"),
+    ("--tls-client-ca", "tls_client_ca", str, "PEM CA bundle; require client certs (mTLS)"),
+    ("--max-connections", "max_connections", int, "open connections at most; more refused"),
+    ("--max-streams-per-connection", "max_streams_per_connection", int, "concurrent streams"),
+    ("--idle-timeout", "idle_timeout", float, "close connections idle this long (0: never)"),
+    ("--handshake-timeout", "handshake_timeout", float, "seconds for a client's HTTP/2 preface"),
+    ("--keepalive-time", "keepalive_time", float, "ping interval with streams open (0: off)"),
+    ("--keepalive-timeout", "keepalive_timeout", float, "seconds for a ping's answer"),
 ]
 
 _LISTS = {
@@ -242,6 +252,10 @@ def main(argv: Sequence[str] | None = None) -> None:
             from .auth import read_token
 
             read_token(config.token_file)  # fail now, naming the key, not after start-up
+        if config.tls_cert:
+            from .tls import server_ssl_context
+
+            server_ssl_context(config)  # the files must exist and load: fail now, too
     except ConfigError as exc:
         print(f"bridge-server: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -186,6 +186,16 @@ class ServerConfig:
     drain_grace: float = 10.0
     token_file: str | None = None
     insecure: bool = False
+    # -- network: TLS and connection limits (tls.py, connections.py) --
+    tls_cert: str | None = None  # PEM certificate chain; with tls_key the server serves TLS
+    tls_key: str | None = None  # PEM private key of tls_cert
+    tls_client_ca: str | None = None  # PEM CA bundle: client certificates required (mTLS)
+    max_connections: int = 4096  # open client connections; more are refused
+    max_streams_per_connection: int = 100  # SETTINGS_MAX_CONCURRENT_STREAMS (h2 default)
+    idle_timeout: float = 300.0  # seconds a connection with no open stream is kept; 0: forever
+    handshake_timeout: float = 10.0  # seconds for the client's HTTP/2 preface
+    keepalive_time: float = 7200.0  # seconds between pings while streams are open; 0: none
+    keepalive_timeout: float = 20.0  # seconds a ping may go unanswered before closing
     sandbox_uid: int = -1  # -1: auto (61000 + worker index when root), 0: never switch uid
 
     def __post_init__(self) -> None:
@@ -235,14 +245,36 @@ class ServerConfig:
             fail("log_level", f"{self.log_level!r} is not debug|info|warning|error")
         if self.token_file is not None and not self.token_file:
             fail("token_file", "must not be empty (omit it to serve without a token)")
+        # -- network: TLS and connection limits --
+        for key in ("tls_cert", "tls_key", "tls_client_ca"):
+            if getattr(self, key) is not None and not getattr(self, key):
+                fail(key, "must not be empty (omit it to serve without TLS)")
+        if self.tls_cert and not self.tls_key:
+            fail("tls_key", "is required with tls_cert")
+        if self.tls_key and not self.tls_cert:
+            fail("tls_cert", "is required with tls_key")
+        if self.tls_client_ca and not self.tls_cert:
+            fail("tls_client_ca", "needs tls_cert and tls_key (mTLS is TLS plus client certs)")
+        if self.tls_cert and self.uds is not None:
+            fail("tls_cert", "TLS is for TCP listeners; a --uds socket is guarded by its mode")
+        if self.max_connections < 1:
+            fail("max_connections", "must be >= 1")
+        if not 1 <= self.max_streams_per_connection <= 2**31 - 1:
+            fail("max_streams_per_connection", "must be in 1..2147483647")
+        for key in ("idle_timeout", "keepalive_time"):
+            if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
+                fail(key, "must be a finite number >= 0 (0: never)")
+        for key in ("handshake_timeout", "keepalive_timeout"):
+            if not (getattr(self, key) > 0 and math.isfinite(getattr(self, key))):
+                fail(key, "must be a finite number > 0")
         if self.uds is None and not _is_loopback(self.host) and not self.token_file:
-            if not self.insecure:
+            if not self.insecure and not self.tls_cert:
                 # Anyone who can reach the port can run Python here: not without a token
-                # (TLS is not built yet) unless the operator says so explicitly.
+                # or TLS unless the operator says so explicitly.
                 fail(
                     "listen",
-                    f"{self.host!r} is not a loopback address; give --token-file, "
-                    "or --insecure to serve it without authentication",
+                    f"{self.host!r} is not a loopback address; give --token-file or "
+                    "--tls-cert, or --insecure to serve it without authentication",
                 )
 
 
