@@ -19,7 +19,9 @@ from grpclib.server import Server
 from .auth import TokenAuth, read_token
 from .bridge import Bridge
 from .coalesce import coalescing
-from .config import ConfigError, ServerConfig
+from .config import ConfigError, ServerConfig, parse_listen
+from .logs import configure as configure_logging
+from .metrics_http import MetricsServer
 from .sandbox.report import sandbox_report
 from .service import BridgeService
 from .worker_handle import WorkerStartError
@@ -58,6 +60,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         loop.add_signal_handler(sig, stop.set)
     bridge = Bridge(config)
     bound_socket = False
+    metrics_server: MetricsServer | None = None
     try:
         await bridge.start()
         service = BridgeService(bridge)
@@ -84,6 +87,15 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
                 os.umask(old_umask)
         else:
             await server.start(config.host, config.port)
+        if config.metrics:
+            metrics_host, metrics_port = parse_listen(config.metrics)
+            metrics_server = MetricsServer(
+                metrics_host,
+                metrics_port,
+                lambda: service.metrics.render(bridge),  # type: ignore[union-attr]
+            )
+            await metrics_server.start()
+            log.info("metrics on http://%s/metrics", metrics_server.address)
         pools = ", ".join(
             f"pool {p.name}: {p.size} workers (pids {' '.join(str(w.pid) for w in p.workers if w)})"
             for p in bridge.pools.values()
@@ -106,6 +118,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             if cancelled:
                 log.warning("cancelled %d call(s) still running after the drain", cancelled)
             log.info("bridge-server stopping")
+            if metrics_server is not None:
+                await metrics_server.close()
             server.close()
             await server.wait_closed()
     finally:
@@ -164,11 +178,7 @@ def check(config: ServerConfig) -> int:
 
 
 def _runner(config: ServerConfig) -> asyncio.Runner:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format)
     try:
         import uvloop
 

@@ -154,6 +154,8 @@ class Bridge:
             min_sandbox=config.min_sandbox,
             sandbox_uid=config.sandbox_uid,
             scratch_root=self.scratch_root,
+            log_level=config.log_level,
+            output_rate=config.worker_output_rate,
         )
         # Helper modules are the operator's own: a strict pool may always call into them.
         self.policies = {

@@ -54,6 +54,10 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--recycle-calls", "recycle_calls", int, "replace a worker after this many calls"),
     ("--recycle-rss", "recycle_rss", int, "replace a worker above this RSS, bytes"),
     ("--recycle-jitter", "recycle_jitter", float, "random fraction off recycle limits"),
+    # -- observability (docs/observability.md) --
+    ("--log-format", "log_format", str, "console | json (one JSON object per line)"),
+    ("--metrics", "metrics", str, "serve Prometheus /metrics on HOST:PORT (off by default)"),
+    ("--worker-output-rate", "worker_output_rate", int, "worker output lines/s logged (0: all)"),
 ]
 
 _LISTS = {
