@@ -263,6 +263,7 @@ class WorkerHandle:
         self.sandbox_layers: list[str] = []
         self.scratch = ""
         self._output_done = asyncio.Event()
+        self._drop_report: asyncio.TimerHandle | None = None  # "N lines not logged"
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.key} pid={self.pid} {self.state} in_flight={self.in_flight}>"
@@ -418,6 +419,9 @@ class WorkerHandle:
             lines = splitter.feed(data) if data else splitter.flush()
             for line, cut in lines:
                 self._log_output(line, cut, limiter, loop.time())
+            if limiter.dropped and self._drop_report is None:
+                # Said within a second even if the worker then falls silent.
+                self._drop_report = loop.call_later(1.0, self._report_dropped, limiter)
             if not data:
                 self._report_dropped(limiter)
                 self._output_done.set()
@@ -428,7 +432,6 @@ class WorkerHandle:
         self._recent_output.append(out.text[:512])
         if not limiter.allow(now):
             return
-        self._report_dropped(limiter)
         where = f"{out.stream} {out.logger}" if out.logger else out.stream
         log.log(
             out.level,
@@ -445,6 +448,9 @@ class WorkerHandle:
         )
 
     def _report_dropped(self, limiter: LineLimiter) -> None:
+        if self._drop_report is not None:
+            self._drop_report.cancel()
+            self._drop_report = None
         dropped = limiter.take_dropped()
         if dropped:
             log.warning(
