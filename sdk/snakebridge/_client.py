@@ -81,7 +81,12 @@ def _error_from_grpc(
     """The error a failed RPC raises; its ``correlation_id`` is the one the server reports
     (it made one if we sent none), else the one we sent."""
     error = _error_from_trailers(exc, trailers)
-    if not error.correlation_id and correlation_id:
+    return error if error.correlation_id else _tagged(error, correlation_id)
+
+
+def _tagged(error: BridgeError, correlation_id: str | None) -> BridgeError:
+    """``error`` raised on the client side, with the correlation id the RPC sent."""
+    if correlation_id:
         error.correlation_id = correlation_id
     return error
 
@@ -478,7 +483,9 @@ class Client(_Runtime):
     ``$SNAKEBRIDGE_ADDRESS``, then ``127.0.0.1:50051``. ``timeout`` is the default
     per-call timeout in seconds (None: the server's default). ``token`` is sent as
     ``authorization: Bearer`` metadata, for servers started with ``--token-file``;
-    ``ssl`` secures the channel (server-side TLS is not implemented yet). Use as
+    ``ssl`` secures the channel (server-side TLS is not implemented yet).
+    ``correlation_id`` is sent with every RPC (``snakebridge.correlation_id()`` blocks
+    override it); without one the server makes an id per RPC. Use as
     ``async with Client(...) as client:``; leaving releases the auto session.
     """
 
@@ -727,11 +734,13 @@ class Client(_Runtime):
         except GRPCError as exc:
             raise _error_from_grpc(exc, _trailers_of(stream), cid) from None
         except TimeoutError:
-            raise CallTimeout("the stream did not finish within its timeout") from None
+            error: BridgeError = CallTimeout("the stream did not finish within its timeout")
+            raise _tagged(error, cid) from None
         except (StreamTerminatedError, ConnectionError, OSError) as exc:
-            raise ConnectionFailed(f"Stream to {self.address} failed: {exc}") from exc
+            error = ConnectionFailed(f"Stream to {self.address} failed: {exc}")
+            raise _tagged(error, cid) from exc
         except ProtocolError as exc:
-            raise BridgeError(f"Stream: gRPC protocol error: {exc}") from exc
+            raise _tagged(BridgeError(f"Stream: gRPC protocol error: {exc}"), cid) from exc
 
     async def _unary(
         self, method: str, request: Any, req_type: type[Any], reply_type: type[_T],
@@ -762,11 +771,13 @@ class Client(_Runtime):
             # and reset the stream while we were still sending it).
             raise _error_from_grpc(exc, _trailers_of(stream), cid) from None
         except TimeoutError:
-            raise CallTimeout(f"{method} did not finish within {timeout}s") from None
+            error: BridgeError = CallTimeout(f"{method} did not finish within {timeout}s")
+            raise _tagged(error, cid) from None
         except (StreamTerminatedError, ConnectionError, OSError) as exc:
-            raise ConnectionFailed(f"{method} to {self.address} failed: {exc}") from exc
+            error = ConnectionFailed(f"{method} to {self.address} failed: {exc}")
+            raise _tagged(error, cid) from exc
         except ProtocolError as exc:
-            raise BridgeError(f"{method}: gRPC protocol error: {exc}") from exc
+            raise _tagged(BridgeError(f"{method}: gRPC protocol error: {exc}"), cid) from exc
         if reply is None:
             raise BridgeError(f"{method}: the server sent no reply message")
         return reply

@@ -177,3 +177,17 @@ async def test_an_invalid_correlation_id_from_a_raw_client_is_bad_request(server
         with pytest.raises(snakebridge.errors.BadRequest, match="correlation-id"):
             await client.call("math", "sqrt", [4])
         client._metadata = None
+
+
+async def test_a_client_side_error_keeps_the_id_it_sent() -> None:
+    with socket.socket() as sock:  # a loopback port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    client = snakebridge.Client(f"127.0.0.1:{port}")
+    try:
+        with snakebridge.correlation_id("lost-1"):
+            with pytest.raises(snakebridge.errors.ConnectionFailed) as failed:
+                await client.call("math", "sqrt", [4])
+    finally:
+        await client.close()
+    assert failed.value.correlation_id == "lost-1"
