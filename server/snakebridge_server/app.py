@@ -118,11 +118,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             if cancelled:
                 log.warning("cancelled %d call(s) still running after the drain", cancelled)
             log.info("bridge-server stopping")
-            if metrics_server is not None:
-                await metrics_server.close()
             server.close()
             await server.wait_closed()
     finally:
+        if metrics_server is not None:  # served through the drain: it can be watched
+            await metrics_server.close()
         await bridge.close()
         if bound_socket:
             with contextlib.suppress(FileNotFoundError):

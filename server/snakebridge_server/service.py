@@ -130,6 +130,7 @@ class BridgeService:
             status = "ok"
             if self.draining:
                 await send_error(stream, PoolUnavailable("the server is shutting down"))
+                self._observe(info, "PoolUnavailable", time.perf_counter() - started)
                 return
             task = asyncio.current_task()
             assert task is not None

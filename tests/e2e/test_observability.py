@@ -100,6 +100,7 @@ async def test_metrics_endpoint_serves_only_get_metrics(make_server: Any) -> Non
     assert ok.startswith(b"HTTP/1.1 200") and b"snakebridge_workers_live" in ok
     async with snakebridge.Client(srv.address) as client:  # gRPC unaffected
         assert await client.call("math", "sqrt", [4]) == 2.0
+    assert srv.stop() == 0  # the metrics server closes with the drain
 
 
 def _json_lines(srv: Any) -> list[dict[str, Any]]:
