@@ -29,12 +29,14 @@ __all__ = [
     "StreamRef",
     "WorkerCrashed",
     "__version__",
+    "correlation_id",
     "errors",
 ]
 
 if TYPE_CHECKING:
     from . import errors
     from ._client import Client, HelperInfo, ModuleProxy, Session
+    from ._correlation import correlation_id
     from ._refs import Ref, StreamRef
     from .errors import (
         BridgeError,
@@ -58,6 +60,7 @@ _LAZY = {
     "RemoteError": ".errors",
     "SessionLost": ".errors",
     "WorkerCrashed": ".errors",
+    "correlation_id": "._correlation",
 }
 
 

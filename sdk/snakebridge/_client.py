@@ -18,11 +18,12 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.metadata import decode_metadata
 
-from . import _codec
+from . import _codec, _correlation
 from ._generated.snakebridge import v1 as pb
 from ._h2_repr import use_cheap_data_frame_repr
 from ._protocol import (
     AFFINITY_STRICT,
+    CORRELATION_METADATA,
     DEFAULT_HOST,
     DEFAULT_PORT,
     ERROR_TRAILER,
@@ -78,17 +79,39 @@ def parse_address(address: str) -> tuple[str | None, int | None, str | None]:
     return host.strip("[]") or DEFAULT_HOST, int(port), None
 
 
-def _error_from_grpc(exc: GRPCError, trailers: Mapping[str, Any] | None) -> BridgeError:
+def _error_from_grpc(
+    exc: GRPCError, trailers: Mapping[str, Any] | None, correlation_id: str | None = None
+) -> BridgeError:
+    """The error a failed RPC raises; its ``correlation_id`` is the one the server reports
+    (it made one if we sent none), else the one we sent."""
+    error = _error_from_trailers(exc, trailers)
+    return error if error.correlation_id else _tagged(error, correlation_id)
+
+
+def _tagged(error: BridgeError, correlation_id: str | None) -> BridgeError:
+    """``error`` raised on the client side, with the correlation id the RPC sent."""
+    if correlation_id:
+        error.correlation_id = correlation_id
+    return error
+
+
+def _error_from_trailers(exc: GRPCError, trailers: Mapping[str, Any] | None) -> BridgeError:
     raw = trailers.get(ERROR_TRAILER) if trailers is not None else None
     if isinstance(raw, bytes):
         try:
             details = msgpack.unpackb(raw, raw=False)
             code = details["code"]
             message = details.get("message", "")
+            error: BridgeError
             if code == "RemoteError":
-                return remote_error(details.get("type", ""), message, details.get("traceback", ""))
-            return error_class(code)(message)
-        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+                error = remote_error(details.get("type", ""), message, details.get("traceback", ""))
+            else:
+                error = error_class(code)(message)
+            cid = details.get("correlation_id")
+            if isinstance(cid, str):
+                error.correlation_id = cid
+            return error
+        except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException):
             pass
     cls = _STATUS_FALLBACK.get(exc.status, BridgeError)
     return cls(f"{exc.status.name}: {exc.message or ''}".rstrip(": "))
@@ -474,7 +497,9 @@ class Client(_Runtime):
     per-call timeout in seconds (None: the server's default). ``token`` is sent as
     ``authorization: Bearer`` metadata, for servers started with ``--token-file``;
     ``ssl`` is an ``ssl.SSLContext`` for a server started with ``--tls-cert`` (the client
-    adds ALPN ``h2`` to it; load a client certificate into it for ``--tls-client-ca``). Use as
+    adds ALPN ``h2`` to it; load a client certificate into it for ``--tls-client-ca``).
+    ``correlation_id`` is sent with every RPC (``snakebridge.correlation_id()`` blocks
+    override it); without one the server makes an id per RPC. Use as
     ``async with Client(...) as client:``; leaving releases the auto session.
     """
 
@@ -485,8 +510,12 @@ class Client(_Runtime):
         token: str | None = None,
         ssl: _ssl.SSLContext | None = None,
         timeout: float | None = None,
+        correlation_id: str | None = None,
     ) -> None:
         self.address = address or os.environ.get(_ADDRESS_ENV) or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+        #: Sent with every RPC unless a ``snakebridge.correlation_id()`` block says
+        #: otherwise; None lets the server make one per RPC.
+        self.correlation_id = _correlation.check_correlation_id(correlation_id)
         self._host, self._port, self._path = parse_address(self.address)
         if ssl is not None:
             ssl.set_alpn_protocols(["h2"])  # gRPC is HTTP/2; TLS servers may insist on ALPN
@@ -500,6 +529,13 @@ class Client(_Runtime):
 
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
+
+    def _call_metadata(self) -> tuple[dict[str, str] | None, str | None]:
+        """The metadata of one RPC, and the correlation id in it."""
+        cid = _correlation.current() or self.correlation_id
+        if cid is None:
+            return self._metadata, None
+        return {**(self._metadata or {}), CORRELATION_METADATA: cid}, cid
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -701,6 +737,7 @@ class Client(_Runtime):
         channel = self._ensure_channel()
         req = StreamRequestWire(protocol_version=PROTOCOL_VERSION, call=call)
         decode = self._decode
+        metadata, cid = self._call_metadata()
         stream = None
         try:
             async with channel.request(
@@ -709,7 +746,7 @@ class Client(_Runtime):
                 StreamRequestWire,
                 StreamBatchWire,
                 timeout=timeout,
-                metadata=self._metadata,
+                metadata=metadata,
             ) as stream:
                 try:
                     await stream.send_message(req, end=True)
@@ -718,17 +755,18 @@ class Client(_Runtime):
                             yield item
                     await stream.recv_trailing_metadata()
                 except GRPCError as exc:
-                    raise _error_from_grpc(exc, stream.trailing_metadata) from None
+                    raise _error_from_grpc(exc, stream.trailing_metadata, cid) from None
         except (BridgeError, GeneratorExit):
             raise
         except GRPCError as exc:
-            raise _error_from_grpc(exc, _trailers_of(stream)) from None
+            raise _error_from_grpc(exc, _trailers_of(stream), cid) from None
         except TimeoutError:
-            raise CallTimeout("the stream did not finish within its timeout") from None
+            error: BridgeError = CallTimeout("the stream did not finish within its timeout")
+            raise _tagged(error, cid) from None
         except (StreamTerminatedError, ConnectionError, OSError) as exc:
-            raise self._connection_failed("Stream", exc) from exc
+            raise _tagged(self._connection_failed("Stream", exc), cid) from exc
         except ProtocolError as exc:
-            raise BridgeError(f"Stream: gRPC protocol error: {exc}") from exc
+            raise _tagged(BridgeError(f"Stream: gRPC protocol error: {exc}"), cid) from exc
 
     def _connection_failed(self, method: str, exc: BaseException) -> ConnectionFailed:
         message = f"{method} to {self.address} failed: {exc}"
@@ -742,6 +780,7 @@ class Client(_Runtime):
         timeout: float | None,
     ) -> _T:  # fmt: skip
         channel = self._ensure_channel()
+        metadata, cid = self._call_metadata()
         stream = None
         try:
             async with channel.request(
@@ -750,26 +789,27 @@ class Client(_Runtime):
                 req_type,
                 reply_type,
                 timeout=timeout,
-                metadata=self._metadata,
+                metadata=metadata,
             ) as stream:
                 try:
                     await stream.send_message(request, end=True)
                     reply = await stream.recv_message()
                     await stream.recv_trailing_metadata()
                 except GRPCError as exc:
-                    raise _error_from_grpc(exc, stream.trailing_metadata) from None
+                    raise _error_from_grpc(exc, stream.trailing_metadata, cid) from None
         except BridgeError:
             raise
         except GRPCError as exc:
             # Raised on the way out (e.g. the server refused a request it did not read
             # and reset the stream while we were still sending it).
-            raise _error_from_grpc(exc, _trailers_of(stream)) from None
+            raise _error_from_grpc(exc, _trailers_of(stream), cid) from None
         except TimeoutError:
-            raise CallTimeout(f"{method} did not finish within {timeout}s") from None
+            error: BridgeError = CallTimeout(f"{method} did not finish within {timeout}s")
+            raise _tagged(error, cid) from None
         except (StreamTerminatedError, ConnectionError, OSError) as exc:
-            raise self._connection_failed(method, exc) from exc
+            raise _tagged(self._connection_failed(method, exc), cid) from exc
         except ProtocolError as exc:
-            raise BridgeError(f"{method}: gRPC protocol error: {exc}") from exc
+            raise _tagged(BridgeError(f"{method}: gRPC protocol error: {exc}"), cid) from exc
         if reply is None:
             raise BridgeError(f"{method}: the server sent no reply message")
         return reply

@@ -16,6 +16,9 @@ SERVICE: Final = "/snakebridge.v1.Bridge/"
 #: Trailing-metadata key carrying the codec-encoded error details of a failed call.
 ERROR_TRAILER: Final = "snakebridge-error-bin"
 
+#: Request-metadata key of the call's correlation id (printable ASCII, at most 128).
+CORRELATION_METADATA: Final = "snakebridge-correlation-id"
+
 #: Default address the SDK connects to and the server listens on.
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 50051

@@ -82,10 +82,14 @@ __all__ = [
 class BridgeError(Exception):
     """Base of every snakebridge error. Raised as-is for unexpected server failures.
 
-    Catch this to handle any failure of a bridge call in one place.
+    Catch this to handle any failure of a bridge call in one place. ``correlation_id``
+    names the failed RPC in the server's and the worker's logs.
     """
 
     grpc_status: ClassVar[GrpcStatus] = GrpcStatus.INTERNAL
+    #: The correlation id of the RPC that failed: the server's error trailer carries it
+    #: (the one the caller sent, or the one the server made); "" when unknown.
+    correlation_id: str = ""
 
     def __init__(self, message: str = "") -> None:
         super().__init__(message)

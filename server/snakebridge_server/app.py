@@ -21,13 +21,15 @@ from snakebridge._h2_repr import use_cheap_data_frame_repr
 from .auth import TokenAuth, read_token
 from .bridge import Bridge
 from .coalesce import coalescing
-from .config import ConfigError, ServerConfig, _is_loopback
+from .config import ConfigError, ServerConfig, _is_loopback, parse_listen
 from .connections import (
     ConnectionGuard,
     ConnectionLimits,
     grpc_configuration,
     raise_open_files_limit,
 )
+from .logs import configure as configure_logging
+from .metrics_http import MetricsServer
 from .reflection import with_reflection
 from .sandbox.report import sandbox_report
 from .service import BridgeService
@@ -69,6 +71,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         loop.add_signal_handler(sig, stop.set)
     bridge = Bridge(config)
     bound_socket = False
+    metrics_server: MetricsServer | None = None
     try:
         await bridge.start()
         service = BridgeService(bridge)
@@ -102,6 +105,15 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         else:
             await server.start(config.host, config.port, ssl=ssl_context)
             _warn_if_unauthenticated(config)
+        if config.metrics:
+            metrics_host, metrics_port = parse_listen(config.metrics)
+            metrics_server = MetricsServer(
+                metrics_host,
+                metrics_port,
+                lambda: service.metrics.render(bridge),  # type: ignore[union-attr]
+            )
+            await metrics_server.start()
+            log.info("metrics on http://%s/metrics", metrics_server.address)
         pools = ", ".join(
             f"pool {p.name}: {p.size} workers (pids {' '.join(str(w.pid) for w in p.workers if w)})"
             for p in bridge.pools.values()
@@ -127,6 +139,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             server.close()
             await server.wait_closed()
     finally:
+        if metrics_server is not None:  # served through the drain: it can be watched
+            await metrics_server.close()
         await bridge.close()
         if bound_socket:
             with contextlib.suppress(FileNotFoundError):
@@ -192,11 +206,7 @@ def check(config: ServerConfig) -> int:
 
 
 def _runner(config: ServerConfig) -> asyncio.Runner:
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(config.log_level, config.log_format)
     try:
         import uvloop
 

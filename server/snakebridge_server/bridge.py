@@ -197,6 +197,8 @@ class Bridge:
             sandbox_uid=config.sandbox_uid,
             uid_offset=uid_offset,
             scratch_root=self.scratch_root,
+            log_level=config.log_level,
+            output_rate=config.worker_output_rate,
         )
 
     async def start(self) -> None:

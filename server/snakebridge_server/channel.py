@@ -7,15 +7,17 @@ Frame: 4-byte big-endian payload length, then a msgpack array whose first elemen
 opcode. Argument and result values stay opaque ``bin`` blobs produced by the value codec.
 
 server -> worker
-  [OP_CALL, call_id, kind, module, name, target_ref, session_id, args, ref_budget]
+  [OP_CALL, call_id, kind, module, name, target_ref, session_id, args, ref_budget, cid]
   [OP_RELEASE, call_id, [ref_id, ...]]
   [OP_RELEASE_SESSION, call_id, session_id]
   [OP_STREAM_OPEN, call_id, kind, module, name, target_ref, session_id, args, ref_budget,
-   max_items, max_bytes, linger]               -> [stream_id, batch, state, error, released]
-  [OP_STREAM_PULL, call_id, stream_id, session_id, ref_budget, max_items, max_bytes, linger]
-                                               -> [stream_id, batch, state, error, released]
+   max_items, max_bytes, linger, cid]          -> [stream_id, batch, state, error, released]
+  [OP_STREAM_PULL, call_id, stream_id, session_id, ref_budget, max_items, max_bytes, linger,
+   cid]                                        -> [stream_id, batch, state, error, released]
   [OP_STREAM_CLOSE, call_id, stream_id]        -> closed: bool
-  [OP_STREAM_NEXT, call_id, ref_id, session_id, ref_budget] -> [done, item, released]
+  [OP_STREAM_NEXT, call_id, ref_id, session_id, ref_budget, cid] -> [done, item, released]
+  (cid: the correlation id of the call, "" if none; the frames that run user code end
+  with it, so the worker's log records carry it)
   (released: [[session_id, count], ...] of refs the worker freed itself: an exhausted
   StreamRef releases itself, and the server's ref accounting must hear of it)
 worker -> server

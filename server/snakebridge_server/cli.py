@@ -75,6 +75,10 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--handshake-timeout", "handshake_timeout", float, "seconds for a client's HTTP/2 preface"),
     ("--keepalive-time", "keepalive_time", float, "ping interval with streams open (0: off)"),
     ("--keepalive-timeout", "keepalive_timeout", float, "seconds for a ping's answer"),
+    # -- observability (docs/observability.md) --
+    ("--log-format", "log_format", str, "console | json (one JSON object per line)"),
+    ("--metrics", "metrics", str, "serve Prometheus /metrics on HOST:PORT (off by default)"),
+    ("--worker-output-rate", "worker_output_rate", int, "worker output lines/s logged (0: all)"),
 ]
 
 _LISTS = {

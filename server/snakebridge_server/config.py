@@ -183,6 +183,10 @@ class ServerConfig:
     stream_batch_bytes: int = 1024 * 1024
     stream_linger: float = 0.005
     log_level: str = "info"
+    # -- observability (docs/observability.md) --
+    log_format: str = "console"  # console | json (one object per line)
+    metrics: str = ""  # HOST:PORT of the Prometheus /metrics endpoint; "": off
+    worker_output_rate: int = 1000  # worker output lines logged per second per worker; 0: all
     drain_grace: float = 10.0
     token_file: str | None = None
     insecure: bool = False
@@ -243,6 +247,26 @@ class ServerConfig:
             fail("sandbox_uid", "must be -1 (auto), 0 (never switch) or a uid")
         if self.log_level not in ("debug", "info", "warning", "error"):
             fail("log_level", f"{self.log_level!r} is not debug|info|warning|error")
+        # -- observability --
+        if self.log_format not in ("console", "json"):
+            fail("log_format", f"{self.log_format!r} is not console|json")
+        if self.metrics:
+            try:
+                metrics_host, metrics_port = parse_listen(self.metrics)
+            except ConfigError:
+                metrics_host, metrics_port = "", -1
+            if not metrics_host or not 0 <= metrics_port <= 65535:
+                fail("metrics", f"{self.metrics!r} is not HOST:PORT")
+            if not _is_loopback(metrics_host) and not self.insecure:
+                # Metrics name pools, call rates and error classes: not for the network
+                # unless the operator says so (the endpoint has no authentication).
+                fail(
+                    "metrics",
+                    f"{metrics_host!r} is not a loopback address; give --insecure to serve "
+                    "metrics on it without authentication",
+                )
+        if not 0 <= self.worker_output_rate <= 1_000_000:
+            fail("worker_output_rate", "must be in 0..1000000 (0: no limit)")
         if self.token_file is not None and not self.token_file:
             fail("token_file", "must not be empty (omit it to serve without a token)")
         # -- network: TLS and connection limits --

@@ -22,6 +22,7 @@ The server's own keepalive pings are grpclib's (``grpc_configuration``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import resource
@@ -314,7 +315,11 @@ class _Guarded:
     def _arm_idle(self) -> None:
         timeout = self._guard.limits.idle_timeout
         if timeout and not self._closed:
-            self._idle = asyncio.get_running_loop().call_later(timeout, self._idle_timed_out)
+            # An empty context: the last stream's handler may be what arms it, and the
+            # close it logs is about the connection, not that call (its correlation id).
+            self._idle = asyncio.get_running_loop().call_later(
+                timeout, self._idle_timed_out, context=contextvars.Context()
+            )
 
     def _sent_something(self) -> None:
         self._strikes = 0

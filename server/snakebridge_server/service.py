@@ -5,7 +5,10 @@ maps ``BridgeError`` classes to gRPC statuses plus the ``snakebridge-error-bin``
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import secrets
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,8 +19,10 @@ from grpclib.server import Stream
 from snakebridge import __version__
 from snakebridge._generated.snakebridge import v1 as pb
 from snakebridge._protocol import (
+    CORRELATION_METADATA,
     ERROR_TRAILER,
     KIND_GET_ATTR,
+    KIND_NAMES,
     KIND_SET_ATTR,
     PROTOCOL_VERSION,
     SERVICE,
@@ -40,6 +45,8 @@ from snakebridge.errors import (
 from .bounded import recv_bounded, stop_reading
 from .bridge import Bridge, check_protocol
 from .channel import clip
+from .logs import CALL, CallInfo, valid_correlation_id
+from .metrics import Metrics, batch_items
 from .sandbox.report import sandbox_report
 
 log = logging.getLogger("snakebridge.service")
@@ -52,17 +59,25 @@ _MAX_TRAILER_MESSAGE = 8 * 1024 + 64
 _MAX_TRAILER_TRACEBACK = 16 * 1024 + 64
 
 
+def public_name(exc: BridgeError) -> str:
+    """The public class: server-internal subclasses (NeverStarted) mean nothing to
+    clients, and every remote exception is a ``RemoteError`` (its type travels apart)."""
+    if isinstance(exc, RemoteError):
+        return "RemoteError"
+    return next(c for c in type(exc).__mro__ if c.__module__ == "snakebridge.errors").__name__
+
+
 def error_trailer(exc: BridgeError) -> dict[str, bytes]:
-    # The public class: server-internal subclasses (NeverStarted) mean nothing to clients.
-    public = next(c for c in type(exc).__mro__ if c.__module__ == "snakebridge.errors")
     details: dict[str, str] = {
-        "code": public.__name__,
+        "code": public_name(exc),
         "message": clip(exc.message, _MAX_TRAILER_MESSAGE),
     }
+    info = CALL.get()
+    if info is not None:
+        details["correlation_id"] = info.correlation_id
     if isinstance(exc, RemoteError):
         # Remote<Builtin> subclasses are rebuilt by the client from the type name.
         details.update(
-            code="RemoteError",
             type=exc.type_name[:512],
             traceback=clip(exc.traceback, _MAX_TRAILER_TRACEBACK, keep_end=True),
         )
@@ -92,40 +107,88 @@ class BridgeService:
         self._shut_down: set[asyncio.Task[Any]] = set()  # stragglers cancelled by drain()
         # Argument bytes plus the request's own (bounded) fields.
         self.max_request = bridge.config.max_message_size + _ENVELOPE
+        self.metrics = Metrics() if bridge.config.metrics else None
+        # Ids the server makes for calls that come without one: unique per run, cheap.
+        self._cid_prefix = f"sb-{secrets.token_hex(4)}-"
+        self._cid_seq = itertools.count(1)
 
     def _guard(self, fn: Callable[[Stream[Any, Any]], Awaitable[None]]) -> Rpc:
         """Wrap a handler: map errors to statuses, refuse work while draining, and keep
         track of running handlers so a drain can wait for them."""
 
+        rpc = fn.__name__  # the metrics "kind" until the request says better
+
         async def handler(stream: Stream[Any, Any]) -> None:
+            started = time.perf_counter()
+            sent = stream.metadata.get(CORRELATION_METADATA) if stream.metadata else None
+            bad_cid = sent is not None and not (type(sent) is str and valid_correlation_id(sent))
+            cid = sent if type(sent) is str and not bad_cid else ""
+            if not cid:
+                cid = f"{self._cid_prefix}{next(self._cid_seq)}"
+            info = CallInfo(cid, rpc)
+            CALL.set(info)  # this task's context only: grpclib runs each RPC in a task
+            status = "ok"
             if self.draining:
                 await send_error(stream, PoolUnavailable("the server is shutting down"))
+                self._observe(info, "PoolUnavailable", time.perf_counter() - started)
                 return
             task = asyncio.current_task()
             assert task is not None
             self._active.add(task)
             self._idle.clear()
             try:
+                if bad_cid:
+                    raise BadRequest(f"{CORRELATION_METADATA} must be 1-128 printable ASCII")
                 await fn(stream)
             except BridgeError as exc:
+                status = public_name(exc)
                 await send_error(stream, exc)
                 stop_reading(stream)  # e.g. the unread rest of an oversized request
             except WireError as exc:
+                status = "BadRequest"
                 await send_error(stream, BadRequest(f"malformed request: {exc}"))
             except asyncio.CancelledError:
+                status = "CallCancelled"
                 if task not in self._shut_down:
                     raise  # the client went away or its deadline passed
                 # The drain gave up on it: still answer, with a status, not a dropped stream.
                 await send_error(
                     stream, CallCancelled("the server shut down before the call finished")
                 )
+            except BaseException:
+                status = "BridgeError"
+                raise
             finally:
                 self._active.discard(task)
                 if not self._active:
                     self._idle.set()
+                self._observe(info, status, time.perf_counter() - started)
 
         handler.__name__ = fn.__name__
         return handler
+
+    def _observe(self, info: CallInfo, status: str, seconds: float) -> None:
+        """Count a finished RPC, and log it at debug level (with its correlation id)."""
+        if self.metrics is not None:
+            self.metrics.observe_call(info.pool, info.kind, status, seconds)
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug(
+                "rpc %s pool=%s status=%s %.3f ms",
+                info.kind,
+                info.pool or "-",
+                status,
+                seconds * 1000,
+                extra={"pool": info.pool},
+            )
+
+    def _label(self, req: CallRequestWire, kind: str = "") -> None:
+        """Name the RPC's kind and its pool (the one it asks for, if it exists; the
+        worker that runs it confirms it) for metrics and logs."""
+        info = CALL.get()
+        if info is not None:
+            info.kind = kind or KIND_NAMES.get(req.kind, "unknown")
+            pool = req.pool or self.bridge.default_pool
+            info.pool = pool if pool in self.bridge.pools else ""
 
     async def drain(self, grace: float) -> int:
         """Stop taking calls; let running ones finish for up to ``grace`` seconds, then
@@ -184,6 +247,7 @@ class BridgeService:
 
     async def call(self, stream: Stream[CallRequestWire, CallReplyWire]) -> None:
         req = await recv_bounded(stream, self.max_request)
+        self._label(req)
         result = await self.bridge.call(req)
         await stream.send_message(CallReplyWire(result=result))
 
@@ -216,8 +280,12 @@ class BridgeService:
     async def stream(self, stream: Stream[StreamRequestWire, StreamBatchWire]) -> None:
         req = await recv_bounded(stream, self.max_request)
         check_protocol(req.protocol_version)
+        self._label(req.call, "stream")
+        info, metrics = CALL.get(), self.metrics
 
         async def send(items: bytes) -> None:
+            if metrics is not None and info is not None:
+                metrics.stream_batch(info.pool, batch_items(items))
             await stream.send_message(StreamBatchWire(items=items))
 
         await self.bridge.stream(req.call, send)

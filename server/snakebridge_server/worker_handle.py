@@ -50,6 +50,7 @@ from .channel import (
     unpack_message,
 )
 from .coalesce import CoalescingTransport
+from .logs import CALL, LineLimiter, LineSplitter, parse_output_line
 from .refids import WorkerKey
 from .sandbox import SandboxSpec
 from .sandbox.policy import level_at_least
@@ -90,6 +91,8 @@ class WorkerSpec:
     sandbox_uid: int = 0  # configured: -1 auto, 0 never, else the base uid
     uid_offset: int = 0  # workers of earlier pools: every worker gets its own uid
     scratch_root: str = ""  # where worker scratch dirs go (the server's own directory)
+    log_level: str = "info"  # the root level of ``logging`` in the worker
+    output_rate: int = 1000  # output lines per second logged per worker; 0: all
 
 
 @dataclass(slots=True)
@@ -283,6 +286,7 @@ class WorkerHandle:
         self.helper_info: list[tuple[str, str, str]] = []  # (name, signature, doc), from READY
         self.scratch = ""
         self._output_done = asyncio.Event()
+        self._drop_report: asyncio.TimerHandle | None = None  # "N lines not logged"
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.key} pid={self.pid} {self.state} in_flight={self.in_flight}>"
@@ -349,6 +353,7 @@ class WorkerHandle:
                 f"--helper-allow={json.dumps(self.spec.helper_allow)}",
                 f"--preload={','.join(self.spec.preload)}",
                 f"--sandbox={sandbox.to_json()}",
+                f"--log-level={self.spec.log_level}",
             ]
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -424,19 +429,62 @@ class WorkerHandle:
         task.add_done_callback(self._tasks.discard)
 
     async def _pump_output(self) -> None:
+        """Log the worker's stdout and stderr (one pipe) line by line, each line with the
+        worker's id and pool. Memory stays bounded whatever the worker writes: reads are
+        64 KiB at most, a line is cut at ``logs.MAX_OUTPUT_LINE`` bytes, and a worker
+        that outruns ``output_rate`` lines per second has the excess counted, not logged
+        (the pipe then fills and blocks the worker's writes, not the server)."""
         assert self._proc is not None and self._proc.stdout is not None
         stream = self._proc.stdout
+        splitter = LineSplitter()
+        loop = asyncio.get_running_loop()
+        limiter = LineLimiter(self.spec.output_rate, loop.time())
         while True:
-            try:
-                line = await stream.readline()
-            except (ValueError, asyncio.LimitOverrunError):  # over-long line: drop it
-                continue
-            if not line:
+            data = await stream.read(64 * 1024)
+            lines = splitter.feed(data) if data else splitter.flush()
+            for line, cut in lines:
+                self._log_output(line, cut, limiter, loop.time())
+            if limiter.dropped and self._drop_report is None:
+                # Said within a second even if the worker then falls silent.
+                self._drop_report = loop.call_later(1.0, self._report_dropped, limiter)
+            if not data:
+                self._report_dropped(limiter)
                 self._output_done.set()
                 return
-            text = line.decode(errors="replace").rstrip()
-            self._recent_output.append(text)
-            log.info("[worker %s] %s", self.key, text)
+
+    def _log_output(self, line: bytes, cut: int, limiter: LineLimiter, now: float) -> None:
+        out = parse_output_line(line, cut)
+        self._recent_output.append(out.text[:512])
+        if not limiter.allow(now):
+            return
+        where = f"{out.stream} {out.logger}" if out.logger else out.stream
+        log.log(
+            out.level,
+            "[worker %s %s] %s",
+            self.key,
+            where,
+            out.text,
+            extra={
+                "worker": str(self.key),
+                "pool": self.key.pool,
+                "stream": out.stream,
+                "correlation_id": out.correlation_id,
+            },
+        )
+
+    def _report_dropped(self, limiter: LineLimiter) -> None:
+        if self._drop_report is not None:
+            self._drop_report.cancel()
+            self._drop_report = None
+        dropped = limiter.take_dropped()
+        if dropped:
+            log.warning(
+                "[worker %s] %d output line(s) not logged: over %d lines/s",
+                self.key,
+                dropped,
+                limiter.rate,
+                extra={"worker": str(self.key), "pool": self.key.pool},
+            )
 
     async def _reap(self) -> None:
         assert self._proc is not None
@@ -476,8 +524,17 @@ class WorkerHandle:
         ref_budget: int,
     ) -> Reply:
         return await self._request(
-            OP_CALL, kind, module, name, target_ref, session_id, args, ref_budget
+            OP_CALL, kind, module, name, target_ref, session_id, args, ref_budget, self._cid()
         )
+
+    def _cid(self) -> str:
+        """The correlation id user-code frames end with; notes this worker's pool as the
+        pool of the RPC being served (for its metrics)."""
+        info = CALL.get()
+        if info is None:
+            return ""
+        info.pool = self.key.pool
+        return info.correlation_id
 
     async def _request(self, op: int, *fields: Any) -> Reply:
         """Send one request and await its reply; cancelling the caller cancels the call."""
@@ -505,7 +562,16 @@ class WorkerHandle:
         limits: tuple[int, int, float],
     ) -> StreamReply:
         reply = await self._request(
-            OP_STREAM_OPEN, kind, module, name, target_ref, session_id, args, ref_budget, *limits
+            OP_STREAM_OPEN,
+            kind,
+            module,
+            name,
+            target_ref,
+            session_id,
+            args,
+            ref_budget,
+            *limits,
+            self._cid(),
         )
         batch = _stream_reply(reply)
         if batch.state == STREAM_MORE:
@@ -515,7 +581,9 @@ class WorkerHandle:
     async def stream_pull(
         self, stream_id: int, session_id: str, ref_budget: int, limits: tuple[int, int, float]
     ) -> StreamReply:
-        reply = await self._request(OP_STREAM_PULL, stream_id, session_id, ref_budget, *limits)
+        reply = await self._request(
+            OP_STREAM_PULL, stream_id, session_id, ref_budget, *limits, self._cid()
+        )
         batch = _stream_reply(reply)
         if batch.state != STREAM_MORE:
             self.open_streams.discard(stream_id)
@@ -530,7 +598,7 @@ class WorkerHandle:
         fut.add_done_callback(_ignore_outcome)
 
     async def stream_next(self, ref_id: str, session_id: str, ref_budget: int) -> Reply:
-        return await self._request(OP_STREAM_NEXT, ref_id, session_id, ref_budget)
+        return await self._request(OP_STREAM_NEXT, ref_id, session_id, ref_budget, self._cid())
 
     async def release(self, ref_ids: list[str]) -> dict[str, int]:
         _, fut = self._send(OP_RELEASE, ref_ids)

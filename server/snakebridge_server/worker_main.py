@@ -71,6 +71,8 @@ from .sandbox.apply import CpuBudget
 from .sandbox.apply import apply as apply_sandbox
 from .sandbox.policy import CallPolicy
 from .worker_helpers import HelperLoadError, describe_helpers, load_helpers
+from .worker_logging import end_of_call, set_correlation_id
+from .worker_logging import install as install_logging
 from .worker_streams import (
     DONE,
     ERROR,
@@ -315,12 +317,15 @@ class Worker:
                 return  # server closed the channel: exit quietly
             message = unpack_message(body)
             op, call_id = message[0], message[1]
+            user_code = op in _USER_CODE_OPS
+            if user_code:
+                set_correlation_id(message.pop())  # user-code frames end with it
             if call_id in self.cancelled:
                 self.cancelled.discard(call_id)
                 self.last_done = call_id
                 self.send([R_ERR, call_id, "CallCancelled", "", "cancelled before it ran", ""])
                 continue
-            if self.cpu is not None and op in _USER_CODE_OPS:
+            if self.cpu is not None and user_code:
                 self.cpu.arm()
             try:
                 reply = self.dispatch(op, call_id, message)
@@ -331,6 +336,8 @@ class Worker:
                 reply = [R_ERR, call_id, "CallCancelled", "", "call interrupted", ""]
             self.current = 0
             self.last_done = call_id
+            if user_code:
+                end_of_call()
             self.send(reply)
 
     def dispatch(self, op: int, call_id: int, message: list[Any]) -> list[Any]:
@@ -737,6 +744,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preload", default="")
     parser.add_argument("--max-streams", type=int, default=1024)
     parser.add_argument("--sandbox", default="{}")
+    parser.add_argument("--log-level", default="info")
     args = parser.parse_args(argv)
     _set_parent_death_signal()
     # The server owns shutdown: a terminal's Ctrl-C must not kill workers mid-call.
@@ -744,6 +752,7 @@ def main(argv: list[str] | None = None) -> None:
     spec = SandboxSpec.from_json(args.sandbox)
     # Before the Worker exists: its helpers are user code and run inside the sandbox too.
     args.sandbox_level, args.sandbox_layers = apply_sandbox(spec)
+    install_logging(args.log_level)  # before helpers, which are user code that may log
     args.policy = CallPolicy.build(spec.level, extra_deny=spec.deny_modules)
     args.max_call_cpu = spec.max_call_cpu if spec.level != "none" else 0.0
     # The operator's preloads, inside the sandbox like everything after it: a module that
