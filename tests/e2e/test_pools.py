@@ -133,9 +133,10 @@ async def test_describe_lists_every_pool_and_an_unknown_pool_is_refused(
             await client.call("math", "sqrt", [4], pool="nope")
 
 
-def run_server(*args: str) -> subprocess.CompletedProcess[str]:
+def bridge_server(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run ``bridge-server ARGS`` to its end (a start that fails, or ``check``)."""
     return subprocess.run(
-        [BRIDGE_SERVER, "--listen", "127.0.0.1:0", *args],
+        [BRIDGE_SERVER, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -149,7 +150,7 @@ def test_a_pool_whose_interpreter_lacks_the_runtime_fails_start_saying_what_to_i
 ) -> None:
     bare = make_venv(tmp_path / "bare", with_runtime=False)
     config = toml(tmp_path, f'[pools.default]\nworkers = 1\n[pools.bare]\npython = "{bare}"\n')
-    done = run_server("--config", config)
+    done = bridge_server("--listen", "127.0.0.1:0", "--config", config)
     assert done.returncode == 1, done.stderr
     assert "pool bare: the interpreter" in done.stderr, done.stderr
     assert "cannot import the worker runtime" in done.stderr
@@ -163,37 +164,27 @@ def test_check_reports_every_pool_and_fails_on_a_broken_one(
     config = toml(
         tmp_path, f'workers = 1\n[pools.default]\n[pools.alt]\npython = "{second_venv}"\n'
     )
-    done = subprocess.run(
-        [BRIDGE_SERVER, "check", "--config", config],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = bridge_server("check", "--config", config)
     assert done.returncode == 0, done.stderr
     assert "pool default: 1/1 workers started" in done.stdout
     assert "pool alt: 1/1 workers started" in done.stdout
     assert "pool alt: sandbox level standard" in done.stdout
     bad = toml(tmp_path, '[pools.default]\nworkers = 1\npython = "/nonexistent/python"\n')
-    done = subprocess.run(
-        [BRIDGE_SERVER, "check", "--config", bad],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = bridge_server("check", "--config", bad)
     assert done.returncode == 1
     assert "cannot run the interpreter '/nonexistent/python'" in done.stderr, done.stderr
 
 
 def test_a_preload_that_fails_to_import_fails_start_with_its_error(tmp_path: Path) -> None:
     config = toml(tmp_path, '[pools.default]\nworkers = 1\npreload = ["preload_fails"]\n')
-    done = run_server("--config", config)
+    done = bridge_server("--listen", "127.0.0.1:0", "--config", config)
     assert done.returncode == 1, done.stderr
     assert "preload_fails refuses to import" in done.stderr, done.stderr
 
 
 def test_an_invalid_config_file_exits_2_naming_the_key(tmp_path: Path) -> None:
-    done = run_server("--config", toml(tmp_path, "[pools.default]\nworkers = 'many'\n"))
+    done = bridge_server(
+        "--listen", "127.0.0.1:0", "--config", toml(tmp_path, "[pools.default]\nworkers = 'many'\n")
+    )
     assert done.returncode == 2
     assert "pools.default.workers: 'many' is not an integer" in done.stderr, done.stderr
