@@ -148,6 +148,20 @@ class ServerProcess:
         return self.proc.returncode
 
 
+def run_bridge_server(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``bridge-server ARGS`` to its end: a start that must fail, or ``check``."""
+    return subprocess.run(
+        [BRIDGE_SERVER, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=env,
+    )
+
+
 @pytest.fixture(scope="session")
 def server() -> Iterator[ServerProcess]:
     """The shared server: 2 workers, test helpers registered."""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +10,7 @@ import pytest
 import snakebridge
 from snakebridge import errors
 
-from .conftest import BRIDGE_SERVER
+from .conftest import run_bridge_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -49,12 +48,6 @@ async def test_requests_need_the_right_bearer_token(make_server: Any, tmp_path: 
 def test_unsafe_or_broken_auth_settings_refuse_to_start(
     tmp_path: Path, make_args: Any, needle: str
 ) -> None:
-    done = subprocess.run(
-        [BRIDGE_SERVER, "--workers", "1", *make_args(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_bridge_server("--workers", "1", *make_args(tmp_path))
     assert done.returncode == 2, done.stderr
     assert needle in done.stderr

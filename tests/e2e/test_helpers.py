@@ -11,7 +11,7 @@ import pytest
 import snakebridge
 from snakebridge import HelperInfo, errors
 
-from .conftest import BRIDGE_SERVER
+from .conftest import BRIDGE_SERVER, run_bridge_server
 from .test_auth import token_file
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
@@ -42,13 +42,7 @@ def tools(tmp_path: Path) -> Path:
 
 
 def start_failure(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [BRIDGE_SERVER, "--workers", "1", "--listen", "127.0.0.1:0", *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    return run_bridge_server("--workers", "1", "--listen", "127.0.0.1:0", *args)
 
 
 async def test_helpers_from_a_module_and_a_file_run_in_the_default_sandbox(

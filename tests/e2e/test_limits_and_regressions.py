@@ -3,7 +3,6 @@ it guards against."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 import snakebridge
 from snakebridge import errors
 
-from .conftest import BRIDGE_SERVER, ServerProcess
+from .conftest import ServerProcess, run_bridge_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -87,26 +86,14 @@ async def test_non_positive_timeout_is_rejected_in_the_sdk(server: ServerProcess
 def test_uds_path_that_is_not_a_socket_is_left_alone(tmp_path: Path) -> None:
     victim = tmp_path / "important.txt"
     victim.write_text("keep me")
-    done = subprocess.run(
-        [BRIDGE_SERVER, "--workers", "1", "--uds", str(victim)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_bridge_server("--workers", "1", "--uds", str(victim))
     assert done.returncode == 1
     assert "not a socket" in done.stderr
     assert victim.read_text() == "keep me"
 
 
 def test_worker_that_cannot_start_fails_the_server_with_one_clear_line() -> None:
-    done = subprocess.run(
-        [BRIDGE_SERVER, "--workers", "1", "--helpers", "no_such_helpers_module"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_bridge_server("--workers", "1", "--helpers", "no_such_helpers_module")
     assert done.returncode == 1
     assert "failed to start" in done.stderr
     tail = done.stderr.split("failed to start", 1)[1]

@@ -17,7 +17,7 @@ import snakebridge
 import snakebridge_server
 from snakebridge import errors
 
-from .conftest import BRIDGE_SERVER, HERE, ServerProcess
+from .conftest import HERE, ServerProcess, run_bridge_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -134,15 +134,7 @@ async def test_describe_lists_every_pool_and_an_unknown_pool_is_refused(
 
 
 def bridge_server(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run ``bridge-server ARGS`` to its end (a start that fails, or ``check``)."""
-    return subprocess.run(
-        [BRIDGE_SERVER, *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={**os.environ, "PYTHONPATH": str(HERE)},
-    )
+    return run_bridge_server(*args, env={**os.environ, "PYTHONPATH": str(HERE)})
 
 
 def test_a_pool_whose_interpreter_lacks_the_runtime_fails_start_saying_what_to_install(

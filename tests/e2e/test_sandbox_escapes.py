@@ -45,7 +45,7 @@ from snakebridge import errors
 from snakebridge_server.sandbox import landlock, seccomp
 from snakebridge_server.sandbox.spawn import unreadable_by_others
 
-from .conftest import BRIDGE_SERVER, HERE, ServerProcess
+from .conftest import HERE, ServerProcess, run_bridge_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -1008,13 +1008,7 @@ async def test_describe_and_log_report_the_level_reached(
     ids=["standard-below-strict", "none-below-standard"],
 )
 def test_a_level_below_min_sandbox_refuses_to_start(flags: list[str], message: str) -> None:
-    done = subprocess.run(
-        [BRIDGE_SERVER, "--workers", "1", *flags],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_bridge_server("--workers", "1", *flags)
     assert done.returncode == 2, done.stderr
     assert "invalid config sandbox:" in done.stderr and message in done.stderr, done.stderr
 

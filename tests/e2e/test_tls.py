@@ -7,7 +7,6 @@ client certificate; nothing leaves loopback.
 from __future__ import annotations
 
 import ssl
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 import snakebridge
 from snakebridge import errors
 
-from .conftest import BRIDGE_SERVER
+from .conftest import run_bridge_server
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -119,13 +118,7 @@ async def test_mtls_needs_a_client_certificate_from_the_ca(make_server: Any, pki
 def test_tls_lets_a_non_loopback_address_start(pki: Pki) -> None:
     """A non-loopback --listen needs a token or TLS: with TLS the config is valid (``check``
     validates it and starts the pool, without binding the address)."""
-    done = subprocess.run(
-        [BRIDGE_SERVER, "check", "--workers", "1", "--listen", "0.0.0.0:0", *pki.server_args()],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_bridge_server("check", "--workers", "1", "--listen", "0.0.0.0:0", *pki.server_args())
     assert done.returncode == 0, done.stderr
 
 
@@ -154,12 +147,6 @@ def test_tls_lets_a_non_loopback_address_start(pki: Pki) -> None:
     ],
 )
 def test_broken_tls_settings_refuse_to_start(pki: Pki, make_args: Any, needle: str) -> None:
-    done = subprocess.run(
-        [BRIDGE_SERVER, "--workers", "1", *make_args(pki)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = run_bridge_server("--workers", "1", *make_args(pki))
     assert done.returncode == 2, done.stderr
     assert needle in done.stderr
