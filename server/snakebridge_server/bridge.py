@@ -490,9 +490,11 @@ class Bridge:
                 counts = await worker.release(ids, session_id)
             except BridgeError:
                 continue  # its worker is gone, and the refs with it
-            for session_id, count in counts.items():
-                self.sessions.refs_released(session_id, key, count)
-                released += count
+            # The worker frees only this session's refs; a count for any other session
+            # in its answer is not believed.
+            count = counts.get(session_id, 0)
+            self.sessions.refs_released(session_id, key, count)
+            released += count
         return released
 
     async def release_session(self, session_id: str) -> tuple[int, bool]:
