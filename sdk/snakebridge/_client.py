@@ -216,7 +216,7 @@ class _Runtime:
         """
         return await self._client._invoke(
             KIND_METHOD, "", method, _ref_id(ref), args, kwargs,
-            self._session_id(session), None, timeout, False, None,
+            _ref_session(ref, session), None, timeout, False, None,
         )  # fmt: skip
 
     async def get_attr(
@@ -229,7 +229,7 @@ class _Runtime:
             protocol_version=PROTOCOL_VERSION,
             target_ref=_ref_id(ref),
             name=name,
-            session_id=self._session_id(session),
+            session_id=_ref_session(ref, session),
             timeout=timeout or 0.0,
         )
         reply = await self._client._unary("GetAttr", req, pb.GetAttrRequest, CallReplyWire, timeout)
@@ -249,7 +249,7 @@ class _Runtime:
             name=name,
             value=encoded,
             arg_refs=ref_ids,
-            session_id=self._session_id(session),
+            session_id=_ref_session(ref, session),
             timeout=timeout or 0.0,
         )
         await self._client._unary("SetAttr", req, pb.SetAttrRequest, CallReplyWire, timeout)
@@ -304,13 +304,15 @@ class _Runtime:
         timeout = _check_timeout(timeout)
         if isinstance(module_or_ref, Ref):
             kind, module, target = KIND_METHOD, "", _ref_id(module_or_ref)
+            session_id = _ref_session(module_or_ref, session)
         elif isinstance(module_or_ref, str) and function:
             kind, module, target = KIND_FUNCTION, module_or_ref, ""
+            session_id = self._session_id(session)
         else:
             raise TypeError("stream() takes (module, function, ...) or (ref[, method, ...])")
         call = self._client._request(
             kind, module, function, target, args, kwargs,
-            self._session_id(session), pool, timeout, False, None,
+            session_id, pool, timeout, False, None,
         )  # fmt: skip
         # Only an explicit timeout bounds a stream: the client's per-call default would
         # cut long iterations short.
@@ -327,7 +329,7 @@ class _Runtime:
         req = pb.StreamNextRequest(
             protocol_version=PROTOCOL_VERSION,
             stream_ref=ref_id,
-            session_id=self._session_id(session),
+            session_id=_ref_session(stream_ref, session),
             timeout=self._client._effective_timeout(timeout) or 0.0,
         )
         reply = await self._client._unary(
@@ -393,6 +395,12 @@ def _ref_id(ref: Ref) -> str:
         raise TypeError(f"expected a snakebridge Ref, got {type(ref).__name__}")
     ref._check()
     return ref.id
+
+
+def _ref_session(ref: Ref, session: str | Session | None) -> str:
+    """The session a call on ``ref`` runs in: the ref's own unless ``session`` names one.
+    The server lets only the session that owns a ref use it."""
+    return ref.session_id if session is None else _session_value(session)
 
 
 class RemoteStream:
@@ -641,17 +649,28 @@ class Client(_Runtime):
             raise TypeError("release_ref takes Ref objects")
         if not live:
             return 0
-        req = pb.ReleaseRefRequest(protocol_version=PROTOCOL_VERSION, ref_ids=[r.id for r in live])
-        reply = await self._unary(
-            "ReleaseRef",
-            req,
-            pb.ReleaseRefRequest,
-            pb.ReleaseRefReply,
-            self._effective_timeout(timeout),
-        )
+        # The server frees a ref only for the session that owns it: one request per session.
+        by_session: dict[str, list[Ref]] = {}
         for ref in live:
-            ref._mark_released()
-        return int(reply.released)
+            by_session.setdefault(ref.session_id, []).append(ref)
+        released = 0
+        for session_id, group in by_session.items():
+            req = pb.ReleaseRefRequest(
+                protocol_version=PROTOCOL_VERSION,
+                ref_ids=[r.id for r in group],
+                session_id=session_id,
+            )
+            reply = await self._unary(
+                "ReleaseRef",
+                req,
+                pb.ReleaseRefRequest,
+                pb.ReleaseRefReply,
+                self._effective_timeout(timeout),
+            )
+            for ref in group:
+                ref._mark_released()
+            released += int(reply.released)
+        return released
 
     async def describe(self, *, timeout: float | None = 10.0) -> pb.DescribeReply:
         """Server version, protocol version, pools and their workers."""

@@ -16,6 +16,10 @@ if TYPE_CHECKING:
 class Ref:
     """A remote object. Pass it back as an argument or call methods on it.
 
+    It belongs to its session (``session_id``): only calls in that session can use it, and
+    calls on it (``call_method``, ``get_attr``, ...) run there unless ``session=`` says
+    otherwise. Another session gets ``RefNotFound``.
+
     ``repr`` makes no remote call. After ``client.release_ref(ref)`` (or leaving
     ``async with ref:``) every use raises ``RefNotFound`` without a round trip.
     """

@@ -472,8 +472,11 @@ class Bridge:
 
     # -- releases -----------------------------------------------------------------------
 
-    async def release_refs(self, ref_ids: list[str]) -> int:
-        """Free the given refs wherever they live; unknown or lost refs count as 0."""
+    async def release_refs(self, ref_ids: list[str], session_id: str) -> int:
+        """Free the given refs of ``session_id`` wherever they live; unknown or lost refs,
+        and refs of another session, count as 0."""
+        if len(session_id) > MAX_ID:
+            raise BadRequest(f"session ids are limited to {MAX_ID} characters")
         by_worker: dict[WorkerKey, list[str]] = defaultdict(list)
         for ref_id in ref_ids:
             try:
@@ -484,12 +487,14 @@ class Bridge:
         for key, ids in by_worker.items():
             try:
                 worker = self.pool(key.pool).owner(key)
-                counts = await worker.release(ids)
+                counts = await worker.release(ids, session_id)
             except BridgeError:
                 continue  # its worker is gone, and the refs with it
-            for session_id, count in counts.items():
-                self.sessions.refs_released(session_id, key, count)
-                released += count
+            # The worker frees only this session's refs; a count for any other session
+            # in its answer is not believed.
+            count = counts.get(session_id, 0)
+            self.sessions.refs_released(session_id, key, count)
+            released += count
         return released
 
     async def release_session(self, session_id: str) -> tuple[int, bool]:

@@ -8,7 +8,7 @@ opcode. Argument and result values stay opaque ``bin`` blobs produced by the val
 
 server -> worker
   [OP_CALL, call_id, kind, module, name, target_ref, session_id, args, ref_budget, cid]
-  [OP_RELEASE, call_id, [ref_id, ...]]
+  [OP_RELEASE, call_id, [ref_id, ...], session_id]   (only refs session_id owns)
   [OP_RELEASE_SESSION, call_id, session_id]
   [OP_STREAM_OPEN, call_id, kind, module, name, target_ref, session_id, args, ref_budget,
    max_items, max_bytes, linger, cid]          -> [stream_id, batch, state, error, released]

@@ -1,23 +1,33 @@
 """Ref ids and worker identities. Pure.
 
-A ref id is ``<boot>.<pool>.<slot>.<incarnation>.<n>``:
+A ref id is ``<boot>.<pool>.<slot>.<incarnation>.<token>``:
 
 - ``boot``: random per server start, so ids from a previous server are never reused;
 - ``pool``/``slot``: which worker position minted it;
 - ``incarnation``: which process in that position (bumped on every replacement), so a ref
   from a restarted worker is recognised as lost instead of being looked up in a fresh table;
-- ``n``: the worker-local counter.
+- ``token``: 32 hex characters (128 bits) from ``secrets``, drawn per ref. A ref id is a
+  capability: nobody can reach another session's object by guessing or counting ids, and
+  the worker also checks every use against the session that owns the ref.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from typing import Final
 
 from snakebridge.errors import BadRequest, SessionLost
 
 POOL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+REF_TOKEN_BYTES: Final = 16  # 128 bits of randomness per ref
+REF_TOKEN_RE: Final = re.compile(rf"[0-9a-f]{{{2 * REF_TOKEN_BYTES}}}")  # use fullmatch
+
+
+def new_ref_token() -> str:
+    """The random last part of a fresh ref id."""
+    return secrets.token_hex(REF_TOKEN_BYTES)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -41,8 +51,8 @@ def parse_ref_id(ref_id: str, boot: str) -> WorkerKey:
     parts = ref_id.split(".")
     if len(parts) != 5 or not POOL_NAME_RE.match(parts[1]):
         raise BadRequest(f"malformed ref id {ref_id!r}")
-    ref_boot, pool, slot, incarnation, n = parts
-    if not (slot.isdigit() and incarnation.isdigit() and n.isdigit()):
+    ref_boot, pool, slot, incarnation, token = parts
+    if not (slot.isdigit() and incarnation.isdigit() and REF_TOKEN_RE.fullmatch(token)):
         raise BadRequest(f"malformed ref id {ref_id!r}")
     if ref_boot != boot:
         raise SessionLost(f"ref {ref_id} was created before the server restarted")

@@ -299,7 +299,7 @@ class BridgeService:
     async def release_ref(self, stream: Stream[pb.ReleaseRefRequest, pb.ReleaseRefReply]) -> None:
         req = await recv_bounded(stream, self.max_request)
         check_protocol(req.protocol_version)
-        released = await self.bridge.release_refs(list(req.ref_ids))
+        released = await self.bridge.release_refs(list(req.ref_ids), req.session_id)
         await stream.send_message(pb.ReleaseRefReply(released=released))
 
     async def release_session(

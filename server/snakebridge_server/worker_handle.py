@@ -600,8 +600,9 @@ class WorkerHandle:
     async def stream_next(self, ref_id: str, session_id: str, ref_budget: int) -> Reply:
         return await self._request(OP_STREAM_NEXT, ref_id, session_id, ref_budget, self._cid())
 
-    async def release(self, ref_ids: list[str]) -> dict[str, int]:
-        _, fut = self._send(OP_RELEASE, ref_ids)
+    async def release(self, ref_ids: list[str], session_id: str) -> dict[str, int]:
+        """Free those of ``ref_ids`` that ``session_id`` owns."""
+        _, fut = self._send(OP_RELEASE, ref_ids, session_id)
         counts = {s: n for s, n in (await fut).value}
         self.refs_held -= sum(counts.values())
         return counts

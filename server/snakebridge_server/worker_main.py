@@ -4,9 +4,10 @@ Runs one call at a time on its main thread, reading frames from the channel sock
 server passed as an inherited fd. Kept import-light (no grpclib, no betterproto) so a
 worker starts fast and idles small.
 
-Refs live here: the ``RefTable`` maps the local counter of a ref id to the object and its
-session. Ref ids are ``<boot>.<pool>.<slot>.<incarnation>.<n>``; the prefix is this
-worker's identity, so a ref minted by an earlier incarnation is recognised as lost.
+Refs live here: the ``RefTable`` maps the random token of a ref id to the object and the
+session that owns it; every use of a ref is checked against the calling session. Ref ids
+are ``<boot>.<pool>.<slot>.<incarnation>.<token>``; the prefix is this worker's identity,
+so a ref minted by an earlier incarnation is recognised as lost.
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from .channel import (
     pack_frame_parts,
     unpack_message,
 )
+from .refids import new_ref_token
 from .sandbox import SandboxSpec
 from .sandbox.apply import CpuBudget
 from .sandbox.apply import apply as apply_sandbox
@@ -123,16 +125,21 @@ class RefMinter:
 
 
 class RefTable:
-    """Objects handed out as refs, by local number, grouped by session."""
+    """Objects handed out as refs, by the random token of their id, each owned by the
+    session it was made for.
+
+    Every lookup names the session asking: a ref of another session answers exactly as
+    one that never existed (``RefNotFound``, same text), so nothing tells a client whether
+    an id it got hold of is live elsewhere.
+    """
 
     def __init__(self, prefix: str, pool: str, max_refs: int) -> None:
         self.prefix = prefix  # "<boot>.<pool>.<slot>.<incarnation>."
         self.pool = pool
         self.max_refs = max_refs
-        self._next = 1
-        self._objects: dict[int, tuple[Any, str]] = {}
-        # session -> id(obj) -> n: the same object in one session keeps one ref.
-        self._by_session: dict[str, dict[int, int]] = {}
+        self._objects: dict[str, tuple[Any, str]] = {}  # token -> (object, owning session)
+        # session -> id(obj) -> token: the same object in one session keeps one ref.
+        self._by_session: dict[str, dict[int, str]] = {}
 
     def __len__(self) -> int:
         return len(self._objects)
@@ -140,54 +147,59 @@ class RefTable:
     def add(self, obj: Any, session_id: str, *, stream: bool) -> tuple[RefPayload, bool]:
         """The ref for ``obj`` in ``session_id``; the flag says whether it is new."""
         seen = self._by_session.setdefault(session_id, {})
-        n = seen.get(id(obj))
-        is_new = n is None
-        if n is None:
+        token = seen.get(id(obj))
+        is_new = token is None
+        if token is None:
             if len(self._objects) >= self.max_refs:
                 raise LimitExceeded(f"worker holds {self.max_refs} refs, its maximum")
-            n = self._next
-            self._next += 1
-            self._objects[n] = (obj, session_id)
-            seen[id(obj)] = n
-        payload = RefPayload(stream, f"{self.prefix}{n}", session_id, self.pool, _type_name(obj))
+            token = new_ref_token()
+            while token in self._objects:  # 2**-128 per pair: never, but stay correct
+                token = new_ref_token()
+            self._objects[token] = (obj, session_id)
+            seen[id(obj)] = token
+        payload = RefPayload(
+            stream, f"{self.prefix}{token}", session_id, self.pool, _type_name(obj)
+        )
         return payload, is_new
 
-    def get(self, ref_id: str) -> Any:
-        return self._objects[self._local(ref_id)][0]
+    def get(self, ref_id: str, session_id: str) -> Any:
+        """The object ``ref_id`` names, if ``session_id`` owns it; else ``RefNotFound``."""
+        return self._objects[self._token(ref_id, session_id)][0]
 
     def discard(self, refs: list[RefPayload]) -> None:
         """Undo ``add`` for refs a failed call created (nobody has seen their ids)."""
-        self.release([r.id for r in refs])
+        for ref in refs:
+            self.release([ref.id], ref.session_id)
 
-    def _local(self, ref_id: str) -> int:
+    def _token(self, ref_id: str, session_id: str) -> str:
         if not ref_id.startswith(self.prefix):
             # Same pool and slot but another incarnation: the object died with it.
             raise SessionLost(f"ref {ref_id} belongs to a worker that no longer exists")
-        try:
-            n = int(ref_id[len(self.prefix) :])
-        except ValueError:
-            raise BadRequest(f"malformed ref id {ref_id!r}") from None
-        if n not in self._objects:
+        token = ref_id[len(self.prefix) :]
+        entry = self._objects.get(token)
+        if entry is None or entry[1] != session_id:
+            # One answer for "never existed", "released" and "another session's".
             raise RefNotFound(f"ref {ref_id} was released or never existed")
-        return n
+        return token
 
-    def release(self, ref_ids: list[str]) -> dict[str, int]:
-        """Drop refs; returns released counts per session. Unknown ids are skipped."""
-        counts: dict[str, int] = {}
+    def release(self, ref_ids: list[str], session_id: str) -> dict[str, int]:
+        """Drop the refs of ``ids`` that ``session_id`` owns; returns released counts per
+        session (only ever ``session_id``). Unknown ids and other sessions' are skipped."""
+        count = 0
         for ref_id in ref_ids:
             try:
-                n = self._local(ref_id)
+                token = self._token(ref_id, session_id)
             except BridgeError:
                 continue
-            obj, session_id = self._objects.pop(n)
+            obj, _ = self._objects.pop(token)
             self._by_session.get(session_id, {}).pop(id(obj), None)
-            counts[session_id] = counts.get(session_id, 0) + 1
-        return counts
+            count += 1
+        return {session_id: count} if count else {}
 
     def release_session(self, session_id: str) -> int:
         seen = self._by_session.pop(session_id, {})
-        for n in seen.values():
-            self._objects.pop(n, None)
+        for token in seen.values():
+            self._objects.pop(token, None)
         return len(seen)
 
 
@@ -345,7 +357,7 @@ class Worker:
             if op == OP_CALL:
                 return self.call(call_id, *message[2:])
             if op == OP_RELEASE:
-                counts = self.refs.release(message[2])
+                counts = self.refs.release(message[2], message[3])
                 return [R_OK, call_id, [[s, n] for s, n in counts.items()], 0]
             if op == OP_RELEASE_SESSION:
                 return [R_OK, call_id, self.refs.release_session(message[2]), 0]
@@ -373,8 +385,8 @@ class Worker:
         ref_budget: int,
     ) -> list[Any]:
         mint = RefMinter(self.refs, session_id, ref_budget)
-        target = self._vetted(self.refs.get(target_ref)) if target_ref else None
-        decoded = _codec.decode(args, ref_factory=self._lookup) if args else None
+        target = self._vetted(self.refs.get(target_ref, session_id)) if target_ref else None
+        decoded = self._decode_args(args, session_id)
         outcome = self._user_step(
             call_id,
             mint,
@@ -456,8 +468,8 @@ class Worker:
         answer with the first batch."""
         if len(self.streams) >= self.max_streams:
             raise LimitExceeded(f"worker has {self.max_streams} open streams, its maximum")
-        target = self._vetted(self.refs.get(target_ref)) if target_ref else None
-        decoded = _codec.decode(args, ref_factory=self._lookup) if args else None
+        target = self._vetted(self.refs.get(target_ref, session_id)) if target_ref else None
+        decoded = self._decode_args(args, session_id)
         self.current = call_id
         try:
             if target_ref and not name:
@@ -535,7 +547,8 @@ class Worker:
         if batch.state != MORE:
             self.streams.pop(stream_id, None)
             if stream.owner_ref is not None and batch.state == DONE:
-                released = self.refs.release([stream.owner_ref])  # exhausted: freed
+                # Exhausted: freed. Its opener owns it (checked when the stream opened).
+                released = self.refs.release([stream.owner_ref], session_id)
         if batch.state == ERROR:
             assert batch.error is not None
             error = _describe(batch.error)
@@ -560,7 +573,7 @@ class Worker:
     def stream_next(self, call_id: int, ref_id: str, session_id: str, ref_budget: int) -> list[Any]:
         """One item from a StreamRef (``StreamNext``): [done, encoded item]. An exhausted
         StreamRef is released."""
-        it = self.refs.get(ref_id)
+        it = self.refs.get(ref_id, session_id)
         mint = RefMinter(self.refs, session_id, ref_budget)
 
         def take() -> Any:
@@ -575,7 +588,7 @@ class Worker:
         if not isinstance(outcome, bytes):
             return outcome
         if outcome == b"":  # exhausted: the StreamRef frees itself
-            released = self.refs.release([ref_id])
+            released = self.refs.release([ref_id], session_id)
             return [R_OK, call_id, [True, b"", _pairs(released)], 0]
         return [R_OK, call_id, [False, outcome, []], len(mint.created)]
 
@@ -584,9 +597,16 @@ class Worker:
             self._loop = asyncio.new_event_loop()
         return self._loop
 
-    def _lookup(self, payload: RefPayload) -> Any:
+    def _decode_args(self, args: bytes, session_id: str) -> Any:
+        """``args`` decoded, each ref in them replaced by its object, if ``session_id``
+        owns it (the ``session_id`` a client wrote into the ref payload means nothing)."""
+        if not args:
+            return None
+        return _codec.decode(args, ref_factory=lambda payload: self._lookup(payload, session_id))
+
+    def _lookup(self, payload: RefPayload, session_id: str) -> Any:
         # A ref passed as an argument is vetted too: map(<posix.system>, ...) would call it.
-        return self._vetted(self.refs.get(payload.id))
+        return self._vetted(self.refs.get(payload.id, session_id))
 
     def run_user_code(self, kind: int, module: str, name: str, target: Any, decoded: Any) -> Any:
         if kind in (KIND_FUNCTION, KIND_CLASS, KIND_METHOD, KIND_HELPER):

@@ -27,19 +27,20 @@ from snakebridge_server.worker_main import RefTable, resolve
 BOOT = "b00t"
 W0 = WorkerKey("default", 0, 1)
 W1 = WorkerKey("default", 1, 1)
+TOKEN = "0123456789abcdef" * 2  # the shape of a ref id's random part
 
 
 # -- ref ids --------------------------------------------------------------------------
 
 
 def test_ref_id_names_its_worker_and_incarnation() -> None:
-    assert parse_ref_id(f"{W0.ref_prefix(BOOT)}42", BOOT) == W0
+    assert parse_ref_id(f"{W0.ref_prefix(BOOT)}{TOKEN}", BOOT) == W0
     assert W0.ref_prefix(BOOT) == "b00t.default.0.1."
 
 
 def test_ref_id_from_a_previous_server_start_is_session_lost() -> None:
     with pytest.raises(SessionLost, match="restarted"):
-        parse_ref_id("0ld0.default.0.1.42", BOOT)
+        parse_ref_id(f"0ld0.default.0.1.{TOKEN}", BOOT)
 
 
 @pytest.mark.parametrize(
@@ -52,13 +53,13 @@ def test_malformed_ref_id_is_bad_request(bad: str) -> None:
 
 def test_owner_of_refs_is_the_single_worker_holding_them() -> None:
     assert owner_of([], BOOT) is None
-    ids = [f"{W0.ref_prefix(BOOT)}{n}" for n in (1, 2, 3)]
+    ids = [f"{W0.ref_prefix(BOOT)}{t * 32}" for t in "123"]
     assert owner_of(ids, BOOT) == W0
 
 
 def test_refs_from_two_workers_in_one_call_are_rejected() -> None:
     with pytest.raises(BadRequest, match="two workers"):
-        owner_of([f"{W0.ref_prefix(BOOT)}1", f"{W1.ref_prefix(BOOT)}1"], BOOT)
+        owner_of([f"{W0.ref_prefix(BOOT)}{TOKEN}", f"{W1.ref_prefix(BOOT)}{TOKEN}"], BOOT)
 
 
 # -- sessions -------------------------------------------------------------------------
@@ -243,20 +244,20 @@ def test_ref_table_dedups_per_session_and_releases_by_session() -> None:
     r3, _ = t.add(obj, "other", stream=False)
     assert (r1.id, new1, new2) == (r2.id, True, False)
     assert r3.id != r1.id
-    assert t.get(r1.id) is obj
+    assert t.get(r1.id, "s") is obj
     assert t.release_session("s") == 1 and len(t) == 1
 
 
 def test_ref_table_tells_lost_from_released() -> None:
     t = RefTable("b.default.0.2.", "default", max_refs=10)
     ref, _ = t.add(object(), "s", stream=False)
-    assert t.release([ref.id]) == {"s": 1}
+    assert t.release([ref.id], "s") == {"s": 1}
     from snakebridge.errors import RefNotFound
 
     with pytest.raises(RefNotFound):
-        t.get(ref.id)
+        t.get(ref.id, "s")
     with pytest.raises(SessionLost):  # minted by incarnation 1 of the same slot
-        t.get("b.default.0.1.1")
+        t.get(f"b.default.0.1.{TOKEN}", "s")
 
 
 def test_ref_table_cap_is_limit_exceeded() -> None:

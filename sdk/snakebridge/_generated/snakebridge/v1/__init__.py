@@ -115,6 +115,7 @@ class StreamNextReply(betterproto.Message):
 class ReleaseRefRequest(betterproto.Message):
     protocol_version: int = betterproto.uint32_field(1)
     ref_ids: List[str] = betterproto.string_field(2)
+    session_id: str = betterproto.string_field(3)
 
 
 @dataclass(eq=False, repr=False)

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsnakebridge/v1/bridge.proto\x12\x0esnakebridge.v1\"\xfa\x01\n\x0b\x43\x61llRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.snakebridge.v1.CallKind\x12\x0e\n\x06module\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x12\n\ntarget_ref\x18\x06 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x07 \x01(\x0c\x12\x10\n\x08\x61rg_refs\x18\x08 \x03(\t\x12\x0f\n\x07timeout\x18\t \x01(\x01\x12\x12\n\nidempotent\x18\n \x01(\x08\x12\x0c\n\x04pool\x18\x0b \x01(\t\x12\x10\n\x08\x61\x66\x66inity\x18\x0c \x01(\t\"\x1b\n\tCallReply\x12\x0e\n\x06result\x18\x01 \x01(\x0c\"q\n\x0eGetAttrRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\ntarget_ref\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\"\x92\x01\n\x0eSetAttrRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\ntarget_ref\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x0c\x12\x10\n\x08\x61rg_refs\x18\x05 \x03(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x0f\n\x07timeout\x18\x07 \x01(\x01\"T\n\rStreamRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12)\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x1b.snakebridge.v1.CallRequest\"\x1c\n\x0bStreamBatch\x12\r\n\x05items\x18\x01 \x01(\x0c\"f\n\x11StreamNextRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nstream_ref\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\"-\n\x0fStreamNextReply\x12\x0c\n\x04\x64one\x18\x01 \x01(\x08\x12\x0c\n\x04item\x18\x02 \x01(\x0c\">\n\x11ReleaseRefRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07ref_ids\x18\x02 \x03(\t\"#\n\x0fReleaseRefReply\x12\x10\n\x08released\x18\x01 \x01(\r\"E\n\x15ReleaseSessionRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\"=\n\x13ReleaseSessionReply\x12\x15\n\rreleased_refs\x18\x01 \x01(\r\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"+\n\x0f\x44\x65scribeRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"\x93\x01\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x13\n\x0bincarnation\x18\x03 \x01(\r\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\r\n\x05state\x18\x05 \x01(\t\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x12\n\ncalls_done\x18\x07 \x01(\x04\x12\x0c\n\x04refs\x18\x08 \x01(\r\"\xa3\x02\n\x08PoolInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\x12+\n\x07workers\x18\x03 \x03(\x0b\x32\x1a.snakebridge.v1.WorkerInfo\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x12\n\nmax_queued\x18\x05 \x01(\r\x12\r\n\x05state\x18\x06 \x01(\t\x12\x38\n\x08restarts\x18\x07 \x03(\x0b\x32&.snakebridge.v1.PoolInfo.RestartsEntry\x12\x15\n\rsandbox_level\x18\x08 \x01(\t\x12\x16\n\x0esandbox_layers\x18\t \x03(\t\x1a/\n\rRestartsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x8d\x01\n\rDescribeReply\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\'\n\x05pools\x18\x03 \x03(\x0b\x32\x18.snakebridge.v1.PoolInfo\x12\x10\n\x08sessions\x18\x04 \x01(\r\x12\x0f\n\x07helpers\x18\x05 \x03(\t\"<\n\x12ListHelpersRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04pool\x18\x02 \x01(\t\":\n\nHelperInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0b\n\x03\x64oc\x18\x03 \x01(\t\"?\n\x10ListHelpersReply\x12+\n\x07helpers\x18\x01 \x03(\x0b\x32\x1a.snakebridge.v1.HelperInfo*\xc9\x01\n\x08\x43\x61llKind\x12\x19\n\x15\x43\x41LL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LL_KIND_FUNCTION\x10\x01\x12\x13\n\x0f\x43\x41LL_KIND_CLASS\x10\x02\x12\x14\n\x10\x43\x41LL_KIND_METHOD\x10\x03\x12\x19\n\x15\x43\x41LL_KIND_MODULE_ATTR\x10\x04\x12\x14\n\x10\x43\x41LL_KIND_HELPER\x10\x05\x12\x16\n\x12\x43\x41LL_KIND_GET_ATTR\x10\x06\x12\x16\n\x12\x43\x41LL_KIND_SET_ATTR\x10\x07\x32\xbf\x05\n\x06\x42ridge\x12>\n\x04\x43\x61ll\x12\x1b.snakebridge.v1.CallRequest\x1a\x19.snakebridge.v1.CallReply\x12\x44\n\x07GetAttr\x12\x1e.snakebridge.v1.GetAttrRequest\x1a\x19.snakebridge.v1.CallReply\x12\x44\n\x07SetAttr\x12\x1e.snakebridge.v1.SetAttrRequest\x1a\x19.snakebridge.v1.CallReply\x12\x46\n\x06Stream\x12\x1d.snakebridge.v1.StreamRequest\x1a\x1b.snakebridge.v1.StreamBatch0\x01\x12P\n\nStreamNext\x12!.snakebridge.v1.StreamNextRequest\x1a\x1f.snakebridge.v1.StreamNextReply\x12P\n\nReleaseRef\x12!.snakebridge.v1.ReleaseRefRequest\x1a\x1f.snakebridge.v1.ReleaseRefReply\x12\\\n\x0eReleaseSession\x12%.snakebridge.v1.ReleaseSessionRequest\x1a#.snakebridge.v1.ReleaseSessionReply\x12J\n\x08\x44\x65scribe\x12\x1f.snakebridge.v1.DescribeRequest\x1a\x1d.snakebridge.v1.DescribeReply\x12S\n\x0bListHelpers\x12\".snakebridge.v1.ListHelpersRequest\x1a .snakebridge.v1.ListHelpersReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bsnakebridge/v1/bridge.proto\x12\x0esnakebridge.v1\"\xfa\x01\n\x0b\x43\x61llRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12&\n\x04kind\x18\x02 \x01(\x0e\x32\x18.snakebridge.v1.CallKind\x12\x0e\n\x06module\x18\x03 \x01(\t\x12\x0c\n\x04name\x18\x04 \x01(\t\x12\x12\n\nsession_id\x18\x05 \x01(\t\x12\x12\n\ntarget_ref\x18\x06 \x01(\t\x12\x0c\n\x04\x61rgs\x18\x07 \x01(\x0c\x12\x10\n\x08\x61rg_refs\x18\x08 \x03(\t\x12\x0f\n\x07timeout\x18\t \x01(\x01\x12\x12\n\nidempotent\x18\n \x01(\x08\x12\x0c\n\x04pool\x18\x0b \x01(\t\x12\x10\n\x08\x61\x66\x66inity\x18\x0c \x01(\t\"\x1b\n\tCallReply\x12\x0e\n\x06result\x18\x01 \x01(\x0c\"q\n\x0eGetAttrRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\ntarget_ref\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x12\n\nsession_id\x18\x04 \x01(\t\x12\x0f\n\x07timeout\x18\x05 \x01(\x01\"\x92\x01\n\x0eSetAttrRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\ntarget_ref\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\r\n\x05value\x18\x04 \x01(\x0c\x12\x10\n\x08\x61rg_refs\x18\x05 \x03(\t\x12\x12\n\nsession_id\x18\x06 \x01(\t\x12\x0f\n\x07timeout\x18\x07 \x01(\x01\"T\n\rStreamRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12)\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x1b.snakebridge.v1.CallRequest\"\x1c\n\x0bStreamBatch\x12\r\n\x05items\x18\x01 \x01(\x0c\"f\n\x11StreamNextRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nstream_ref\x18\x02 \x01(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\x12\x0f\n\x07timeout\x18\x04 \x01(\x01\"-\n\x0fStreamNextReply\x12\x0c\n\x04\x64one\x18\x01 \x01(\x08\x12\x0c\n\x04item\x18\x02 \x01(\x0c\"R\n\x11ReleaseRefRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0f\n\x07ref_ids\x18\x02 \x03(\t\x12\x12\n\nsession_id\x18\x03 \x01(\t\"#\n\x0fReleaseRefReply\x12\x10\n\x08released\x18\x01 \x01(\r\"E\n\x15ReleaseSessionRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\t\"=\n\x13ReleaseSessionReply\x12\x15\n\rreleased_refs\x18\x01 \x01(\r\x12\x0f\n\x07\x65xisted\x18\x02 \x01(\x08\"+\n\x0f\x44\x65scribeRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\"\x93\x01\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0c\n\x04slot\x18\x02 \x01(\r\x12\x13\n\x0bincarnation\x18\x03 \x01(\r\x12\x0b\n\x03pid\x18\x04 \x01(\x05\x12\r\n\x05state\x18\x05 \x01(\t\x12\x11\n\tin_flight\x18\x06 \x01(\r\x12\x12\n\ncalls_done\x18\x07 \x01(\x04\x12\x0c\n\x04refs\x18\x08 \x01(\r\"\xa3\x02\n\x08PoolInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\r\x12+\n\x07workers\x18\x03 \x03(\x0b\x32\x1a.snakebridge.v1.WorkerInfo\x12\x11\n\tin_flight\x18\x04 \x01(\r\x12\x12\n\nmax_queued\x18\x05 \x01(\r\x12\r\n\x05state\x18\x06 \x01(\t\x12\x38\n\x08restarts\x18\x07 \x03(\x0b\x32&.snakebridge.v1.PoolInfo.RestartsEntry\x12\x15\n\rsandbox_level\x18\x08 \x01(\t\x12\x16\n\x0esandbox_layers\x18\t \x03(\t\x1a/\n\rRestartsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x8d\x01\n\rDescribeReply\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x18\n\x10protocol_version\x18\x02 \x01(\r\x12\'\n\x05pools\x18\x03 \x03(\x0b\x32\x18.snakebridge.v1.PoolInfo\x12\x10\n\x08sessions\x18\x04 \x01(\r\x12\x0f\n\x07helpers\x18\x05 \x03(\t\"<\n\x12ListHelpersRequest\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x0c\n\x04pool\x18\x02 \x01(\t\":\n\nHelperInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tsignature\x18\x02 \x01(\t\x12\x0b\n\x03\x64oc\x18\x03 \x01(\t\"?\n\x10ListHelpersReply\x12+\n\x07helpers\x18\x01 \x03(\x0b\x32\x1a.snakebridge.v1.HelperInfo*\xc9\x01\n\x08\x43\x61llKind\x12\x19\n\x15\x43\x41LL_KIND_UNSPECIFIED\x10\x00\x12\x16\n\x12\x43\x41LL_KIND_FUNCTION\x10\x01\x12\x13\n\x0f\x43\x41LL_KIND_CLASS\x10\x02\x12\x14\n\x10\x43\x41LL_KIND_METHOD\x10\x03\x12\x19\n\x15\x43\x41LL_KIND_MODULE_ATTR\x10\x04\x12\x14\n\x10\x43\x41LL_KIND_HELPER\x10\x05\x12\x16\n\x12\x43\x41LL_KIND_GET_ATTR\x10\x06\x12\x16\n\x12\x43\x41LL_KIND_SET_ATTR\x10\x07\x32\xbf\x05\n\x06\x42ridge\x12>\n\x04\x43\x61ll\x12\x1b.snakebridge.v1.CallRequest\x1a\x19.snakebridge.v1.CallReply\x12\x44\n\x07GetAttr\x12\x1e.snakebridge.v1.GetAttrRequest\x1a\x19.snakebridge.v1.CallReply\x12\x44\n\x07SetAttr\x12\x1e.snakebridge.v1.SetAttrRequest\x1a\x19.snakebridge.v1.CallReply\x12\x46\n\x06Stream\x12\x1d.snakebridge.v1.StreamRequest\x1a\x1b.snakebridge.v1.StreamBatch0\x01\x12P\n\nStreamNext\x12!.snakebridge.v1.StreamNextRequest\x1a\x1f.snakebridge.v1.StreamNextReply\x12P\n\nReleaseRef\x12!.snakebridge.v1.ReleaseRefRequest\x1a\x1f.snakebridge.v1.ReleaseRefReply\x12\\\n\x0eReleaseSession\x12%.snakebridge.v1.ReleaseSessionRequest\x1a#.snakebridge.v1.ReleaseSessionReply\x12J\n\x08\x44\x65scribe\x12\x1f.snakebridge.v1.DescribeRequest\x1a\x1d.snakebridge.v1.DescribeReply\x12S\n\x0bListHelpers\x12\".snakebridge.v1.ListHelpersRequest\x1a .snakebridge.v1.ListHelpersReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,8 +33,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_POOLINFO_RESTARTSENTRY']._loaded_options = None
   _globals['_POOLINFO_RESTARTSENTRY']._serialized_options = b'8\001'
-  _globals['_CALLKIND']._serialized_start=1916
-  _globals['_CALLKIND']._serialized_end=2117
+  _globals['_CALLKIND']._serialized_start=1936
+  _globals['_CALLKIND']._serialized_end=2137
   _globals['_CALLREQUEST']._serialized_start=48
   _globals['_CALLREQUEST']._serialized_end=298
   _globals['_CALLREPLY']._serialized_start=300
@@ -52,29 +52,29 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMNEXTREPLY']._serialized_start=813
   _globals['_STREAMNEXTREPLY']._serialized_end=858
   _globals['_RELEASEREFREQUEST']._serialized_start=860
-  _globals['_RELEASEREFREQUEST']._serialized_end=922
-  _globals['_RELEASEREFREPLY']._serialized_start=924
-  _globals['_RELEASEREFREPLY']._serialized_end=959
-  _globals['_RELEASESESSIONREQUEST']._serialized_start=961
-  _globals['_RELEASESESSIONREQUEST']._serialized_end=1030
-  _globals['_RELEASESESSIONREPLY']._serialized_start=1032
-  _globals['_RELEASESESSIONREPLY']._serialized_end=1093
-  _globals['_DESCRIBEREQUEST']._serialized_start=1095
-  _globals['_DESCRIBEREQUEST']._serialized_end=1138
-  _globals['_WORKERINFO']._serialized_start=1141
-  _globals['_WORKERINFO']._serialized_end=1288
-  _globals['_POOLINFO']._serialized_start=1291
-  _globals['_POOLINFO']._serialized_end=1582
-  _globals['_POOLINFO_RESTARTSENTRY']._serialized_start=1535
-  _globals['_POOLINFO_RESTARTSENTRY']._serialized_end=1582
-  _globals['_DESCRIBEREPLY']._serialized_start=1585
-  _globals['_DESCRIBEREPLY']._serialized_end=1726
-  _globals['_LISTHELPERSREQUEST']._serialized_start=1728
-  _globals['_LISTHELPERSREQUEST']._serialized_end=1788
-  _globals['_HELPERINFO']._serialized_start=1790
-  _globals['_HELPERINFO']._serialized_end=1848
-  _globals['_LISTHELPERSREPLY']._serialized_start=1850
-  _globals['_LISTHELPERSREPLY']._serialized_end=1913
-  _globals['_BRIDGE']._serialized_start=2120
-  _globals['_BRIDGE']._serialized_end=2823
+  _globals['_RELEASEREFREQUEST']._serialized_end=942
+  _globals['_RELEASEREFREPLY']._serialized_start=944
+  _globals['_RELEASEREFREPLY']._serialized_end=979
+  _globals['_RELEASESESSIONREQUEST']._serialized_start=981
+  _globals['_RELEASESESSIONREQUEST']._serialized_end=1050
+  _globals['_RELEASESESSIONREPLY']._serialized_start=1052
+  _globals['_RELEASESESSIONREPLY']._serialized_end=1113
+  _globals['_DESCRIBEREQUEST']._serialized_start=1115
+  _globals['_DESCRIBEREQUEST']._serialized_end=1158
+  _globals['_WORKERINFO']._serialized_start=1161
+  _globals['_WORKERINFO']._serialized_end=1308
+  _globals['_POOLINFO']._serialized_start=1311
+  _globals['_POOLINFO']._serialized_end=1602
+  _globals['_POOLINFO_RESTARTSENTRY']._serialized_start=1555
+  _globals['_POOLINFO_RESTARTSENTRY']._serialized_end=1602
+  _globals['_DESCRIBEREPLY']._serialized_start=1605
+  _globals['_DESCRIBEREPLY']._serialized_end=1746
+  _globals['_LISTHELPERSREQUEST']._serialized_start=1748
+  _globals['_LISTHELPERSREQUEST']._serialized_end=1808
+  _globals['_HELPERINFO']._serialized_start=1810
+  _globals['_HELPERINFO']._serialized_end=1868
+  _globals['_LISTHELPERSREPLY']._serialized_start=1870
+  _globals['_LISTHELPERSREPLY']._serialized_end=1933
+  _globals['_BRIDGE']._serialized_start=2140
+  _globals['_BRIDGE']._serialized_end=2843
 # @@protoc_insertion_point(module_scope)
