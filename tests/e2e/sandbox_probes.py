@@ -585,6 +585,29 @@ def io_uring() -> str:
     return "set up an io_uring"
 
 
+def inotify_watch(directory: str, victim: str) -> str:
+    """Watch ``directory`` for opens (as if another process read ``victim`` in it) and
+    return the names the events carry: a watch needs no right to list the directory."""
+    import struct
+
+    in_open, in_nonblock = 0x20, os.O_NONBLOCK
+    libc = _libc()
+    fd = _check(libc.inotify_init1(in_nonblock | os.O_CLOEXEC), "inotify_init1")
+    try:
+        _check(libc.inotify_add_watch(fd, directory.encode(), in_open), "inotify_add_watch")
+        with open(victim, "rb"):  # stands in for the operator opening the file
+            pass
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    names, off = [], 0
+    while off + 16 <= len(data):
+        _wd, _mask, _cookie, length = struct.unpack_from("iIII", data, off)
+        names.append(data[off + 16 : off + 16 + length].rstrip(b"\0").decode())
+        off += 16 + length
+    return "saw opened: " + ",".join(names)
+
+
 # -- resources -----------------------------------------------------------------------------
 
 

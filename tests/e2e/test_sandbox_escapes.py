@@ -584,6 +584,12 @@ PROBES: list[Probe] = [
         "userfaultfd", "userfaultfd", _no_args, PermissionError, EPERM, "seccomp", root=True,
     ),
     Probe("io-uring-setup", "io_uring", _no_args, PermissionError, EPERM, "seccomp"),
+    # Landlock does not cover watches: one on a directory names what others open in it
+    Probe(
+        "inotify-watch-outside-directory", "inotify_watch",
+        lambda e, s: [str(e.outside), str(e.secret)], PermissionError, EPERM, "seccomp",
+        proof=lambda e, a, r: _equal(r, f"saw opened: {e.secret.name}"),
+    ),
     # -- resources: rlimits, the per-call CPU budget, no privilege to raise them -------------
     Probe(
         # --max-memory (2 GiB of address space by default) makes calloc fail
