@@ -297,7 +297,6 @@ class CallPolicy:
                 )
 
 
-
 def _field_walk(name: str) -> str | None:
     """``name`` if the field name reads an attribute (``0.__globals__``), else None. As
     the formatter parses it: a dot outside ``[...]`` starts an attribute name."""
