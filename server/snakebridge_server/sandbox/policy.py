@@ -3,8 +3,11 @@
 The policy is checked twice: by the server on the names in the request (cheap, before any
 worker is involved) and by the worker on the object the names resolved to (so
 ``logging.os.system`` or a ref to a module cannot route around a denied name). Neither is
-the security boundary on its own: the kernel layers are (see ``docs/sandbox.md``); the policy
-turns the obvious ways in into a clear ``PolicyError`` instead of an OS error mid-call.
+the security boundary: higher-order calls (``map``, ``operator.call``) and libraries that
+evaluate strings let a client run code no request names, so at ``standard`` a client is
+assumed able to run arbitrary Python in its worker. The kernel layers are the boundary
+(``docs/security.md``); the policy is defence in depth that turns the obvious ways in into
+a clear ``PolicyError`` instead of an OS error mid-call.
 """
 
 from __future__ import annotations
