@@ -20,11 +20,23 @@ import json
 import os
 import signal
 import socket
+import string
 import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from types import FrameType, ModuleType
+from types import (
+    BuiltinFunctionType,
+    ClassMethodDescriptorType,
+    CodeType,
+    FrameType,
+    FunctionType,
+    MethodDescriptorType,
+    MethodType,
+    MethodWrapperType,
+    ModuleType,
+    WrapperDescriptorType,
+)
 from typing import Any, Final
 
 import msgpack
@@ -45,6 +57,7 @@ from snakebridge.errors import (
     BridgeError,
     HelperNotFound,
     LimitExceeded,
+    PolicyError,
     RefNotFound,
     SerializationError,
     SessionLost,
@@ -436,12 +449,11 @@ class Worker:
             )
         return encoded
 
-    @staticmethod
-    def _encode_result(kind: int, result: Any, mint: RefMinter) -> bytes:
+    def _encode_result(self, kind: int, result: Any, mint: RefMinter) -> bytes:
         if kind == KIND_CLASS:
             return _codec.encode(mint(result, stream=False))
         try:
-            return _codec.encode(result, on_unencodable=mint)
+            return _codec.encode(result, on_unencodable=self.vet_leaf(mint))
         except SerializationError:
             # Cyclic or too deep to carry by value: hand the whole result out as one ref,
             # dropping the refs the failed attempt made for its leaves.
@@ -612,14 +624,17 @@ class Worker:
         if kind in (KIND_FUNCTION, KIND_CLASS, KIND_METHOD, KIND_HELPER):
             args, kwargs = _split_args(decoded)
             if kind == KIND_METHOD:
-                fn = self._vetted(_walk(target, name))
+                fn = self._vetted(_walk(target, name), callee=True)
             elif kind == KIND_HELPER:
                 try:
                     fn = self.helpers[name]
                 except KeyError:
                     raise HelperNotFound(f"no helper named {name!r}") from None
             else:
-                fn = self._vetted(resolve(module, name))
+                fn = self._vetted(resolve(module, name), callee=True)
+            if self.policy is not None and kind != KIND_HELPER:
+                for text, field_name in _format_strings(fn, args, kwargs):
+                    self.policy.check_format(text, field_name=field_name)
             result = fn(*args, **kwargs)
             if inspect.iscoroutine(result):
                 result = self._run_coroutine(result)
@@ -631,19 +646,46 @@ class Worker:
             return self._vetted(_walk(target, name))
         if kind == KIND_SET_ATTR:
             owner_path, _, attr = name.rpartition(".")
-            owner = _walk(target, owner_path) if owner_path else target
+            owner = self._vetted(_walk(target, owner_path)) if owner_path else target
+            if self.policy is not None and _shared_by_every_caller(owner):
+                # A module, class or function is the same object for every client of
+                # this worker: setting math.sqrt, or the policy's own class attributes,
+                # would change what every later call does.
+                what = "module" if isinstance(owner, ModuleType) else _type_name(owner)
+                if isinstance(owner, type):
+                    what = "class"
+                raise PolicyError(
+                    f"set_attr on {what} {_qualified_name(owner)!r} is not "
+                    f"allowed at sandbox level {self.policy.level!r}: only instances' "
+                    "attributes can be set"
+                )
             setattr(owner, attr, decoded)
             return None
         raise BadRequest(f"unknown call kind {kind}")
 
-    def _vetted(self, obj: Any) -> Any:
+    def _vetted(self, obj: Any, *, callee: bool = False) -> Any:
         """``obj``, unless the sandbox policy denies what it is (``logging.os.system`` is
-        ``posix.system`` whatever path led to it)."""
+        ``posix.system`` whatever path led to it). Unless it is the callee a request
+        named, a private or dunder function, or a formatter (``str.format``, whose format
+        string walks attributes), is refused too: as a ref it could be handed to ``map``
+        or ``operator.call``, which call it with arguments the worker never sees."""
         if self.policy is not None:
             qualified = _qualified_name(obj)
             if qualified:
                 self.policy.check_qualified(qualified)
+            if not callee and isinstance(obj, _ROUTINE_TYPES):
+                self.policy.check_routine(qualified, obj.__name__)
+                if _is_formatter(obj):
+                    raise PolicyError(
+                        f"{qualified!r} formats with attribute access; it cannot be handed "
+                        f"over as a ref at sandbox level {self.policy.level!r}"
+                    )
         return obj
+
+    def vet_leaf(self, mint: RefMinter) -> Callable[[Any], msgpack.ExtType]:
+        """``mint``, vetting first: what a result holds in a list, dict or tuple becomes a
+        ref as the result itself would, and is vetted as it is."""
+        return lambda obj: mint(self._vetted(obj))
 
     def _run_coroutine(self, coro: Any) -> Any:
         return self._get_loop().run_until_complete(coro)
@@ -669,6 +711,63 @@ def _qualified_name(obj: Any) -> str:
     if isinstance(module, str) and isinstance(qualname, str):
         return f"{module}.{qualname}"
     return ""
+
+
+# Routines whose attributes (``__name__``, ``__self__``, ``__func__``) are plain data: read
+# on these types only, never on an arbitrary object (which could run its own code).
+_ROUTINE_TYPES: Final = (
+    FunctionType,
+    MethodType,
+    BuiltinFunctionType,
+    MethodDescriptorType,
+    WrapperDescriptorType,
+    MethodWrapperType,
+    ClassMethodDescriptorType,
+)
+_STR_FORMATTERS: Final = frozenset({"format", "format_map"})
+# string.Formatter's methods that take a format string (or a field name: get_field).
+_FORMATTER_METHODS: Final = {
+    string.Formatter.format: "format_string",
+    string.Formatter.vformat: "format_string",
+    string.Formatter.get_field: "field_name",
+}
+
+
+def _is_formatter(fn: Any) -> bool:
+    """Whether ``fn`` (one of ``_ROUTINE_TYPES``) is ``str.format``/``format_map``,
+    bound or not, or a ``string.Formatter`` method that walks format fields."""
+    if fn is str.format or fn is str.format_map:
+        return True
+    if type(fn) is BuiltinFunctionType:
+        return isinstance(fn.__self__, str) and fn.__name__ in _STR_FORMATTERS
+    return (fn.__func__ if type(fn) is MethodType else fn) in _FORMATTER_METHODS
+
+
+def _format_strings(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> list[tuple[str, bool]]:
+    """The format strings (flag False) and field names (True) a call of ``fn`` would
+    walk, when ``fn`` is a formatter; [] otherwise."""
+    if not isinstance(fn, _ROUTINE_TYPES) or not _is_formatter(fn):
+        return []
+    if type(fn) is BuiltinFunctionType:  # "...".format: the string is the receiver
+        text: Any = fn.__self__
+    elif fn is str.format or fn is str.format_map:
+        text = args[0] if args else None
+    else:
+        func = fn.__func__ if type(fn) is MethodType else fn
+        keyword = _FORMATTER_METHODS[func]
+        at = 0 if type(fn) is MethodType else 1  # unbound: the Formatter comes first
+        text = args[at] if len(args) > at else kwargs.get(keyword)
+        if keyword == "field_name":
+            return [(text, True)] if isinstance(text, str) else []
+    return [(text, False)] if isinstance(text, str) else []
+
+
+def _shared_by_every_caller(obj: Any) -> bool:
+    """Whether ``obj`` is a module, class, function or code: state that every caller of
+    the worker shares, as opposed to an instance a client made."""
+    return isinstance(
+        obj, (ModuleType, type, CodeType, property, classmethod, staticmethod, *_ROUTINE_TYPES)
+    )
 
 
 _MAX_ERROR_MESSAGE = 8 * 1024
@@ -750,6 +849,42 @@ def _set_parent_death_signal() -> None:
         os._exit(70)
 
 
+class _FindsNothing:
+    """The path-entry finder of a directory nothing may be imported from."""
+
+    @staticmethod
+    def find_spec(fullname: str, target: Any = None) -> None:
+        return None
+
+    @staticmethod
+    def invalidate_caches() -> None:
+        pass
+
+
+def keep_off_import_path(*dirs: str) -> None:
+    """Take ``dirs`` (the scratch dir, the start-up cwd) and every relative entry off
+    ``sys.path``, and make the import system find nothing under them even when something
+    puts them back (``unittest`` discovery does). A client can write files there: a
+    module it wrote must never be importable. ``python -m`` put the cwd first."""
+    roots = [os.path.realpath(d) for d in dirs if d]
+
+    def under_a_root(entry: str) -> bool:
+        if not entry or not os.path.isabs(entry):
+            return True  # relative to the cwd, which is the scratch dir
+        real = os.path.realpath(entry)
+        return any(real == root or real.startswith(root + os.sep) for root in roots)
+
+    def hook(entry: str) -> _FindsNothing:
+        if under_a_root(entry):
+            return _FindsNothing()
+        raise ImportError  # not ours: the next hook (FileFinder, zipimport) decides
+
+    sys.path[:] = [entry for entry in sys.path if not under_a_root(entry)]
+    sys.path_hooks.insert(0, hook)
+    for entry in [e for e in sys.path_importer_cache if under_a_root(e)]:
+        del sys.path_importer_cache[entry]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="snakebridge_server.worker_main")
     parser.add_argument("--fd", type=int, required=True)
@@ -770,6 +905,8 @@ def main(argv: list[str] | None = None) -> None:
     # The server owns shutdown: a terminal's Ctrl-C must not kill workers mid-call.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec = SandboxSpec.from_json(args.sandbox)
+    if spec.level != "none":
+        keep_off_import_path(os.getcwd(), spec.scratch)
     # Before the Worker exists: its helpers are user code and run inside the sandbox too.
     args.sandbox_level, args.sandbox_layers = apply_sandbox(spec)
     install_logging(args.log_level)  # before helpers, which are user code that may log

@@ -585,6 +585,29 @@ def io_uring() -> str:
     return "set up an io_uring"
 
 
+def inotify_watch(directory: str, victim: str) -> str:
+    """Watch ``directory`` for opens (as if another process read ``victim`` in it) and
+    return the names the events carry: a watch needs no right to list the directory."""
+    import struct
+
+    in_open, in_nonblock = 0x20, os.O_NONBLOCK
+    libc = _libc()
+    fd = _check(libc.inotify_init1(in_nonblock | os.O_CLOEXEC), "inotify_init1")
+    try:
+        _check(libc.inotify_add_watch(fd, directory.encode(), in_open), "inotify_add_watch")
+        with open(victim, "rb"):  # stands in for the operator opening the file
+            pass
+        data = os.read(fd, 4096)
+    finally:
+        os.close(fd)
+    names, off = [], 0
+    while off + 16 <= len(data):
+        _wd, _mask, _cookie, length = struct.unpack_from("iIII", data, off)
+        names.append(data[off + 16 : off + 16 + length].rstrip(b"\0").decode())
+        off += 16 + length
+    return "saw opened: " + ",".join(names)
+
+
 # -- resources -----------------------------------------------------------------------------
 
 
@@ -758,6 +781,47 @@ def numpy_sum(n: int) -> float:
     import numpy
 
     return float(numpy.arange(n, dtype=numpy.float64).sum())
+
+
+# -- library functions that hand out what the policy hides (as pydoc.locate would) ----------
+
+
+def denied_in_a_list() -> list[Any]:
+    """os.system, nested in a list: vetted as the list's item, as it would be alone."""
+    return [1, os.system]
+
+
+def runtime_in_a_dict() -> dict[str, Any]:
+    """The worker's call policy class, nested in a dict."""
+    from snakebridge_server.sandbox.policy import CallPolicy
+
+    return {"policy": CallPolicy}
+
+
+def a_dunder_method() -> Any:
+    """``object.__subclasses__``: a function no name may reach, handed out as a value."""
+    return object.__subclasses__
+
+
+def import_from_cwd_put_back_on_path(marker: str) -> str:
+    """Write a module into the cwd, put the cwd back on sys.path (as unittest discovery
+    and site.addsitedir do) and import it."""
+    import importlib
+
+    name = f"sb_cwd_probe_{os.getpid()}_{time.monotonic_ns()}"
+    with open(f"{name}.py", "w") as f:
+        f.write(f"open({marker!r}, 'w').close()\n")
+    sys.path.insert(0, os.getcwd())
+    try:
+        importlib.import_module(name)
+    finally:
+        sys.path.remove(os.getcwd())
+    return f"imported {name} from {os.getcwd()}"
+
+
+def import_path() -> list[str]:
+    """[cwd, *sys.path] of the worker."""
+    return [os.getcwd(), *sys.path]
 
 
 def scratch_roundtrip() -> list[str]:

@@ -584,6 +584,12 @@ PROBES: list[Probe] = [
         "userfaultfd", "userfaultfd", _no_args, PermissionError, EPERM, "seccomp", root=True,
     ),
     Probe("io-uring-setup", "io_uring", _no_args, PermissionError, EPERM, "seccomp"),
+    # Landlock does not cover watches: one on a directory names what others open in it
+    Probe(
+        "inotify-watch-outside-directory", "inotify_watch",
+        lambda e, s: [str(e.outside), str(e.secret)], PermissionError, EPERM, "seccomp",
+        proof=lambda e, a, r: _equal(r, f"saw opened: {e.secret.name}"),
+    ),
     # -- resources: rlimits, the per-call CPU budget, no privilege to raise them -------------
     Probe(
         # --max-memory (2 GiB of address space by default) makes calloc fail
@@ -837,6 +843,159 @@ async def _denied_ref_to_map(client: snakebridge.Client, env: Env, marker: str) 
     return await client.call("builtins", "list", [mapped])
 
 
+async def _escaped_if(got: Awaitable[Any], marker: str) -> Any:
+    """Awaits ``got``; getting a value at all is the escape, so the client itself marks it."""
+    value = await got
+    Path(marker).touch()
+    return value
+
+
+async def _nested_denied_function(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    """A library function returns os.system inside a list: the ref made for the item is
+    vetted (not only when it is used later)."""
+    _, system = await _escaped_if(client.call(P, "denied_in_a_list"), marker)
+    mapped = await client.call_class("builtins", "map", [system, [f"touch {marker}"]])
+    return await client.call("builtins", "list", [mapped])
+
+
+def _if_secret(text: Any, marker: str) -> Any:
+    if SECRET in str(text):  # the worker's os.environ (at level none it has the secret)
+        Path(marker).touch()
+    return text
+
+
+async def _str_format_reads_environ(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    """``str.format`` walks attributes named in its format string, dunders included."""
+    info = await client.get_module_attr("logging", "info")
+    text = await client.call("builtins", "str.format", ["{0.__globals__[os].environ}", info])
+    return _if_secret(text, marker)
+
+
+async def _formatter_vformat_reads_environ(
+    client: snakebridge.Client, env: Env, marker: str
+) -> Any:
+    formatter = await client.call_class("string", "Formatter")
+    info = await client.get_module_attr("logging", "info")
+    text = await client.call_method(
+        formatter, "vformat", ["{0.__globals__[os].environ}", [info], {}]
+    )
+    return _if_secret(text, marker)
+
+
+async def _map_of_str_format(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    """``str.format`` handed to ``map``: the worker never sees the format string as an
+    argument of a call to a formatter."""
+    fmt = await client.get_module_attr("builtins", "str.format")
+    info = await client.get_module_attr("logging", "info")
+    mapped = await client.call_class(
+        "builtins", "map", [fmt, ["{0.__globals__[os].environ}"], [info]]
+    )
+    return _if_secret(await client.call("builtins", "list", [mapped]), marker)
+
+
+async def _operator_call_of_a_dunder_method(
+    client: snakebridge.Client, env: Env, marker: str
+) -> Any:
+    subclasses = await client.call(P, "a_dunder_method")
+    found = await client.call("operator", "call", [subclasses])
+    if len(found) > 10:
+        Path(marker).touch()
+    return len(found)
+
+
+async def _type_hints_run_source(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    """typing evaluates string annotations: Python source, run with eval."""
+    source = f"__import__('os').system('touch {marker}')"
+    namespace = {"__annotations__": {"x": source}, "__module__": "logging"}
+    cls = await client.call_class("builtins", "type", ["Probe", (), namespace])
+    return await client.call("typing", "get_type_hints", [cls])
+
+
+async def _update_wrapper_poisons_a_module(
+    client: snakebridge.Client, env: Env, marker: str
+) -> Any:
+    """``update_wrapper(wrapper, wrapped, assigned=names)`` is setattr(getattr()) for any
+    names: here it replaces a module's function for every later caller."""
+    module = await client.get_module_attr("xml", "dom.minidom")
+    donor = await client.call_class("types", "SimpleNamespace", [], {"getDOMImplementation": 7})
+    await client.call(
+        "functools", "update_wrapper", [module, donor],
+        {"assigned": ["getDOMImplementation"], "updated": []},
+    )  # fmt: skip
+    if await client.get_module_attr("xml", "dom.minidom.getDOMImplementation") == 7:
+        Path(marker).touch()
+
+
+def _probe_module(marker: str) -> str:
+    return f"open({marker!r}, 'w').close()\n"
+
+
+async def _write_in_cwd(client: snakebridge.Client, name: str, text: str) -> str:
+    """Writes ``name`` into the worker's cwd (its scratch dir when sandboxed) with calls
+    every level allows; returns the file's absolute path."""
+    path = await client.call_class("pathlib", "Path", [name])
+    await client.call_method(path, "write_text", [text])
+    return str(await client.call("os.path", "abspath", [name]))
+
+
+async def _pth_file_via_site(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    """site.addsitedir runs the lines of a .pth file that start with "import"."""
+    stem = f"sb_probe_{time.monotonic_ns()}"
+    line = f"import os; open({marker!r}, 'w').close()\n"
+    path = await _write_in_cwd(client, f"{stem}.pth", line)
+    return await client.call("site", "addsitedir", [os.path.dirname(path)])
+
+
+async def _unittest_discovery(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    """Test discovery imports every matching file of a directory."""
+    stem = f"test_sb_probe_{time.monotonic_ns()}"
+    path = await _write_in_cwd(client, f"{stem}.py", _probe_module(marker))
+    return await client.call(
+        "unittest", "defaultTestLoader.discover", [os.path.dirname(path), f"{stem}.py"]
+    )
+
+
+async def _helper_loader(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    path = await _write_in_cwd(client, f"sb_probe_{time.monotonic_ns()}.py", _probe_module(marker))
+    return await client.call("snakebridge_server.worker_helpers", "load_helpers", [[path]])
+
+
+async def _policy_off_then_os_system(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    """One set_attr on the policy class (a slots field replaced by a plain value) turns
+    the worker's check off for every client; then a path the server lets through
+    (logging.os.system) reaches posix.system."""
+    cls = await client.get_module_attr("snakebridge_server.sandbox.policy", "CallPolicy")
+    await client.set_attr(cls, "level", "none")
+    return await client.call("logging", "os.system", [f"touch {marker}"])
+
+
+async def _poison_a_module_function(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    """A module ref's function replaced: every later caller of minidom.parseString (any
+    client of this worker) gets abs instead."""
+    minidom = await client.get_module_attr("xml", "dom.minidom")
+    original = await client.get_module_attr("xml.dom.minidom", "parseString")
+    await client.set_attr(minidom, "parseString", await client.get_module_attr("builtins", "abs"))
+    try:
+        if await client.call("xml.dom.minidom", "parseString", [-3]) == 3:
+            Path(marker).touch()
+    finally:
+        await client.set_attr(minidom, "parseString", original)
+
+
+async def _poison_a_class(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    cls = await client.get_module_attr("fractions", "Fraction")
+    await client.set_attr(cls, "probe_poison", 7)
+    if await client.get_module_attr("fractions", "Fraction.probe_poison") == 7:
+        Path(marker).touch()
+
+
+async def _poison_a_function(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    fn = await client.get_module_attr("textwrap", "dedent")
+    await client.set_attr(fn, "probe_poison", 7)
+    if await client.get_module_attr("textwrap", "dedent.probe_poison") == 7:
+        Path(marker).touch()
+
+
 def _source_that_touches(marker: str) -> str:
     return f"open({marker!r}, 'w').close()"
 
@@ -906,13 +1065,79 @@ REACHES: list[Reach] = [
         why="resolves to 'os._Environ'",
     ),
     # denied objects got without naming them: refused as a result and as an argument
+    # (both got their ref from a format field walking __globals__, now refused itself)
     Reach(
         "os-module-as-a-call-result", _os_module_as_a_result, marks=True,
-        why="resolves to 'os'",
+        why="format field '0.__globals__\\[os\\]' walks an attribute",
     ),
     Reach(
         "denied-ref-passed-to-map", _denied_ref_to_map, marks=True,
+        why="format field '0.__globals__\\[os\\].system' walks an attribute",
+    ),
+    # -- issue #10: what a call hands out nested in a container is vetted too -----------------
+    Reach(
+        "denied-function-nested-in-a-result", _nested_denied_function, marks=True,
         why="resolves to 'posix.system'",
+    ),
+    Reach(
+        "policy-class-nested-in-a-result",
+        lambda c, e, m: _escaped_if(c.call(P, "runtime_in_a_dict"), m),
+        marks=True, why="'snakebridge_server' is denied",
+    ),
+    # -- format strings and higher-order calls ----------------------------------------------
+    Reach(
+        "str-format-walks-attributes", _str_format_reads_environ, marks=True,
+        why="format field '0.__globals__\\[os\\].environ' walks an attribute",
+    ),
+    Reach(
+        "formatter-vformat-walks-attributes", _formatter_vformat_reads_environ, marks=True,
+        why="walks an attribute",
+    ),
+    Reach(
+        "str-format-given-to-map", _map_of_str_format, marks=True,
+        why="formats with attribute access; it cannot be handed over as a ref",
+    ),
+    Reach(
+        "dunder-method-given-to-operator-call", _operator_call_of_a_dunder_method, marks=True,
+        why="private or dunder function",
+    ),
+    Reach(
+        "typing-evaluates-a-string-annotation", _type_hints_run_source, marks=True,
+        why="'typing.get_type_hints' is denied",
+    ),
+    Reach(
+        "functools-update-wrapper-sets-any-attribute", _update_wrapper_poisons_a_module,
+        marks=True, why="'functools.update_wrapper' is denied",
+    ),
+    # -- loaders that would execute a file the client wrote into its scratch dir -------------
+    Reach(
+        "site-addsitedir-runs-a-pth-file", _pth_file_via_site, marks=True,
+        why="'site' is denied",
+    ),
+    Reach(
+        "unittest-discovery-imports-a-file", _unittest_discovery, marks=True,
+        why="'unittest' is denied",
+    ),
+    Reach(
+        "helper-loader-runs-a-file", _helper_loader, marks=True,
+        why="'snakebridge_server' is denied",
+    ),
+    # -- set_attr on what every caller shares -----------------------------------------------
+    Reach(
+        "set-attr-turns-the-worker-policy-off", _policy_off_then_os_system, marks=True,
+        why="'snakebridge_server' is denied",
+    ),
+    Reach(
+        "set-attr-replaces-a-module-function", _poison_a_module_function, marks=True,
+        why="set_attr on module 'xml.dom.minidom' is not allowed",
+    ),
+    Reach(
+        "set-attr-on-a-class", _poison_a_class, marks=True,
+        why="set_attr on class 'fractions.Fraction' is not allowed",
+    ),
+    Reach(
+        "set-attr-on-a-function", _poison_a_function, marks=True,
+        why="set_attr on function 'textwrap.dedent' is not allowed",
     ),
 ]  # fmt: skip
 
@@ -946,6 +1171,44 @@ async def test_policy_is_off_at_none(
     async with snakebridge.Client(servers["none"].address) as client:
         await reach.act(client, env, marker)
     assert os.path.exists(marker) == reach.marks
+
+
+# -- the scratch dir is never on the import path ---------------------------------------------
+
+
+async def _import_a_module_written_into_the_cwd(client: snakebridge.Client, marker: str) -> Any:
+    """The worker's cwd (its scratch dir when sandboxed) was sys.path[0] (python -m): a
+    module a client writes there would be importable by name."""
+    stem = f"sb_probe_{time.monotonic_ns()}"
+    await _write_in_cwd(client, f"{stem}.py", _probe_module(marker) + "def ping():\n return 1\n")
+    return await client.call(stem, "ping")
+
+
+async def test_a_module_written_into_the_scratch_dir_is_not_importable_at_standard(
+    env: Env, servers: dict[str, ServerProcess]
+) -> None:
+    marker = env.fresh("scratch-import-marker")
+    async with snakebridge.Client(servers["standard"].address) as client:
+        with pytest.raises(ModuleNotFoundError, match="No module named 'sb_probe_"):
+            await _import_a_module_written_into_the_cwd(client, marker)
+        # Put back on sys.path by running code (as loaders do): still nothing found there.
+        with pytest.raises(ModuleNotFoundError, match="No module named 'sb_cwd_probe_"):
+            await client.call(P, "import_from_cwd_put_back_on_path", [marker])
+        cwd, *path = await client.call(P, "import_path")
+    assert not os.path.exists(marker)
+    assert cwd not in path and all(os.path.isabs(p) for p in path), (cwd, path)
+
+
+async def test_a_module_written_into_the_cwd_is_importable_at_none(
+    env: Env, servers: dict[str, ServerProcess]
+) -> None:
+    marker = env.fresh("scratch-import-marker")
+    async with snakebridge.Client(servers["none"].address) as client:
+        assert await _import_a_module_written_into_the_cwd(client, marker) == 1
+        assert os.path.exists(marker)
+        os.unlink(marker)
+        assert "imported" in await client.call(P, "import_from_cwd_put_back_on_path", [marker])
+    assert os.path.exists(marker)
 
 
 # -- what must keep working inside the sandbox -------------------------------------------------

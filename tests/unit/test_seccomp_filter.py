@@ -171,6 +171,24 @@ def test_every_denied_call_is_eperm(
     assert run_bpf(program, nr, [0, 0, 0]) == EPERM, name
 
 
+# Watches on files: Landlock does not cover them (issue #10: a worker saw the operator read
+# the token file, and names in directories it cannot list).
+FS_WATCHES = {
+    "inotify_init": 253,
+    "inotify_add_watch": 254,
+    "inotify_init1": 294,
+    "fanotify_init": 300,
+    "fanotify_mark": 301,
+}
+
+
+@pytest.mark.parametrize(("name", "nr"), sorted(FS_WATCHES.items()), ids=str)
+@pytest.mark.parametrize("own_uid", [False, True], ids=["shared-uid", "own-uid"])
+def test_file_system_watches_are_eperm_for_every_worker(name: str, nr: int, own_uid: bool) -> None:
+    program = seccomp.build_filter(OWN_PID, deny_file_owner_ops=not own_uid)
+    assert run_bpf(program, nr, [0, 0, 0]) == EPERM, name
+
+
 def test_socket_is_eperm_whatever_the_family(program: list[tuple[int, int, int, int]]) -> None:
     for family in (1, 2, 10, 16, 17):  # unix, inet, inet6, netlink, packet
         assert run_bpf(program, seccomp.SYS_SOCKET, [family, 1, 0]) == EPERM
@@ -431,6 +449,7 @@ def test_the_numbers_match_the_kernel_headers() -> None:
         **seccomp.DENY,
         **ATTRIBUTE_SETTERS,
         **SYSV_IPC,
+        **FS_WATCHES,
         "socket": seccomp.SYS_SOCKET,
         "socketpair": SYS_SOCKETPAIR,
         "prlimit64": SYS_PRLIMIT64,

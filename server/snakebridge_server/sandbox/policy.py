@@ -3,12 +3,16 @@
 The policy is checked twice: by the server on the names in the request (cheap, before any
 worker is involved) and by the worker on the object the names resolved to (so
 ``logging.os.system`` or a ref to a module cannot route around a denied name). Neither is
-the security boundary on its own: the kernel layers are (see ``docs/sandbox.md``); the policy
-turns the obvious ways in into a clear ``PolicyError`` instead of an OS error mid-call.
+the security boundary: higher-order calls (``map``, ``operator.call``) and libraries that
+evaluate strings let a client run code no request names, so at ``standard`` a client is
+assumed able to run arbitrary Python in its worker. The kernel layers are the boundary
+(``docs/security.md``); the policy is defence in depth that turns the obvious ways in into
+a clear ``PolicyError`` instead of an OS error mid-call.
 """
 
 from __future__ import annotations
 
+import string
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
@@ -108,6 +112,24 @@ DEFAULT_DENY: Final = frozenset(
         "cProfile",
         "pydoc",
         "logging.config",
+        # loaders that execute files (a client can write files into its scratch dir):
+        # .pth lines, test discovery, setup scripts, the import system's own machinery
+        "site",
+        "unittest",
+        "distutils",
+        "setuptools",
+        "_distutils_hack",
+        "_frozen_importlib",
+        "_frozen_importlib_external",
+        "_imp",
+        # the worker runtime itself: its call policy, ref table and helper loader
+        "snakebridge_server",
+        # setattr/getattr of any attribute names, dunders included, on any object
+        "functools.update_wrapper",
+        "functools.wraps",
+        # evaluate strings as Python expressions (string annotations)
+        "typing.get_type_hints",
+        "typing.ForwardRef",
     }
 )
 
@@ -245,6 +267,30 @@ class CallPolicy:
                 f"{self.level!r} ({denied!r} is denied)"
             )
 
+    def check_routine(self, qualified: str, name: object) -> None:
+        """A function or method handed over as a ref (a result, a target or an argument):
+        its own name obeys the private-name rule too, so a dunder method got without
+        naming it (``Formatter().get_field("0.__subclasses__", ...)``) cannot be passed
+        to ``map`` or ``operator.call``."""
+        if self.enforced and isinstance(name, str) and name.startswith("_"):
+            raise PolicyError(
+                f"{qualified or name!r} is a private or dunder function; it cannot be "
+                f"handed over as a ref at sandbox level {self.level!r}"
+            )
+
+    def check_format(self, text: str, *, field_name: bool = False) -> None:
+        """A format string given to a formatter (``str.format``, ``string.Formatter``), or
+        a bare field name (``Formatter.get_field``): no replacement field may walk an
+        attribute (``{0.__globals__}``, ``{0.os}``), which reads what no name may reach.
+        Indexing (``{0[key]}``) stays allowed."""
+        if self.enforced:
+            walk = _field_walk(text) if field_name else _attribute_walk(text, depth=0)
+            if walk is not None:
+                raise PolicyError(
+                    f"format field {walk!r} walks an attribute, which is not allowed at "
+                    f"sandbox level {self.level!r}; format on the client instead"
+                )
+
     def _check_private(self, dotted: str) -> None:
         for part in dotted.split("."):
             if part.startswith("_"):
@@ -252,3 +298,36 @@ class CallPolicy:
                     f"{dotted!r}: private and dunder names ({part!r}) are not reachable at "
                     f"sandbox level {self.level!r}"
                 )
+
+
+def _field_walk(name: str) -> str | None:
+    """``name`` if the field name reads an attribute (``0.__globals__``), else None. As
+    the formatter parses it: a dot outside ``[...]`` starts an attribute name."""
+    in_key = False
+    for char in name:
+        if char == "[":
+            in_key = True
+        elif char == "]":
+            in_key = False
+        elif char == "." and not in_key:
+            return name
+    return None
+
+
+def _attribute_walk(text: str, depth: int) -> str | None:
+    """The first replacement field of format string ``text`` that reads an attribute,
+    or None. A string that does not parse is one the formatter rejects too."""
+    try:
+        fields = [(name, spec) for _, name, spec, _ in string.Formatter().parse(text)]
+    except ValueError:
+        return None
+    for name, spec in fields:
+        if name and _field_walk(name) is not None:
+            return name
+        # Nested fields in a format spec ("{0:{1.x}}") are read too; Python allows two
+        # levels, the bound keeps a hostile string from recursing deeper.
+        if spec and depth < 2:
+            nested = _attribute_walk(spec, depth + 1)
+            if nested is not None:
+                return nested
+    return None

@@ -101,7 +101,13 @@ DENY: Final[dict[str, int]] = {
     "open_by_handle_at": 304,
     "name_to_handle_at": 303,
     "lookup_dcookie": 212,
+    # File-system watches: neither Landlock nor path rules cover them, so a worker could
+    # watch the operator read files and learn names in directories it cannot list.
+    "inotify_init": 253,
+    "inotify_add_watch": 254,
+    "inotify_init1": 294,
     "fanotify_init": 300,
+    "fanotify_mark": 301,
     "mknod": 133,
     "mknodat": 259,
     "vhangup": 153,
