@@ -105,17 +105,24 @@ class _Budget(Exception):
 
 class RefMinter:
     """Turns unencodable values of one request into refs of its session, within the
-    request's ref budget, remembering what it made so a failure can roll it back."""
+    request's ref budget, remembering what it made so a failure can roll it back.
 
-    __slots__ = ("budget", "created", "session_id", "table")
+    Every object passes ``vet`` (the sandbox policy) before it becomes a ref, wherever it
+    sits: a result, a value nested in one, a stream item or one nested in an item."""
 
-    def __init__(self, table: RefTable, session_id: str, budget: int) -> None:
+    __slots__ = ("budget", "created", "session_id", "table", "vet")
+
+    def __init__(
+        self, table: RefTable, session_id: str, budget: int, vet: Callable[[Any], Any]
+    ) -> None:
         self.table = table
         self.session_id = session_id
         self.budget = budget
+        self.vet = vet
         self.created: list[RefPayload] = []
 
     def __call__(self, obj: Any, *, stream: bool | None = None) -> msgpack.ExtType:
+        obj = self.vet(obj)
         if stream is None:
             stream = isinstance(obj, Iterator) or inspect.isasyncgen(obj)
         payload, is_new = self.table.add(obj, self.session_id, stream=stream)
@@ -397,7 +404,7 @@ class Worker:
         args: bytes,
         ref_budget: int,
     ) -> list[Any]:
-        mint = RefMinter(self.refs, session_id, ref_budget)
+        mint = RefMinter(self.refs, session_id, ref_budget, self._vetted)
         target = self._vetted(self.refs.get(target_ref, session_id)) if target_ref else None
         decoded = self._decode_args(args, session_id)
         outcome = self._user_step(
@@ -453,7 +460,7 @@ class Worker:
         if kind == KIND_CLASS:
             return _codec.encode(mint(result, stream=False))
         try:
-            return _codec.encode(result, on_unencodable=self.vet_leaf(mint))
+            return _codec.encode(result, on_unencodable=mint)
         except SerializationError:
             # Cyclic or too deep to carry by value: hand the whole result out as one ref,
             # dropping the refs the failed attempt made for its leaves.
@@ -523,7 +530,7 @@ class Worker:
         self, call_id: int, stream_id: int, session_id: str, budget: int, limits: BatchLimits
     ) -> list[Any]:
         stream = self.streams[stream_id]
-        mint = RefMinter(self.refs, session_id, budget)
+        mint = RefMinter(self.refs, session_id, budget, self._vetted)
 
         def encode_chunk(chunk: list[Any]) -> bytes:
             made = len(mint.created)
@@ -586,7 +593,7 @@ class Worker:
         """One item from a StreamRef (``StreamNext``): [done, encoded item]. An exhausted
         StreamRef is released."""
         it = self.refs.get(ref_id, session_id)
-        mint = RefMinter(self.refs, session_id, ref_budget)
+        mint = RefMinter(self.refs, session_id, ref_budget, self._vetted)
 
         def take() -> Any:
             if hasattr(it, "__anext__"):
@@ -681,11 +688,6 @@ class Worker:
                         f"over as a ref at sandbox level {self.policy.level!r}"
                     )
         return obj
-
-    def vet_leaf(self, mint: RefMinter) -> Callable[[Any], msgpack.ExtType]:
-        """``mint``, vetting first: what a result holds in a list, dict or tuple becomes a
-        ref as the result itself would, and is vetted as it is."""
-        return lambda obj: mint(self._vetted(obj))
 
     def _run_coroutine(self, coro: Any) -> Any:
         return self._get_loop().run_until_complete(coro)

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import CodeType, FunctionType, ModuleType
 from typing import Any
 
@@ -789,6 +789,13 @@ def numpy_sum(n: int) -> float:
 def denied_in_a_list() -> list[Any]:
     """os.system, nested in a list: vetted as the list's item, as it would be alone."""
     return [1, os.system]
+
+
+def denied_items() -> Iterator[Any]:
+    """A generator that yields os.system, alone and nested in a list."""
+    yield 1
+    yield os.system
+    yield [os.system]
 
 
 def runtime_in_a_dict() -> dict[str, Any]:

@@ -858,6 +858,25 @@ async def _nested_denied_function(client: snakebridge.Client, env: Env, marker: 
     return await client.call("builtins", "list", [mapped])
 
 
+async def _denied_stream_items(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    """A generator yields os.system, alone and in a list, through a batched stream: the
+    refs made for stream items are vetted like a call's result."""
+    items = [x async for x in client.stream(P, "denied_items")]
+    Path(marker).touch()
+    mapped = await client.call_class("builtins", "map", [items[1], [f"touch {marker}"]])
+    return await client.call("builtins", "list", [mapped])
+
+
+async def _denied_stream_next_item(client: snakebridge.Client, env: Env, marker: str) -> Any:
+    """The same generator through StreamNext, one item per RPC."""
+    it = await client.call(P, "denied_items")
+    await client.stream_next(it)
+    system = await client.stream_next(it)
+    Path(marker).touch()
+    mapped = await client.call_class("builtins", "map", [system, [f"touch {marker}"]])
+    return await client.call("builtins", "list", [mapped])
+
+
 def _if_secret(text: Any, marker: str) -> Any:
     if SECRET in str(text):  # the worker's os.environ (at level none it has the secret)
         Path(marker).touch()
@@ -1077,6 +1096,14 @@ REACHES: list[Reach] = [
     # -- issue #10: what a call hands out nested in a container is vetted too -----------------
     Reach(
         "denied-function-nested-in-a-result", _nested_denied_function, marks=True,
+        why="resolves to 'posix.system'",
+    ),
+    Reach(
+        "denied-function-as-a-stream-item", _denied_stream_items, marks=True,
+        why="resolves to 'posix.system'",
+    ),
+    Reach(
+        "denied-function-as-a-stream-next-item", _denied_stream_next_item, marks=True,
         why="resolves to 'posix.system'",
     ),
     Reach(
