@@ -19,7 +19,7 @@ from grpclib.server import Server
 from snakebridge._h2_repr import use_cheap_data_frame_repr
 from snakebridge._protocol import SERVICE
 
-from .auth import TokenAuth, read_token
+from .auth import UNAUTHENTICATED_OK, TokenAuth, read_token
 from .bounded import RequestGuard
 from .bridge import Bridge
 from .coalesce import coalescing
@@ -89,6 +89,8 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         requests = RequestGuard(
             bridge_prefix=SERVICE,
             bridge_limit=service.max_request,
+            open_prefixes=UNAUTHENTICATED_OK,
+            read_timeout=config.handshake_timeout,
             max_watches=config.max_health_watches,
             watch_duration=config.idle_timeout,
         )

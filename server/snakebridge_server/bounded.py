@@ -10,6 +10,11 @@ meanwhile bounded. ``RequestGuard`` makes every handler's ``recv_message`` do th
 Bridge methods get ``--max-message-size`` plus their envelope, every other method (health,
 reflection: a service name, a symbol) ``SMALL_MESSAGE``.
 
+Slow requests. A health request needs no token, and grpclib waits for its message as long
+as the client likes: a stream whose message never comes kept its connection from ever
+being idle. A request message of a method that needs no token must arrive within
+``read_timeout`` (``--handshake-timeout``), else the call ends with DEADLINE_EXCEEDED.
+
 Health ``Watch`` streams. grpclib's never end, so a connection holding one never meets the
 idle timeout, and without a token anyone may open them. ``RequestGuard`` counts them:
 more than ``max_watches`` on the server or ``WATCHES_PER_CONNECTION`` on one connection are
@@ -113,11 +118,15 @@ class RequestGuard:
         *,
         bridge_prefix: str,
         bridge_limit: int,
+        open_prefixes: tuple[str, ...],  # methods that need no token
+        read_timeout: float,
         max_watches: int,
         watch_duration: float,  # 0: no limit
     ) -> None:
         self.bridge_prefix = bridge_prefix
         self.bridge_limit = bridge_limit
+        self.open_prefixes = open_prefixes
+        self.read_timeout = read_timeout
         self.max_watches = max_watches
         self.watch_duration = watch_duration
         self.watching = 0
@@ -143,11 +152,24 @@ class RequestGuard:
         limit = self.limit_of(path)
         func = handler.func
         watch = path == WATCH_METHOD
+        timeout = self.read_timeout if path.startswith(self.open_prefixes) else None
+
+        async def recv(stream: Stream[Any, Any]) -> Any:
+            if timeout is None:
+                return await _recv(stream, limit)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await _recv(stream, limit)
+            except TimeoutError:
+                raise GRPCError(
+                    Status.DEADLINE_EXCEEDED,
+                    f"the request message did not arrive within {timeout:g}s",
+                ) from None
 
         async def bounded(stream: Stream[Any, Any]) -> None:
             # grpclib's handlers (health, reflection) read through this, and iterating a
             # stream calls it too.
-            stream.recv_message = lambda: _recv(stream, limit)  # type: ignore[method-assign]
+            stream.recv_message = lambda: recv(stream)  # type: ignore[method-assign]
             try:
                 if watch:
                     await self._watch(stream, func)

@@ -223,6 +223,32 @@ async def test_health_watch_streams_are_capped_and_end_at_the_idle_timeout(
     srv.wait_for_log("refused .* health Watch stream")
 
 
+def test_a_health_request_whose_message_never_comes_ends_and_the_connection_idles_out(
+    make_server: Any, tmp_path: Path
+) -> None:
+    srv = make_server(
+        "--workers",
+        "1",
+        "--token-file",
+        _token_file(tmp_path),
+        "--handshake-timeout",
+        "1",
+        "--idle-timeout",
+        "1",
+    )
+    attacker = Attacker(srv.address)
+    try:
+        stream = attacker.open(CHECK)  # headers, then nothing: no message, no end of stream
+        attacker.flush()
+        attacker.wait(lambda: attacker.ended(stream))
+        assert attacker.grpc_status(stream) == 4  # DEADLINE_EXCEEDED
+        attacker.wait(lambda: False)  # then the connection is idle, and closed
+        terminated = attacker.goaway()
+    finally:
+        attacker.close()
+    assert terminated is not None and terminated.additional_data == b"idle"
+
+
 def _storm(address: str, pairs: int, outcome: dict[str, Any]) -> None:
     """Open a stream and reset it, ``pairs`` times, in frames written straight to the
     socket (h2 builds the first ones; later ones repeat its fully indexed header block)."""
