@@ -38,6 +38,7 @@ MiB = 1024 * 1024
 TOKEN = "s3cret-token"
 CHECK = "/grpc.health.v1.Health/Check"
 WATCH = "/grpc.health.v1.Health/Watch"
+REFLECTION = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
 RSS_GROWTH_LIMIT_MIB = 50  # the requirement (issue #10, item 7)
 
 
@@ -72,7 +73,7 @@ class Rss:
 
 
 class Attacker:
-    """A raw HTTP/2 client with no token."""
+    """A raw HTTP/2 client (with no token unless a stream is opened with one)."""
 
     def __init__(self, address: str, timeout: float = 10.0) -> None:
         host, port = address.rsplit(":", 1)
@@ -86,20 +87,19 @@ class Attacker:
     def flush(self) -> None:
         self.sock.sendall(self.h2.data_to_send())
 
-    def open(self, path: str, *, end: bool = False) -> int:
+    def open(self, path: str, *, token: str = "") -> int:
         stream_id: int = self.h2.get_next_available_stream_id()
-        self.h2.send_headers(
-            stream_id,
-            [
-                (":method", "POST"),
-                (":scheme", "http"),
-                (":path", path),
-                (":authority", "bridge"),
-                ("content-type", "application/grpc"),
-                ("te", "trailers"),
-            ],
-            end_stream=end,
-        )
+        headers = [
+            (":method", "POST"),
+            (":scheme", "http"),
+            (":path", path),
+            (":authority", "bridge"),
+            ("content-type", "application/grpc"),
+            ("te", "trailers"),
+        ]
+        if token:
+            headers.append(("authorization", f"Bearer {token}"))
+        self.h2.send_headers(stream_id, headers)
         return stream_id
 
     def receive(self) -> None:
@@ -145,8 +145,13 @@ async def _served(address: str) -> None:
             assert await client.call("math", "sqrt", [16]) == 4.0
 
 
-async def test_a_huge_health_check_body_is_refused_from_its_length_prefix(
-    make_server: Any, tmp_path: Path
+@pytest.mark.parametrize(
+    ("path", "token"),
+    [(CHECK, ""), (REFLECTION, TOKEN)],  # health needs no token; reflection does
+    ids=["health-check", "reflection"],
+)
+async def test_a_huge_request_message_is_refused_from_its_length_prefix(
+    make_server: Any, tmp_path: Path, path: str, token: str
 ) -> None:
     srv = make_server("--workers", "1", "--token-file", _token_file(tmp_path))
     await _served(srv.address)  # warm: handler paths, a connection
@@ -155,7 +160,7 @@ async def test_a_huge_health_check_body_is_refused_from_its_length_prefix(
     attacker = Attacker(srv.address)
     pushed = 0
     try:
-        stream = attacker.open(CHECK)
+        stream = attacker.open(path, token=token)
         attacker.h2.send_data(stream, struct.pack(">?I", False, declared))
         chunk = b"\0" * (64 * 1024)
         # Push the body as fast as flow control lets us, until the server answers.
