@@ -279,8 +279,9 @@ def _error_from(message: list[Any]) -> BridgeError:
         error = remote_error(type_name, text, tb)
         if isinstance(error, (StopIteration, StopAsyncIteration)):
             # Awaiting a future that holds a StopIteration returns its message as the
-            # result, and the caller took that text for a reply. Here the plain class
-            # does: the client rebuilds the builtin subclass from the type name.
+            # result: the caller took the error text for a reply (an INTERNAL error).
+            # The plain class carries it; the client rebuilds the builtin subclass from
+            # the type name.
             return RemoteError(text, type_name=type_name, traceback=tb)
         return error
     return error_class(code)(text)
