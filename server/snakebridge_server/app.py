@@ -17,8 +17,10 @@ from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server
 
 from snakebridge._h2_repr import use_cheap_data_frame_repr
+from snakebridge._protocol import SERVICE
 
-from .auth import TokenAuth, read_token
+from .auth import UNAUTHENTICATED_OK, TokenAuth, read_token
+from .bounded import RequestGuard
 from .bridge import Bridge
 from .coalesce import coalescing
 from .config import ConfigError, ServerConfig, _is_loopback, parse_listen
@@ -84,8 +86,17 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             checks[_HealthName(POOL_HEALTH_PREFIX + pool.name)] = [status]
             # NOT_SERVING for good once the drain began, whatever the pool reports.
             pool.on_health = lambda ok, status=status: status.set(ok and not stop.is_set())
+        requests = RequestGuard(
+            bridge_prefix=SERVICE,
+            bridge_limit=service.max_request,
+            open_prefixes=UNAUTHENTICATED_OK,
+            read_timeout=config.handshake_timeout,
+            max_watches=config.max_health_watches,
+            watch_duration=config.idle_timeout,
+        )
         server = Server(
-            with_reflection([service, Health(checks)]), config=grpc_configuration(config)
+            requests.services(with_reflection([service, Health(checks)])),
+            config=grpc_configuration(config),
         )
         server._protocol_factory = coalescing(server._protocol_factory)  # type: ignore[method-assign]
         guard = ConnectionGuard(ConnectionLimits.from_config(config))

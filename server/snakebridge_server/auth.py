@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import os
 import stat
+from typing import Final
 
 from grpclib.const import Status
 from grpclib.events import RecvRequest
@@ -17,7 +18,7 @@ from grpclib.exceptions import GRPCError
 
 from .config import ConfigError
 
-_UNAUTHENTICATED_OK = ("/grpc.health.v1.Health/",)  # probes carry no secrets
+UNAUTHENTICATED_OK: Final = ("/grpc.health.v1.Health/",)  # probes carry no secrets
 
 
 def read_token(path: str) -> bytes:
@@ -43,7 +44,7 @@ class TokenAuth:
         self._expected = b"Bearer " + token
 
     async def __call__(self, event: RecvRequest) -> None:
-        if event.method_name.startswith(_UNAUTHENTICATED_OK):
+        if event.method_name.startswith(UNAUTHENTICATED_OK):
             return
         given = event.metadata.get("authorization", "")
         given_bytes = given.encode() if isinstance(given, str) else bytes(given)

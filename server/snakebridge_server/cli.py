@@ -73,6 +73,7 @@ _FLAGS: list[tuple[str, str, Callable[[str], Any], str]] = [
     ("--max-streams-per-connection", "max_streams_per_connection", int, "concurrent streams"),
     ("--idle-timeout", "idle_timeout", float, "close connections idle this long (0: never)"),
     ("--handshake-timeout", "handshake_timeout", float, "seconds for a client's HTTP/2 preface"),
+    ("--max-health-watches", "max_health_watches", int, "open health Watch streams at most"),
     ("--keepalive-time", "keepalive_time", float, "ping interval with streams open (0: off)"),
     ("--keepalive-timeout", "keepalive_timeout", float, "seconds for a ping's answer"),
     # -- observability (docs/observability.md) --

@@ -198,6 +198,7 @@ class ServerConfig:
     max_streams_per_connection: int = 100  # SETTINGS_MAX_CONCURRENT_STREAMS (h2 default)
     idle_timeout: float = 300.0  # seconds a connection with no open stream is kept; 0: forever
     handshake_timeout: float = 10.0  # seconds for the client's HTTP/2 preface
+    max_health_watches: int = 100  # concurrent grpc.health.v1 Watch streams; 0: none
     keepalive_time: float = 7200.0  # seconds between pings while streams are open; 0: none
     keepalive_timeout: float = 20.0  # seconds a ping may go unanswered before closing
     sandbox_uid: int = -1  # -1: auto (61000 + worker index when root), 0: never switch uid
@@ -285,6 +286,8 @@ class ServerConfig:
             fail("max_connections", "must be >= 1")
         if not 1 <= self.max_streams_per_connection <= 2**31 - 1:
             fail("max_streams_per_connection", "must be in 1..2147483647")
+        if not 0 <= self.max_health_watches <= 1_000_000:
+            fail("max_health_watches", "must be in 0..1000000 (0: Watch refused)")
         for key in ("idle_timeout", "keepalive_time"):
             if not (getattr(self, key) >= 0 and math.isfinite(getattr(self, key))):
                 fail(key, "must be a finite number >= 0 (0: never)")

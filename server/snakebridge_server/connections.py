@@ -14,7 +14,14 @@ connection:
   that ends it with GOAWAY ``NO_ERROR``;
 - ping-abuse protection: a client that sends PINGs less than ``PING_MIN_INTERVAL`` apart
   more than ``PING_STRIKES`` times with nothing sent by the server in between is sent
-  GOAWAY ``ENHANCE_YOUR_CALM`` ("too_many_pings", as gRPC servers do) and closed.
+  GOAWAY ``ENHANCE_YOUR_CALM`` ("too_many_pings", as gRPC servers do) and closed;
+- rapid-reset protection (CVE-2023-44487): a client that resets more than
+  ``RESET_LIMIT`` streams within ``RESET_WINDOW`` seconds (a sliding window) is sent
+  GOAWAY ``ENHANCE_YOUR_CALM`` ("too_many_resets") and closed, and the requests still
+  queued in what it sent are dropped unread. Opening and resetting streams costs the
+  client two frames and the server a handler task each: 50,000 of them stalled other
+  clients for 8-11 s and grew the server by ~0.5 GB. A client that cancels its calls
+  legitimately resets at the rate its calls finish, far below this.
 
 The server's own keepalive pings are grpclib's (``grpc_configuration``).
 """
@@ -27,6 +34,7 @@ import logging
 import math
 import resource
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -37,7 +45,7 @@ from grpclib.protocol import H2Protocol
 from h2.config import H2Configuration
 from h2.connection import H2Connection
 from h2.errors import ErrorCodes
-from h2.events import PingReceived, RemoteSettingsChanged
+from h2.events import PingReceived, RemoteSettingsChanged, RequestReceived, StreamReset
 from h2.exceptions import ProtocolError
 from h2.settings import SettingCodes
 
@@ -47,6 +55,8 @@ log = logging.getLogger("snakebridge.server")
 
 PING_MIN_INTERVAL: Final = 10.0  # seconds; closer pings without server data are strikes
 PING_STRIKES: Final = 2  # strikes allowed; the next one closes the connection
+RESET_WINDOW: Final = 10.0  # seconds of stream resets counted
+RESET_LIMIT: Final = 1000  # resets allowed within RESET_WINDOW; the next one closes
 _REFUSAL_LOG_INTERVAL: Final = 1.0  # at most one "refused" warning a second
 _REFUSAL_GRACE: Final = 1.0  # seconds a refused client has to read its GOAWAY and leave
 _FD_HEADROOM: Final = 256  # fds beyond max_connections: workers' pipes, logs, the listener
@@ -195,6 +205,7 @@ class _Guarded:
         "_preface",
         "_protocol",
         "_refusal",
+        "_resets",
         "_streams",
         "_strikes",
     )
@@ -209,6 +220,7 @@ class _Guarded:
         self._preface: asyncio.TimerHandle | None = None
         self._last_ping: float | None = None
         self._strikes = 0
+        self._resets: deque[float] = deque(maxlen=RESET_LIMIT + 1)  # times of recent resets
         self._refusal: _Refusal | None = None
         connection_made = protocol.connection_made
         connection_lost = protocol.connection_lost
@@ -255,6 +267,8 @@ class _Guarded:
         processors: dict[type, Any] = processor.processors
         on_settings = processors[RemoteSettingsChanged]
         on_ping = processors[PingReceived]
+        on_request = processors[RequestReceived]
+        on_reset = processors[StreamReset]
 
         def settings(event: RemoteSettingsChanged) -> None:
             if self._preface is not None:  # the client's first SETTINGS ends its preface
@@ -266,8 +280,19 @@ class _Guarded:
             if self._ping_allowed():
                 on_ping(event)
 
+        def request(event: RequestReceived) -> None:
+            if not self._closed:  # sent away: what it sent after is dropped unread
+                on_request(event)
+
+        def reset(event: StreamReset) -> None:
+            on_reset(event)
+            if event.remote_reset and not self._closed:
+                self._count_reset()
+
         processors[RemoteSettingsChanged] = settings
         processors[PingReceived] = ping
+        processors[RequestReceived] = request
+        processors[StreamReset] = reset
 
         register = processor.register
 
@@ -335,6 +360,16 @@ class _Guarded:
                 self._goaway(ErrorCodes.ENHANCE_YOUR_CALM, b"too_many_pings")
                 return False
         return True
+
+    def _count_reset(self) -> None:
+        now = time.monotonic()
+        resets = self._resets
+        resets.append(now)
+        while resets[0] < now - RESET_WINDOW:
+            resets.popleft()
+        if len(resets) > RESET_LIMIT:
+            log.warning("closing connection from %s: too many stream resets", self._peer())
+            self._goaway(ErrorCodes.ENHANCE_YOUR_CALM, b"too_many_resets")
 
     # -- closing -------------------------------------------------------------------------
 

@@ -27,6 +27,7 @@ from snakebridge import __version__
 from snakebridge.errors import (
     BridgeError,
     LimitExceeded,
+    RemoteError,
     WorkerCrashed,
     error_class,
     remote_error,
@@ -46,8 +47,10 @@ from .channel import (
     R_READY,
     STREAM_MORE,
     FrameDecoder,
+    false_reply,
+    frame_head,
     pack_frame_parts,
-    unpack_message,
+    unpack_reply,
 )
 from .coalesce import CoalescingTransport
 from .logs import CALL, LineLimiter, LineSplitter, parse_output_line
@@ -61,6 +64,14 @@ log = logging.getLogger("snakebridge.worker")
 
 class WorkerStartError(Exception):
     """A worker process failed to start or to complete its READY handshake."""
+
+
+class WorkerLied(Exception):
+    """A worker sent what cannot be the honest answer to what the server asked: a reply
+    for a call not in flight or out of order, more new refs than the call's budget, a
+    malformed value. Its user code may have written to the channel; the server kills the
+    worker (its calls fail with ``WorkerCrashed``) and the pool replaces it. Raised and
+    handled inside the server only."""
 
 
 class NeverStarted(WorkerCrashed):
@@ -128,7 +139,7 @@ class _Channel(asyncio.Protocol):
 
     def __init__(self, handle: WorkerHandle, max_frame: int) -> None:
         self.handle = handle
-        self.decoder = FrameDecoder(max_frame)
+        self.decoder = FrameDecoder(max_frame, check_head=self._check_head)
         self.transport: CoalescingTransport | None = None
         self.ready: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
 
@@ -144,17 +155,35 @@ class _Channel(asyncio.Protocol):
         try:
             frames = self.decoder.feed(data)
             for body in frames:
-                self._dispatch(unpack_message(body))
+                self._dispatch(unpack_reply(body))
+        except WorkerLied as exc:
+            self.handle._lied(str(exc))
         except Exception as exc:  # FrameTooLarge, a malformed frame, ...: never silence
             self.handle._fail(f"broken channel: {exc!r}")
+
+    def _check_head(self, head: bytes) -> None:
+        """A large frame, before its body is buffered: it must answer a call in flight."""
+        try:
+            op, call_id = frame_head(head)
+        except ValueError as exc:
+            raise WorkerLied(str(exc)) from None
+        if op == R_READY and not self.ready.done():
+            return  # helper descriptions can make it large
+        handle = self.handle
+        if op not in (R_OK, R_ERR) or not handle._in_flight(call_id):
+            raise WorkerLied(f"a {op=} frame for call {call_id}, which is not in flight")
 
     def _dispatch(self, message: list[Any]) -> None:
         op = message[0]
         if op == R_OK or op == R_ERR:
             handle = self.handle
-            handle._last_reply_id = message[1]
-            handle._abandoned.discard(message[1])
-            fut = handle._pending.pop(message[1], None)
+            call_id = message[1]
+            asked = handle._check_reply(message)
+            if asked is None:
+                return  # for a call forgotten while closing: nothing waits for it
+            handle._last_reply_id = call_id
+            handle._abandoned.discard(call_id)
+            fut = handle._pending.pop(call_id, None)
             if fut is None or fut.done():
                 return  # the caller gave up (cancelled / timed out) already
             if op == R_OK:
@@ -168,7 +197,7 @@ class _Channel(asyncio.Protocol):
         elif op == R_READY and not self.ready.done():
             self.ready.set_result(message)
         else:
-            raise ValueError(f"unexpected frame opcode {op}")
+            raise WorkerLied(f"an unexpected frame of opcode {op!r}")
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
@@ -247,7 +276,14 @@ def read_cpu_seconds(pid: int) -> float | None:
 def _error_from(message: list[Any]) -> BridgeError:
     _, _, code, type_name, text, tb = message
     if code == "RemoteError":
-        return remote_error(type_name, text, tb)
+        error = remote_error(type_name, text, tb)
+        if isinstance(error, (StopIteration, StopAsyncIteration)):
+            # Awaiting a future that holds a StopIteration returns its message as the
+            # result: the caller took the error text for a reply (an INTERNAL error).
+            # The plain class carries it; the client rebuilds the builtin subclass from
+            # the type name.
+            return RemoteError(text, type_name=type_name, traceback=tb)
+        return error
     return error_class(code)(text)
 
 
@@ -266,6 +302,9 @@ class WorkerHandle:
         self.refs_held = 0
         self.open_streams: set[int] = set()  # streams open on this worker count as load
         self._pending: dict[int, asyncio.Future[Reply]] = {}
+        # (opcode, bound) of each call sent and not answered yet, to check its reply
+        # against: see ``channel.false_reply``.
+        self._asked: dict[int, tuple[int, int]] = {}
         # Calls the caller gave up on that the worker has not answered yet: they still
         # occupy it, so they count as load.
         self._abandoned: set[int] = set()
@@ -501,13 +540,18 @@ class WorkerHandle:
 
     # -- calls --------------------------------------------------------------------------
 
-    def _send(self, op: int, *fields: Any) -> tuple[int, asyncio.Future[Reply]]:
+    def _send(
+        self, op: int, *fields: Any, bound: int | None = None
+    ) -> tuple[int, asyncio.Future[Reply]]:
+        """Send a request; ``bound`` is what its reply is checked against (the ref
+        budget sent, the ids released; default: the worker's ref cap)."""
         if self.state != "ready" or self._channel is None or self._channel.transport is None:
             raise WorkerCrashed(f"worker {self.key} is not running")
         call_id = self._next_id
         self._next_id += 1
         fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = fut
+        self._asked[call_id] = (op, self.spec.max_refs if bound is None else bound)
         transport = self._channel.transport
         for part in pack_frame_parts([op, call_id, *fields]):
             transport.write(part)
@@ -524,7 +568,16 @@ class WorkerHandle:
         ref_budget: int,
     ) -> Reply:
         return await self._request(
-            OP_CALL, kind, module, name, target_ref, session_id, args, ref_budget, self._cid()
+            OP_CALL,
+            kind,
+            module,
+            name,
+            target_ref,
+            session_id,
+            args,
+            ref_budget,
+            self._cid(),
+            bound=ref_budget,
         )
 
     def _cid(self) -> str:
@@ -536,9 +589,9 @@ class WorkerHandle:
         info.pool = self.key.pool
         return info.correlation_id
 
-    async def _request(self, op: int, *fields: Any) -> Reply:
+    async def _request(self, op: int, *fields: Any, bound: int | None = None) -> Reply:
         """Send one request and await its reply; cancelling the caller cancels the call."""
-        call_id, fut = self._send(op, *fields)
+        call_id, fut = self._send(op, *fields, bound=bound)
         try:
             reply = await fut
         except asyncio.CancelledError:
@@ -547,6 +600,48 @@ class WorkerHandle:
         self.calls_done += 1
         self.refs_held += reply.new_refs
         return reply
+
+    # -- checking what the worker says --------------------------------------------------
+
+    def _in_flight(self, call_id: int) -> bool:
+        return call_id in self._pending or call_id in self._abandoned
+
+    def _check_reply(self, message: list[Any]) -> tuple[int, int] | None:
+        """The (opcode, bound) ``message`` answers; raises ``WorkerLied`` when it cannot
+        be the worker's honest reply. The worker answers every request, in order, so a
+        reply must be for the call after the last one answered: a late reply to a call
+        the caller gave up on is in order too; a reply for an id never sent, answered
+        already, or skipped over is not. None: a call forgotten while closing."""
+        call_id = message[1]
+        expected = self._last_reply_id + 1
+        if type(call_id) is not int or call_id != expected or call_id >= self._next_id:
+            raise WorkerLied(f"a reply for call {call_id!r}; the next reply is for {expected}")
+        asked = self._asked.pop(call_id, None)
+        if asked is None:
+            if self.state == "ready":
+                raise WorkerLied(f"a reply for call {call_id}, which is not in flight")
+            return None
+        if message[0] == R_OK:
+            why = false_reply(message, *asked)
+            if why:
+                raise WorkerLied(why)
+        return asked
+
+    def _lied(self, what: str) -> None:
+        """Kill a worker that sent a false report; its calls fail as in a crash."""
+        if self.state == "dead":
+            return
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.close()  # what else it sent is not to be believed either
+        log.warning(
+            "worker %s (pid %d) sent a false report (%s); killing it",
+            self.key,
+            self.pid,
+            what,
+            extra={"worker": str(self.key), "pool": self.key.pool},
+        )
+        self._fail(f"killed: it sent a false report ({what})")
 
     # -- streams ------------------------------------------------------------------------
 
@@ -572,6 +667,7 @@ class WorkerHandle:
             ref_budget,
             *limits,
             self._cid(),
+            bound=ref_budget,
         )
         batch = _stream_reply(reply)
         if batch.state == STREAM_MORE:
@@ -582,7 +678,13 @@ class WorkerHandle:
         self, stream_id: int, session_id: str, ref_budget: int, limits: tuple[int, int, float]
     ) -> StreamReply:
         reply = await self._request(
-            OP_STREAM_PULL, stream_id, session_id, ref_budget, *limits, self._cid()
+            OP_STREAM_PULL,
+            stream_id,
+            session_id,
+            ref_budget,
+            *limits,
+            self._cid(),
+            bound=ref_budget,
         )
         batch = _stream_reply(reply)
         if batch.state != STREAM_MORE:
@@ -598,11 +700,13 @@ class WorkerHandle:
         fut.add_done_callback(_ignore_outcome)
 
     async def stream_next(self, ref_id: str, session_id: str, ref_budget: int) -> Reply:
-        return await self._request(OP_STREAM_NEXT, ref_id, session_id, ref_budget, self._cid())
+        return await self._request(
+            OP_STREAM_NEXT, ref_id, session_id, ref_budget, self._cid(), bound=ref_budget
+        )
 
     async def release(self, ref_ids: list[str], session_id: str) -> dict[str, int]:
         """Free those of ``ref_ids`` that ``session_id`` owns."""
-        _, fut = self._send(OP_RELEASE, ref_ids, session_id)
+        _, fut = self._send(OP_RELEASE, ref_ids, session_id, bound=len(ref_ids))
         counts = {s: n for s, n in (await fut).value}
         self.refs_held -= sum(counts.values())
         return counts
@@ -687,6 +791,7 @@ class WorkerHandle:
         self._kill_timers.clear()
         pending, self._pending = self._pending, {}
         self._abandoned.clear()
+        self._asked.clear()
         running = self._last_reply_id + 1  # frames run strictly in order
         for call_id, fut in pending.items():
             if fut.done():
@@ -724,7 +829,7 @@ class WorkerHandle:
                 if not data:
                     break
                 for body in self._channel.decoder.feed(data):
-                    self._channel._dispatch(unpack_message(body))
+                    self._channel._dispatch(unpack_reply(body))
         except Exception as exc:  # a torn or broken frame: what came before it counted
             log.debug("worker %s: leftover replies unreadable: %r", self.key, exc)
         finally:
