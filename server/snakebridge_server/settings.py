@@ -5,15 +5,26 @@ setting) or ``config.PoolConfig`` (a pool-level one: every pool has its own valu
 
     max_queued: int = setting(4096, "calls queued per pool before PoolSaturated", at_least(1))
 
-From that one line come its default, its checks (run by ``validate`` in one loop, the
+From that one line come its default, its checks (run by ``check_fields`` in one loop, the
 error naming the field), its ``--max-queued`` flag with the help text, its
-``SNAKEBRIDGE_MAX_QUEUED`` variable, its ``max_queued`` TOML key, and how text and TOML
-values are converted, which follows the field's annotation (see ``_KINDS``). A test checks
-that docs/configuration.md has a row for it. Adding a setting is adding that one line
-(plus its row in the docs); a rule that relates two settings is a small function in
-``config.POOL_RULES`` or ``config.SERVER_RULES``.
+``SNAKEBRIDGE_MAX_QUEUED`` variable, its ``max_queued`` TOML key, its scope (which class
+declares it) and how text and TOML values are converted, which follows the field's
+annotation (``_KINDS``: int, float, str, ``str | None``, a comma list
+``tuple[str, ...]``, a switch ``bool``, a file-only table). ``SupervisionPolicy`` and
+other code that needs a default reads it with ``config.default_of``.
 
-Checks return the reason a value is wrong, or None; the caller adds the key.
+Adding a setting:
+
+1. one ``setting(default, help, *checks)`` field in ``PoolConfig`` or ``ServerConfig``;
+   a check takes the value and returns the reason it is wrong, or None (reuse the ones
+   below: ``at_least``, ``in_range``, ``positive_seconds``, ``one_of``, ``each``, …);
+2. a rule that relates it to another setting, if any: a small function returning
+   ``(key, reason)`` or None, listed in ``config.POOL_RULES`` or ``config.SERVER_RULES``;
+3. its row in docs/configuration.md (``tests/unit/test_settings.py`` fails until it is).
+
+Porting one added the old way (a field, a ``cli._FLAGS`` entry, lines in ``validate``):
+keep the field, move the help text and the check into ``setting(...)``, and drop the
+``_FLAGS`` entry and the ``validate`` lines.
 """
 
 from __future__ import annotations
