@@ -132,7 +132,7 @@ _KINDS: Final = {
 @dataclass(frozen=True, slots=True)
 class Setting:
     """One setting, declared in its config field's metadata by ``setting()``; ``bind``
-    fills in ``field``, ``scope`` and ``kind`` once the config class exists."""
+    fills in ``field``, ``scope``, ``kind`` and ``default`` once the config class exists."""
 
     help: str
     checks: tuple[Check, ...] = ()
