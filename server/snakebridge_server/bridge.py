@@ -153,15 +153,7 @@ class Bridge:
                 self._worker_spec(pc, uid_offset),
                 max_queued=pc.max_queued,
                 on_worker_lost=self.sessions.worker_gone,
-                policy=SupervisionPolicy(
-                    crash_loop_max=pc.crash_loop_max,
-                    crash_loop_window=pc.crash_loop_window,
-                    crash_loop_cooldown=pc.crash_loop_cooldown,
-                    recycle_calls=pc.recycle_calls,
-                    recycle_rss=pc.recycle_rss,
-                    recycle_jitter=pc.recycle_jitter,
-                    retire_timeout=pc.max_call_timeout,
-                ),
+                policy=SupervisionPolicy.of(pc),
             )
             uid_offset += pc.workers
         self._sweeper: asyncio.Task[None] | None = None

@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypeVar
 
 from snakebridge.errors import PoolSaturated, PoolUnavailable, SessionLost
 
+from .config import PoolConfig, default_of
 from .refids import WorkerKey
 from .sandbox.spawn import worker_env
 from .worker_handle import WorkerHandle, WorkerSpec, WorkerStartError, check_runtime
@@ -156,16 +157,31 @@ def read_rss(pid: int) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class SupervisionPolicy:
-    """The crash-loop and recycling settings of a pool (see ``ServerConfig``)."""
+    """The crash-loop and recycling settings of a pool. The defaults are those declared
+    on ``PoolConfig``, not copies of them."""
 
-    crash_loop_max: int = 5
-    crash_loop_window: float = 60.0
-    crash_loop_cooldown: float = 30.0
-    recycle_calls: int = 0  # 0: never
-    recycle_rss: int = 0  # bytes; 0: never
-    recycle_jitter: float = 0.1
-    retire_timeout: float = 3600.0  # most a retiring worker may take to finish its calls
+    crash_loop_max: int = default_of(PoolConfig, "crash_loop_max")
+    crash_loop_window: float = default_of(PoolConfig, "crash_loop_window")
+    crash_loop_cooldown: float = default_of(PoolConfig, "crash_loop_cooldown")
+    recycle_calls: int = default_of(PoolConfig, "recycle_calls")  # 0: never
+    recycle_rss: int = default_of(PoolConfig, "recycle_rss")  # bytes; 0: never
+    recycle_jitter: float = default_of(PoolConfig, "recycle_jitter")
+    # Most a retiring worker may take to finish its calls: the longest a call may run.
+    retire_timeout: float = default_of(PoolConfig, "max_call_timeout")
     check_interval: float = 1.0  # how often the supervisor reads RSS
+
+    @classmethod
+    def of(cls, pc: PoolConfig) -> SupervisionPolicy:
+        """The policy a pool's settings make."""
+        return cls(
+            crash_loop_max=pc.crash_loop_max,
+            crash_loop_window=pc.crash_loop_window,
+            crash_loop_cooldown=pc.crash_loop_cooldown,
+            recycle_calls=pc.recycle_calls,
+            recycle_rss=pc.recycle_rss,
+            recycle_jitter=pc.recycle_jitter,
+            retire_timeout=pc.max_call_timeout,
+        )
 
 
 class Pool:
