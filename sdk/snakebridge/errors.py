@@ -301,8 +301,14 @@ def _remote_class(type_name: str) -> type[RemoteError]:
     module, _, qualname = type_name.rpartition(".")
     if module == "builtins":
         builtin = getattr(builtins, qualname, None)
-        # Only Exception subclasses: a remote KeyboardInterrupt must not look local.
-        if isinstance(builtin, type) and issubclass(builtin, Exception):
+        # Only Exception subclasses: a remote KeyboardInterrupt must not look local. Nor
+        # the iteration-protocol signals: a StopIteration raised out of a coroutine turns
+        # into RuntimeError, and a StopAsyncIteration would end the caller's own loop.
+        if (
+            isinstance(builtin, type)
+            and issubclass(builtin, Exception)
+            and not issubclass(builtin, StopIteration | StopAsyncIteration)
+        ):
             cls = type(f"Remote{qualname}", (RemoteError, builtin), {"__module__": __name__})
             _REMOTE_SUBCLASSES[type_name] = cls
     return cls

@@ -42,6 +42,20 @@ async def test_non_builtin_remote_exception_keeps_its_type_name(server: ServerPr
     assert "custom failure" in str(info.value)
 
 
+async def test_a_remote_stop_iteration_is_a_remote_error_not_a_local_signal(
+    server: ServerProcess,
+) -> None:
+    """``next()`` on an exhausted remote iterator: a StopIteration raised out of the SDK's
+    coroutine would become RuntimeError, and one caught as a loop's end would end it."""
+    async with snakebridge.Client(server.address) as client:
+        empty = await client.call("builtins", "iter", [[]])
+        with pytest.raises(errors.RemoteError) as info:
+            await client.call("builtins", "next", [empty])
+        assert await client.call("math", "sqrt", [16]) == 4.0  # the worker serves on
+    assert info.value.type_name == "builtins.StopIteration"
+    assert not isinstance(info.value, StopIteration | StopAsyncIteration | RuntimeError)
+
+
 async def test_missing_module_and_attribute_are_remote_errors(server: ServerProcess) -> None:
     async with snakebridge.Client(server.address) as client:
         with pytest.raises(ModuleNotFoundError):
