@@ -379,9 +379,9 @@ def encode(
         raise
     except (ValueError, RecursionError) as exc:
         # msgpack's own recursion limit: a cycle, or nesting past ~500 plain levels.
-        raise SerializationError(f"value is cyclic or nests too deeply: {exc}") from None
+        raise SerializationError(f"value is cyclic or nests too deeply: {_reason(exc)}") from None
     except (TypeError, OverflowError, UnicodeError) as exc:
-        raise SerializationError(f"cannot encode value: {exc}") from None
+        raise SerializationError(f"cannot encode value: {_reason(exc)}") from None
 
 
 RefFactory = Callable[[RefPayload], Any]
@@ -549,4 +549,10 @@ def decode(
         struct.error,
     ) as exc:
         # ExtraData / FormatError / BufferFull / unhashable keys / bad dates all land here.
-        raise SerializationError(f"cannot decode value: {exc}") from None
+        raise SerializationError(f"cannot decode value: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, never empty: msgpack's FormatError (a reserved byte such as 0xc1)
+    has no message, which left "cannot decode value: " ending in a space."""
+    return str(exc).strip() or f"malformed input ({type(exc).__name__})"

@@ -66,6 +66,7 @@ from .channel import (
     pack_frame_parts,
     unpack_message,
 )
+from .refids import check_ref_id
 from .sandbox import SandboxSpec
 from .sandbox.apply import CpuBudget
 from .sandbox.apply import apply as apply_sandbox
@@ -585,6 +586,9 @@ class Worker:
         return self._loop
 
     def _lookup(self, payload: RefPayload) -> Any:
+        # The server never decodes args, so a malformed id inside them is first seen here:
+        # BadRequest, like one in arg_refs, not "its worker is gone".
+        check_ref_id(payload.id)
         # A ref passed as an argument is vetted too: map(<posix.system>, ...) would call it.
         return self._vetted(self.refs.get(payload.id))
 
