@@ -19,8 +19,9 @@ from snakebridge.errors import BadRequest, SessionLost
 
 POOL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # ASCII digits without leading zeros only: str.isdigit() accepts "²" (which int() then
-# rejects: an escaped ValueError) and int() accepts Arabic-Indic digits, " 7" and "07", so one ref could
-# be spelled several ways and a malformed one passed for a ref of a dead worker.
+# rejects: an escaped ValueError), and int() accepts Arabic-Indic digits, " 7" and "07",
+# so one ref could be spelled several ways, and a malformed one passed for a ref of a
+# dead worker.
 _NUMBER: Final = r"(?:0|[1-9][0-9]{0,18})"
 _REF_ID_RE: Final = re.compile(
     rf"([0-9A-Za-z]{{1,32}})\.([A-Za-z0-9_-]{{1,64}})\.({_NUMBER})\.({_NUMBER})\.{_NUMBER}",
