@@ -504,9 +504,8 @@ class _Decoder:
 
     def unpack(self, data: bytes | bytearray | memoryview) -> Any:
         lim = self.limits
-        # msgpack allocates an array's slots from its header, before reading elements:
-        # each element takes at least one byte (a map entry two), so a header claiming
-        # more than the input holds is refused instead of allocating 8 bytes per claim.
+        # An element takes at least one byte (a map entry two): a header claiming more is
+        # malformed. (unpackb's own defaults; passing max_items alone had replaced them.)
         n = len(data)
         max_array = n if n < lim.max_items else lim.max_items
         max_map = n // 2 if n // 2 < lim.max_items else lim.max_items
