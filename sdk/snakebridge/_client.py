@@ -507,8 +507,12 @@ class Client(_Runtime):
     ``ssl`` is an ``ssl.SSLContext`` for a server started with ``--tls-cert`` (the client
     adds ALPN ``h2`` to it; load a client certificate into it for ``--tls-client-ca``).
     ``correlation_id`` is sent with every RPC (``snakebridge.correlation_id()`` blocks
-    override it); without one the server makes an id per RPC. Use as
-    ``async with Client(...) as client:``; leaving releases the auto session.
+    override it); without one the server makes an id per RPC. ``max_decoded_size`` bounds
+    the memory a result or stream batch may decode into, in bytes: past it the call raises
+    ``SerializationError`` before the memory is spent. None (the default) applies the
+    limits the server applies to arguments: 32 MiB plus 16 bytes per received byte, at
+    most 1 GiB (docs/wire.md, section 3.5). Use as ``async with Client(...) as client:``;
+    leaving releases the auto session.
     """
 
     def __init__(
@@ -519,8 +523,16 @@ class Client(_Runtime):
         ssl: _ssl.SSLContext | None = None,
         timeout: float | None = None,
         correlation_id: str | None = None,
+        max_decoded_size: int | None = None,
     ) -> None:
         self.address = address or os.environ.get(_ADDRESS_ENV) or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
+        # An explicit size replaces the ratio: how results are shaped is the remote
+        # code's business, how much memory they may take is the caller's.
+        self._limits = (
+            _codec.DEFAULT_LIMITS
+            if max_decoded_size is None
+            else _codec.Limits(max_decoded_size=max_decoded_size, max_expansion=0)
+        )
         #: Sent with every RPC unless a ``snakebridge.correlation_id()`` block says
         #: otherwise; None lets the server make one per RPC.
         self.correlation_id = _correlation.check_correlation_id(correlation_id)
@@ -701,7 +713,7 @@ class Client(_Runtime):
         return (StreamRef if payload.stream else Ref)(payload, self)
 
     def _decode(self, data: bytes) -> Any:
-        return _codec.decode(data, ref_factory=self._make_ref)
+        return _codec.decode(data, limits=self._limits, ref_factory=self._make_ref)
 
     async def _invoke(self, *fields: Any) -> Any:
         """Send one ``Call`` built by ``_request(*fields)`` and decode its result."""

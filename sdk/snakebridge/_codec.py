@@ -9,8 +9,9 @@ passes for its base.
 What cannot be encoded is handed to ``on_unencodable``: the worker turns such values into
 refs in place ("graceful serialization"); the SDK raises ``SerializationError``.
 
-Decoding is bounded by ``Limits`` (total size, items per container, nesting depth) and
-every failure is a ``SerializationError``. No pickle, ever.
+Decoding is bounded by ``Limits`` (total size, items per container, nesting depth, the
+memory the decoded value may take, distinct values sharing one hash) and every failure is
+a ``SerializationError``. No pickle, ever.
 
 This module must stay importable without grpclib/betterproto: the worker imports it.
 """
@@ -25,7 +26,7 @@ import struct
 import sys
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Final
 
@@ -34,8 +35,10 @@ import msgpack
 from .errors import SerializationError
 
 __all__ = [
+    "DECODE_ALLOWANCE",
     "EXT_REF",
     "EXT_STREAM_REF",
+    "MAX_HASH_COLLISIONS",
     "Limits",
     "RefPayload",
     "decode",
@@ -86,12 +89,67 @@ class Limits:
     """Deepest nesting of extension containers (tuple, set, frozenset). Plain list/dict
     nesting is bounded by msgpack's decoder itself (1024 levels); both fail with
     ``SerializationError``."""
+    max_decoded_size: int = 1024 * 1024 * 1024
+    """Most bytes the decoded containers and extension values may take (``sys.getsizeof``,
+    counted while decoding, so the limit is hit before the memory is spent)."""
+    max_expansion: int = 16
+    """Most decoded bytes per encoded byte, beyond a ``DECODE_ALLOWANCE`` every value
+    gets; 0 leaves only ``max_decoded_size``."""
+
+    _uncounted_below: int = field(init=False, repr=False, compare=False, default=0)
 
     def __post_init__(self) -> None:
-        for name in ("max_size", "max_items", "max_depth"):
+        for name in ("max_size", "max_items", "max_depth", "max_decoded_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"Limits.{name} must be >= 1")
+        if self.max_expansion < 0:
+            raise ValueError("Limits.max_expansion must be >= 0")
+        # Inputs this small cannot reach the budget whatever they hold: every byte a
+        # worst-case container, plus a payload copy per extension nesting level.
+        worst = _WORST_EXPANSION + self.max_depth
+        below = self.max_decoded_size // worst
+        if self.max_expansion and worst > self.max_expansion:
+            below = min(below, DECODE_ALLOWANCE // (worst - self.max_expansion))
+        object.__setattr__(self, "_uncounted_below", below)
 
+    def decode_budget(self, size: int) -> int:
+        """Bytes a value encoded in ``size`` bytes may decode into."""
+        if not self.max_expansion:
+            return self.max_decoded_size
+        return min(self.max_decoded_size, DECODE_ALLOWANCE + self.max_expansion * size)
+
+
+# Decoded size. A Python object costs far more than its encoding: one 0x90 byte is an
+# empty list (56 bytes plus an 8-byte slot in its parent), so 15 MiB of them decoded into
+# 1.1 GiB. Every value may decode into DECODE_ALLOWANCE bytes; past that, into
+# max_expansion (16) bytes per encoded byte. Measured ratios (sys.getsizeof per encoded
+# byte): float lists 1, float64 arrays 1, dict records of 5 floats 3.4, of 5 small ints 12,
+# lists of (1, 2) tuples 11, of [1, 2] lists 27, of {"a": 1} dicts 48, of [] 64, of {} 72,
+# of set() 75. So a million [1, 2] pairs (2.9 MiB, 80 MiB decoded) pass; 15 MiB of []
+# stop at 272 MiB counted.
+DECODE_ALLOWANCE: Final = 32 * 1024 * 1024
+# The most one encoded byte can become as containers or extension values: set() (fixext1,
+# 3 bytes) is 216 bytes plus a slot, {} is 64 plus a slot. An input below
+# Limits._uncounted_below (about 200 KiB with the defaults: every ordinary call) cannot
+# reach its budget even so, with a payload copy per extension nesting level on top, and
+# decodes without counting: msgpack builds containers at C speed with no Python hooks.
+_WORST_EXPANSION: Final = 80
+_BYTES_HEADER: Final = sys.getsizeof(b"")  # each extension payload is a bytes copy
+_REF_COST: Final = 64  # the worker's object already exists; the SDK's Ref is small
+# Hash flooding. Python hashes ints modulo 2**61-1 (also Decimal, UUID via its int, and
+# complex and tuples through their parts), so k, k + (2**61-1), k + 2*(2**61-1)... all
+# collide and a map of them is built in quadratic time: 20,000 such big-int keys (250 KiB)
+# took 1.2 s. Every hashable extension value is entered in a per-decode census by hash; a
+# 33rd distinct value with one hash is refused, so inserting any key probes at most 32
+# colliding entries. Only extension values can collide in bulk: str/bytes hashes are
+# randomized, native ints span 2**64 (at most 12 share a hash) and a float's hash is its
+# value modulo 2**61-1 with a 53-bit mantissa (a few hundred at most).
+MAX_HASH_COLLISIONS: Final = 32
+# hash(tuple) is recomputed at every level of nested tuples (tuples do not cache it), so
+# the census caps the tuple bytes it hashes: 16 per encoded byte plus 1 MiB, i.e. about 16
+# levels of tuples around all of the data.
+_HASH_WORK_PER_BYTE: Final = 16
+_HASH_WORK_ALLOWANCE: Final = 1024 * 1024
 
 DEFAULT_LIMITS: Final = Limits()
 
@@ -379,27 +437,97 @@ def encode(
         raise
     except (ValueError, RecursionError) as exc:
         # msgpack's own recursion limit: a cycle, or nesting past ~500 plain levels.
-        raise SerializationError(f"value is cyclic or nests too deeply: {exc}") from None
+        raise SerializationError(f"value is cyclic or nests too deeply: {_reason(exc)}") from None
     except (TypeError, OverflowError, UnicodeError) as exc:
-        raise SerializationError(f"cannot encode value: {exc}") from None
+        raise SerializationError(f"cannot encode value: {_reason(exc)}") from None
 
 
 RefFactory = Callable[[RefPayload], Any]
 
 
-class _Decoder:
-    __slots__ = ("depth", "limits", "ref_factory")
+_EXT_CONTAINERS: Final = {EXT_TUPLE: tuple, EXT_SET: set, EXT_FROZENSET: frozenset}
+# Extension values whose hash an attacker can steer (see MAX_HASH_COLLISIONS); datetimes
+# hash their bytes with the randomized hash, sets, bytearrays and arrays are unhashable.
+_CENSUS_CODES: Final = frozenset(
+    {EXT_TUPLE, EXT_FROZENSET, EXT_BIGINT, EXT_COMPLEX, EXT_DECIMAL, EXT_UUID, EXT_NPSCALAR}
+)
 
-    def __init__(self, limits: Limits, ref_factory: RefFactory | None) -> None:
+
+class _Decoder:
+    __slots__ = (
+        "budget",
+        "census",
+        "collided",
+        "counted",
+        "depth",
+        "hashed",
+        "limits",
+        "ref_factory",
+        "size",
+        "spent",
+    )
+
+    def __init__(self, limits: Limits, ref_factory: RefFactory | None, size: int) -> None:
         self.limits = limits
         self.ref_factory = ref_factory
         self.depth = 0
+        self.size = size
+        # Big inputs count each container as msgpack finishes it and each extension value
+        # as it is built, and stop at the budget; small ones cannot reach it.
+        self.counted = size > limits._uncounted_below
+        if self.counted:
+            self.budget = limits.decode_budget(size)
+            self.spent = 0
+        self.hashed = 0  # tuple bytes hashed by the census
+        self.census: dict[int, Any] | None = None  # made on first use: most calls hold no
+        self.collided: dict[int, list[Any]] | None = None  # extension values
+
+    def spend(self, nbytes: int) -> None:
+        self.spent += nbytes
+        if self.spent > self.budget:
+            lim = self.limits
+            how = f"max_decoded_size {lim.max_decoded_size}"
+            if lim.max_expansion:
+                how = (
+                    f"{DECODE_ALLOWANCE} + max_expansion {lim.max_expansion} x encoded bytes, "
+                    f"at most {how}"
+                )
+            raise SerializationError(
+                f"the value decodes to more than {self.budget} bytes, over the decode limit "
+                f"({how}); send less data or pass a ref"
+            )
+
+    def container(self, value: Any) -> Any:
+        """msgpack's list_hook / object_hook when containers are counted."""
+        self.spend(sys.getsizeof(value))
+        return value
 
     def unpack(self, data: bytes | bytearray | memoryview) -> Any:
         lim = self.limits
-        return msgpack.unpackb(
+        # An element takes at least one byte (a map entry two): a header claiming more is
+        # malformed. (unpackb's own defaults; passing max_items alone had replaced them.)
+        n = len(data)
+        max_array = n if n < lim.max_items else lim.max_items
+        max_map = n // 2 if n // 2 < lim.max_items else lim.max_items
+        if self.counted:
+            return msgpack.unpackb(
+                data,
+                ext_hook=self.counted_ext,
+                list_hook=self.container,
+                object_hook=self.container,
+                raw=False,
+                strict_map_key=False,
+                unicode_errors="surrogatepass",
+                timestamp=3,
+                max_str_len=lim.max_size,
+                max_bin_len=lim.max_size,
+                max_ext_len=lim.max_size,
+                max_array_len=max_array,
+                max_map_len=max_map,
+            )
+        return msgpack.unpackb(  # the same, without the hooks: C speed for small inputs
             data,
-            ext_hook=self.ext_hook,
+            ext_hook=self.uncounted_ext,
             raw=False,
             strict_map_key=False,
             unicode_errors="surrogatepass",
@@ -410,8 +538,8 @@ class _Decoder:
             max_str_len=lim.max_size,
             max_bin_len=lim.max_size,
             max_ext_len=lim.max_size,
-            max_array_len=lim.max_items,
-            max_map_len=lim.max_items,
+            max_array_len=max_array,
+            max_map_len=max_map,
         )
 
     def nested_list(self, data: bytes) -> list[Any]:
@@ -426,13 +554,91 @@ class _Decoder:
             raise SerializationError("malformed container extension")
         return value
 
-    def ext_hook(self, code: int, data: bytes) -> Any:
+    def uncounted_ext(self, code: int, data: bytes) -> Any:
         if code == EXT_TUPLE:
-            return tuple(self.nested_list(data))
-        if code == EXT_SET:
-            return set(self.nested_list(data))
-        if code == EXT_FROZENSET:
-            return frozenset(self.nested_list(data))
+            value: Any = tuple(self.nested_list(data))
+            self._hashing(len(data))
+        elif code == EXT_SET:
+            return set(self.nested_list(data))  # unhashable: never a key
+        elif code == EXT_FROZENSET:
+            value = frozenset(self.nested_list(data))
+        else:
+            value = self._ext(code, data)
+            if code not in _CENSUS_CODES:
+                return value
+        # The census, inline: this runs for every tuple and big int.
+        try:
+            h = hash(value)
+        except TypeError:  # a tuple holding a list, a signaling NaN: never a key
+            return value
+        census = self.census
+        if census is None:
+            census = self.census = {}
+        first = census.setdefault(h, value)
+        if first is not value and first != value:
+            self._collision(h, value)
+        return value
+
+    def counted_ext(self, code: int, data: bytes) -> Any:
+        # The payload is a copy, alive while it is decoded (nested tuples hold one copy per
+        # level); arrays and scalars make two more (the body, the array) before returning.
+        transient = len(data) + _BYTES_HEADER
+        if code == EXT_NDARRAY or code == EXT_NPSCALAR:
+            transient *= 3
+        self.spend(transient)
+        try:
+            if code in _EXT_CONTAINERS:
+                items = self.nested_list(data)
+                value = _EXT_CONTAINERS[code](items)
+                self.spent -= sys.getsizeof(items)  # counted by the hook, garbage now
+            else:
+                value = self._ext(code, data)
+        finally:
+            self.spent -= transient
+        if code in _CENSUS_CODES:
+            self._census(code, value, len(data))
+        self.spend(_REF_COST if code == EXT_REF or code == EXT_STREAM_REF else sys.getsizeof(value))
+        return value
+
+    def _census(self, code: int, value: Any, size: int) -> None:
+        """Enter ``value`` in the census of hashes (see MAX_HASH_COLLISIONS)."""
+        if code == EXT_TUPLE:
+            self._hashing(size)
+        try:
+            h = hash(value)
+        except TypeError:  # a tuple holding a list, a signaling NaN: never a key
+            return
+        census = self.census
+        if census is None:
+            census = self.census = {}
+        first = census.setdefault(h, value)
+        if first is not value and first != value:
+            self._collision(h, value)
+
+    def _collision(self, h: int, value: Any) -> None:
+        """``value`` differs from the first value of hash ``h``: refuse it once
+        MAX_HASH_COLLISIONS distinct values share that hash."""
+        if self.collided is None:
+            self.collided = {}
+        others = self.collided.setdefault(h, [])
+        if value in others:
+            return
+        others.append(value)
+        if len(others) >= MAX_HASH_COLLISIONS:
+            raise SerializationError(
+                f"more than {MAX_HASH_COLLISIONS} distinct values share one hash "
+                "(a hash-flooding input)"
+            )
+
+    def _hashing(self, nbytes: int) -> None:
+        """Account for hashing a tuple of ``nbytes`` encoded bytes (see _HASH_WORK_PER_BYTE)."""
+        self.hashed += nbytes
+        if self.hashed > _HASH_WORK_PER_BYTE * self.size + _HASH_WORK_ALLOWANCE:
+            raise SerializationError(
+                "tuples nest too deeply around too much data to check their hashes"
+            )
+
+    def _ext(self, code: int, data: bytes) -> Any:
         if code == EXT_BIGINT:
             return int.from_bytes(data, "big", signed=True)
         if code == EXT_BYTEARRAY:
@@ -527,12 +733,13 @@ def decode(
     ref_factory: RefFactory | None = None,
 ) -> Any:
     """Decode bytes produced by ``encode``. Refs are passed to ``ref_factory``; without one
-    they are rejected. Every malformed or over-limit input raises ``SerializationError``."""
+    they are rejected. Every malformed or over-limit input raises ``SerializationError``,
+    over-limit ones before the memory or work they would take is spent."""
     if len(data) > limits.max_size:
         raise SerializationError(
             f"encoded value is {len(data)} bytes, over the {limits.max_size}-byte limit"
         )
-    dec = _Decoder(limits, ref_factory)
+    dec = _Decoder(limits, ref_factory, len(data))
     try:
         return dec.unpack(data)
     except SerializationError:
@@ -549,4 +756,10 @@ def decode(
         struct.error,
     ) as exc:
         # ExtraData / FormatError / BufferFull / unhashable keys / bad dates all land here.
-        raise SerializationError(f"cannot decode value: {exc}") from None
+        raise SerializationError(f"cannot decode value: {_reason(exc)}") from None
+
+
+def _reason(exc: BaseException) -> str:
+    """What went wrong, never empty: msgpack's FormatError (a reserved byte such as 0xc1)
+    has no message, which left "cannot decode value: " ending in a space."""
+    return str(exc).strip() or f"malformed input ({type(exc).__name__})"

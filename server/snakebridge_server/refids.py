@@ -22,12 +22,23 @@ from snakebridge.errors import BadRequest, SessionLost
 
 POOL_NAME_RE: Final = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 REF_TOKEN_BYTES: Final = 16  # 128 bits of randomness per ref
-REF_TOKEN_RE: Final = re.compile(rf"[0-9a-f]{{{2 * REF_TOKEN_BYTES}}}")  # use fullmatch
 
 
 def new_ref_token() -> str:
     """The random last part of a fresh ref id."""
     return secrets.token_hex(REF_TOKEN_BYTES)
+
+
+# ASCII digits without leading zeros only: str.isdigit() accepts "²" (which int() then
+# rejects: an escaped ValueError), and int() accepts Arabic-Indic digits, " 7" and "07",
+# so one ref could be spelled several ways, and a malformed one passed for a ref of a
+# dead worker. The token is exactly the lowercase hex new_ref_token() makes.
+_NUMBER: Final = r"(?:0|[1-9][0-9]{0,18})"
+_REF_ID_RE: Final = re.compile(
+    rf"([0-9A-Za-z]{{1,32}})\.([A-Za-z0-9_-]{{1,64}})\.({_NUMBER})\.({_NUMBER})"
+    rf"\.[0-9a-f]{{{2 * REF_TOKEN_BYTES}}}",
+    re.ASCII,
+)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -45,15 +56,21 @@ class WorkerKey:
         return f"{self.pool}.{self.slot}.{self.incarnation}"
 
 
+def check_ref_id(ref_id: str) -> re.Match[str]:
+    """The parts of ``ref_id``; ``BadRequest`` if it is not a ref id at all. The one syntax
+    check: the server applies it to ``target_ref`` and ``arg_refs``, the worker to the refs
+    it finds inside ``args`` (which the server never decodes), before either asks whose
+    ref it is."""
+    match = _REF_ID_RE.fullmatch(ref_id)
+    if match is None:
+        raise BadRequest(f"malformed ref id {ref_id[:300]!r}")
+    return match
+
+
 def parse_ref_id(ref_id: str, boot: str) -> WorkerKey:
     """The worker that owns ``ref_id``. ``SessionLost`` if it was minted by another server
     start; ``BadRequest`` if it is not a ref id at all."""
-    parts = ref_id.split(".")
-    if len(parts) != 5 or not POOL_NAME_RE.match(parts[1]):
-        raise BadRequest(f"malformed ref id {ref_id!r}")
-    ref_boot, pool, slot, incarnation, token = parts
-    if not (slot.isdigit() and incarnation.isdigit() and REF_TOKEN_RE.fullmatch(token)):
-        raise BadRequest(f"malformed ref id {ref_id!r}")
+    ref_boot, pool, slot, incarnation = check_ref_id(ref_id).groups()
     if ref_boot != boot:
         raise SessionLost(f"ref {ref_id} was created before the server restarted")
     return WorkerKey(pool, int(slot), int(incarnation))

@@ -80,7 +80,7 @@ from .channel import (
     pack_frame_parts,
     unpack_message,
 )
-from .refids import new_ref_token
+from .refids import check_ref_id, new_ref_token
 from .sandbox import SandboxSpec
 from .sandbox.apply import CpuBudget
 from .sandbox.apply import apply as apply_sandbox
@@ -624,6 +624,9 @@ class Worker:
         return _codec.decode(args, ref_factory=lambda payload: self._lookup(payload, session_id))
 
     def _lookup(self, payload: RefPayload, session_id: str) -> Any:
+        # The server never decodes args, so a malformed id inside them is first seen here:
+        # BadRequest, like one in arg_refs, not "its worker is gone".
+        check_ref_id(payload.id)
         # A ref passed as an argument is vetted too: map(<posix.system>, ...) would call it.
         return self._vetted(self.refs.get(payload.id, session_id))
 

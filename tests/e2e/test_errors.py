@@ -6,15 +6,16 @@ import socket
 from typing import Any
 
 import anyio
+import msgpack
 import pytest
 from grpclib.client import Channel
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 import snakebridge
-from snakebridge import errors
+from snakebridge import _codec, errors
 from snakebridge._generated.snakebridge import v1 as pb
-from snakebridge._protocol import SERVICE
+from snakebridge._protocol import ERROR_TRAILER, SERVICE
 from snakebridge._wire import CallReplyWire, CallRequestWire
 
 from .conftest import ServerProcess
@@ -272,3 +273,104 @@ def test_statuses_without_a_trailer_map_to_the_matching_error() -> None:
         assert type(_error_from_grpc(GRPCError(status, "x"), None)) is cls
     garbled = {"snakebridge-error-bin": b"\xc1 not msgpack"}
     assert type(_error_from_grpc(GRPCError(Status.NOT_FOUND, "x"), garbled)) is errors.BridgeError
+
+
+async def _raw_call(
+    server: ServerProcess, req: CallRequestWire
+) -> tuple[GRPCError, dict[str, Any]]:
+    """Send ``req`` with a bare grpclib channel; the error and its decoded trailer."""
+    host, port = server.address.rsplit(":", 1)
+    channel = Channel(host, int(port))
+    try:
+        async with channel.request(
+            SERVICE + "Call", Cardinality.UNARY_UNARY, CallRequestWire, CallReplyWire
+        ) as stream:
+            await stream.send_message(req, end=True)
+            with pytest.raises(GRPCError) as info:
+                await stream.recv_message()
+            trailer = msgpack.unpackb((stream.trailing_metadata or {})[ERROR_TRAILER])
+    finally:
+        channel.close()
+    return info.value, trailer
+
+
+@pytest.mark.parametrize(
+    ("req", "code"),
+    [
+        # msgpack's FormatError has no text: "cannot decode value: " ended in a space.
+        (
+            CallRequestWire(protocol_version=1, kind=1, module="math", name="sqrt", args=b"\xc1"),
+            "SerializationError",
+        ),
+        # A remote exception without a message: "builtins.GeneratorExit: ".
+        (
+            CallRequestWire(
+                protocol_version=1,
+                kind=1,
+                module="remote_helpers",
+                name="raise_base",
+                args=_codec.encode([["generator_exit"], {}]),
+            ),
+            "RemoteError",
+        ),
+    ],
+    ids=["undecodable-args", "remote-exception-without-message"],
+)
+async def test_error_text_never_begins_or_ends_with_whitespace(
+    server: ServerProcess, req: CallRequestWire, code: str
+) -> None:
+    error, trailer = await _raw_call(server, req)
+    assert trailer["code"] == code
+    message = error.message or ""
+    assert message and message == message.strip(), repr(message)
+    assert trailer["message"] == trailer["message"].strip()
+
+
+def _args_with_ref(ref_id: str) -> bytes:
+    ref = _codec.RefPayload(False, ref_id, "s1", "default", "Thing")
+    return msgpack.packb([[_codec.ref_ext(ref)], {}], use_bin_type=True)
+
+
+@pytest.mark.parametrize(
+    "ref_id",
+    [
+        "not-a-ref",
+        "a.b.c.d.e",
+        "deadbeef.default.0.1.x",
+        f"deadbeef.default.0.\u00b2.{'0' * 32}",
+        "deadbeef.default.0.1.7",  # the old sequential form
+    ],
+)
+@pytest.mark.parametrize("listed", [False, True], ids=["only-in-args", "also-in-arg_refs"])
+async def test_malformed_ref_id_anywhere_in_a_call_is_bad_request(
+    server: ServerProcess, ref_id: str, listed: bool
+) -> None:
+    """Inside ``args`` (which the server never decodes) it used to answer SessionLost, as
+    if it were a ref of a dead worker; in ``arg_refs`` "²" passed str.isdigit()."""
+    req = CallRequestWire(
+        protocol_version=1,
+        kind=1,
+        module="remote_helpers",
+        name="echo",
+        session_id="s1",
+        args=_args_with_ref(ref_id),
+        arg_refs=[ref_id] if listed else [],
+    )
+    error, trailer = await _raw_call(server, req)
+    assert (error.status, trailer["code"]) == (Status.INVALID_ARGUMENT, "BadRequest")
+    assert "malformed ref id" in trailer["message"]
+
+
+async def test_well_formed_ref_of_another_server_start_is_still_session_lost(
+    server: ServerProcess,
+) -> None:
+    req = CallRequestWire(
+        protocol_version=1,
+        kind=1,
+        module="remote_helpers",
+        name="echo",
+        session_id="s1",
+        args=_args_with_ref(f"deadbeef.default.0.1.{'0' * 32}"),
+    )
+    error, trailer = await _raw_call(server, req)
+    assert (error.status, trailer["code"]) == (Status.FAILED_PRECONDITION, "SessionLost")

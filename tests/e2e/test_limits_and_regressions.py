@@ -154,3 +154,46 @@ async def test_oversized_request_is_refused_from_its_length_prefix_without_buffe
         print(f"server RSS grew {grown:.1f} MiB while refusing a 128 MiB request")
         assert grown < 32, grown  # buffering it would have cost 128+ MiB
         assert await client.call("math", "sqrt", [9]) == 3.0  # the connection still works
+
+
+def _peak_rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+async def test_arguments_that_would_decode_64_times_their_size_are_refused_in_the_worker(
+    make_server: Any,
+) -> None:
+    """4 MiB of empty lists decoded into ~270 MiB in the worker (15 MiB into 1.1 GiB)."""
+    srv = make_server("--workers", "1", "--helpers", "remote_helpers")
+    async with snakebridge.Client(srv.address) as client:
+        pid = await client.call("remote_helpers", "pid")
+        before = _peak_rss_kib(pid)
+        with pytest.raises(errors.SerializationError, match="decode limit"):
+            await client.call("remote_helpers", "echo", [[[]] * (4 * 1024 * 1024)])
+        # Refused at the budget (32 MiB + 16 bytes per encoded byte = 96 MiB counted).
+        assert (_peak_rss_kib(pid) - before) // 1024 < 150
+        assert await client.call("remote_helpers", "pid") == pid
+
+
+async def test_colliding_map_keys_in_arguments_are_refused_in_the_worker(
+    server: ServerProcess,
+) -> None:
+    """20,000 big-int keys equal modulo 2**61-1: 1.2 s of quadratic inserts per call."""
+    keys = [2**64 + 12345 + i * (2**61 - 1) for i in range(20_000)]
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(errors.SerializationError, match="share one hash"):
+            await client.call("remote_helpers", "echo", [dict.fromkeys(keys)])
+        assert await client.call("remote_helpers", "add", [1, 2]) == 3
+
+
+async def test_client_bounds_the_memory_a_result_decodes_into(server: ServerProcess) -> None:
+    value = [[] for _ in range(100_000)]  # ~100 KB on the wire, ~6.4 MB decoded
+    async with snakebridge.Client(server.address, max_decoded_size=1024 * 1024) as client:
+        with pytest.raises(errors.SerializationError, match="max_decoded_size 1048576"):
+            await client.call("remote_helpers", "echo", [value])
+        assert await client.call("remote_helpers", "echo", [[1, 2]]) == [1, 2]
+    async with snakebridge.Client(server.address) as client:
+        assert await client.call("remote_helpers", "echo", [value]) == value
+    with pytest.raises(ValueError, match="max_decoded_size"):
+        snakebridge.Client(server.address, max_decoded_size=0)
