@@ -380,7 +380,8 @@ class _Runtime:
         generators both work. Items arrive in batches over one server-streaming RPC; the
         worker produces only while you consume. Leaving the loop early (or the ``async
         with`` block) closes the remote generator: its ``finally`` blocks run.
-        ``timeout`` bounds the whole iteration.
+        ``timeout`` bounds the whole iteration: once it has passed, asking for the next
+        item raises ``CallTimeout`` even if items are buffered locally.
         """
         timeout = _check_timeout(timeout)
         if isinstance(module_or_ref, Ref):
