@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl as _ssl
+import time
 import uuid
 from collections.abc import AsyncIterator, Generator, Mapping, Sequence
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.metadata import decode_metadata
+from h2.exceptions import H2Error
 
 from . import _codec, _correlation
 from ._generated.snakebridge import v1 as pb
@@ -115,6 +117,85 @@ def _error_from_trailers(exc: GRPCError, trailers: Mapping[str, Any] | None) -> 
             pass
     cls = _STATUS_FALLBACK.get(exc.status, BridgeError)
     return cls(f"{exc.status.name}: {exc.message or ''}".rstrip(": "))
+
+
+#: Raised by the layers under grpclib when the connection fails: sockets and TLS
+#: (``OSError``, ``ConnectionError``, ``ssl.SSLError``), a stream cut short
+#: (``asyncio.IncompleteReadError`` is an ``EOFError``), HTTP/2 state errors on a connection
+#: that is going away (``h2.exceptions.*``), and grpclib's own "stream reset / connection
+#: lost" (``StreamTerminatedError``).
+_TRANSPORT_ERRORS: Final = (StreamTerminatedError, OSError, EOFError, H2Error)
+#: Modules whose unexpected exceptions are transport failures too. grpclib 0.4.9 deletes
+#: ``Connection._transport`` when a connection closes and then uses it if the close (a
+#: GOAWAY, a reset) lands between connect and the first stream, or under a call:
+#: ``AttributeError: 'Connection' object has no attribute '_transport'``. Its asserts
+#: and h2's internals fail the same way on a dead connection.
+_TRANSPORT_MODULES: Final = ("grpclib.", "h2.", "hpack.", "hyperframe.")
+
+
+def _is_transport_failure(exc: BaseException) -> bool:
+    """True when ``exc`` means the connection failed under an RPC (not a deadline, a
+    status, a cancellation or a bug in the SDK)."""
+    if not isinstance(exc, Exception) or isinstance(exc, GRPCError | ProtocolError):
+        return False
+    if isinstance(exc, TimeoutError):
+        # grpclib's deadline has no errno; a connect that timed out (ETIMEDOUT) has one.
+        return exc.errno is not None
+    if isinstance(exc, _TRANSPORT_ERRORS):
+        return True
+    tb = exc.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return isinstance(module, str) and module.startswith(_TRANSPORT_MODULES)
+
+
+class _RpcErrors:
+    """Maps whatever escapes one RPC to the SDK's errors: the one place that knows what
+    grpclib and the layers under it raise.
+
+    ``GRPCError`` becomes the class the error trailer names, grpclib's deadline
+    ``CallTimeout``, every transport failure ``ConnectionFailed`` (with the address, the
+    method and the raw exception as ``__cause__``), grpclib's ``ProtocolError`` a plain
+    ``BridgeError``. All carry the RPC's correlation id. ``BridgeError`` and every
+    ``BaseException`` that is not an ``Exception`` (``CancelledError``, ``GeneratorExit``)
+    pass through untouched, as does anything else (an SDK bug shows as itself).
+    """
+
+    __slots__ = ("_cid", "_client", "_method", "_timeout_message", "stream")
+
+    def __init__(self, client: Client, method: str, cid: str | None, timeout_message: str) -> None:
+        self._client = client
+        self._method = method
+        self._cid = cid
+        self._timeout_message = timeout_message
+        #: The grpclib stream, once opened: its trailers name the error class.
+        self.stream: Any = None
+
+    def __enter__(self) -> _RpcErrors:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if exc is None or isinstance(exc, BridgeError) or not isinstance(exc, Exception):
+            return
+        error: BridgeError
+        if isinstance(exc, GRPCError):
+            # Also raised on the way out (e.g. the server refused a request it did not
+            # read and reset the stream while we were still sending it).
+            raise _error_from_grpc(exc, _trailers_of(self.stream), self._cid) from None
+        if _is_transport_failure(exc):
+            error = self._client._connection_failed(self._method, exc)
+        elif isinstance(exc, TimeoutError):
+            raise _tagged(CallTimeout(self._timeout_message), self._cid) from None
+        elif isinstance(exc, ProtocolError):
+            error = BridgeError(f"{self._method}: gRPC protocol error: {exc}")
+        else:
+            return
+        raise _tagged(error, self._cid) from exc
 
 
 def _trailers_of(stream: Any) -> Mapping[str, Any] | None:
@@ -299,7 +380,8 @@ class _Runtime:
         generators both work. Items arrive in batches over one server-streaming RPC; the
         worker produces only while you consume. Leaving the loop early (or the ``async
         with`` block) closes the remote generator: its ``finally`` blocks run.
-        ``timeout`` bounds the whole iteration.
+        ``timeout`` bounds the whole iteration: once it has passed, asking for the next
+        item raises ``CallTimeout`` even if items are buffered locally.
         """
         timeout = _check_timeout(timeout)
         if isinstance(module_or_ref, Ref):
@@ -595,7 +677,11 @@ class Client(_Runtime):
         self.server_version = info.server_version
 
     async def close(self) -> None:
-        """Release the auto session (best effort) and close the connection."""
+        """Release the auto session (best effort) and close the connection.
+
+        Never raises for a broken connection: after the server died there is nothing
+        left to close, which is what closing asks for.
+        """
         if self._channel is None:
             return
         try:
@@ -603,8 +689,12 @@ class Client(_Runtime):
                 session, self._auto_session = self._auto_session, None
                 await asyncio.shield(self._release_quietly(session))
         finally:
-            self._channel.close()
-            self._channel = None
+            channel, self._channel = self._channel, None
+            try:
+                channel.close()
+            except Exception as exc:
+                if not _is_transport_failure(exc):
+                    raise
 
     async def _release_quietly(self, session_id: str) -> None:
         try:
@@ -769,39 +859,43 @@ class Client(_Runtime):
         req = StreamRequestWire(protocol_version=PROTOCOL_VERSION, call=call)
         decode = self._decode
         metadata, cid = self._call_metadata()
-        stream = None
-        try:
-            async with channel.request(
+        with _RpcErrors(self, "Stream", cid, "the stream did not finish within its timeout") as rpc:
+            rpc.stream = stream = channel.request(
                 SERVICE + "Stream",
                 Cardinality.UNARY_STREAM,
                 StreamRequestWire,
                 StreamBatchWire,
                 timeout=timeout,
                 metadata=metadata,
-            ) as stream:
-                try:
-                    await stream.send_message(req, end=True)
+            )
+            async with stream:
+                await stream.send_message(req, end=True)
+                if timeout is None:
                     while (batch := await stream.recv_message()) is not None:
                         for item in decode(batch.result):
                             yield item
-                    await stream.recv_trailing_metadata()
-                except GRPCError as exc:
-                    raise _error_from_grpc(exc, stream.trailing_metadata, cid) from None
-        except (BridgeError, GeneratorExit):
-            raise
-        except GRPCError as exc:
-            raise _error_from_grpc(exc, _trailers_of(stream), cid) from None
-        except TimeoutError:
-            error: BridgeError = CallTimeout("the stream did not finish within its timeout")
-            raise _tagged(error, cid) from None
-        except (StreamTerminatedError, ConnectionError, OSError) as exc:
-            raise _tagged(self._connection_failed("Stream", exc), cid) from exc
-        except ProtocolError as exc:
-            raise _tagged(BridgeError(f"Stream: gRPC protocol error: {exc}"), cid) from exc
+                else:
+                    # grpclib checks the deadline only while it waits for a batch; a batch
+                    # holds up to 8192 items, which a slow consumer may take seconds to
+                    # drain. Check it again each time the consumer asks for an item.
+                    clock = time.monotonic
+                    deadline = clock() + timeout
+                    while (batch := await stream.recv_message()) is not None:
+                        for item in decode(batch.result):
+                            if clock() >= deadline:
+                                # Raised inside the request: grpclib resets the stream on
+                                # the way out, so the server closes the generator.
+                                raise TimeoutError
+                            yield item
+                await stream.recv_trailing_metadata()
 
     def _connection_failed(self, method: str, exc: BaseException) -> ConnectionFailed:
-        message = f"{method} to {self.address} failed: {exc}"
-        if self._ssl is None and isinstance(exc, StreamTerminatedError):
+        raw = f"{type(exc).__name__}: {exc}".rstrip(": ")
+        closed = isinstance(exc, StreamTerminatedError) or not isinstance(exc, _TRANSPORT_ERRORS)
+        if closed:
+            raw = f"the connection closed ({raw})"
+        message = f"{method} to {self.address} failed: {raw}"
+        if self._ssl is None and closed:
             # A TLS server drops a plaintext client's HTTP/2 preface without a word.
             message += " (if the server serves TLS, pass Client(..., ssl=ssl_context))"
         return ConnectionFailed(message)
@@ -812,35 +906,19 @@ class Client(_Runtime):
     ) -> _T:  # fmt: skip
         channel = self._ensure_channel()
         metadata, cid = self._call_metadata()
-        stream = None
-        try:
-            async with channel.request(
+        with _RpcErrors(self, method, cid, f"{method} did not finish within {timeout}s") as rpc:
+            rpc.stream = stream = channel.request(
                 SERVICE + method,
                 Cardinality.UNARY_UNARY,
                 req_type,
                 reply_type,
                 timeout=timeout,
                 metadata=metadata,
-            ) as stream:
-                try:
-                    await stream.send_message(request, end=True)
-                    reply = await stream.recv_message()
-                    await stream.recv_trailing_metadata()
-                except GRPCError as exc:
-                    raise _error_from_grpc(exc, stream.trailing_metadata, cid) from None
-        except BridgeError:
-            raise
-        except GRPCError as exc:
-            # Raised on the way out (e.g. the server refused a request it did not read
-            # and reset the stream while we were still sending it).
-            raise _error_from_grpc(exc, _trailers_of(stream), cid) from None
-        except TimeoutError:
-            error: BridgeError = CallTimeout(f"{method} did not finish within {timeout}s")
-            raise _tagged(error, cid) from None
-        except (StreamTerminatedError, ConnectionError, OSError) as exc:
-            raise _tagged(self._connection_failed(method, exc), cid) from exc
-        except ProtocolError as exc:
-            raise _tagged(BridgeError(f"{method}: gRPC protocol error: {exc}"), cid) from exc
+            )
+            async with stream:
+                await stream.send_message(request, end=True)
+                reply = await stream.recv_message()
+                await stream.recv_trailing_metadata()
         if reply is None:
             raise BridgeError(f"{method}: the server sent no reply message")
         return reply

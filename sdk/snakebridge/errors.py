@@ -248,7 +248,12 @@ class ProtocolMismatch(BridgeError):
 
 
 class ConnectionFailed(BridgeError):
-    """The server could not be reached or the connection dropped. Check the address."""
+    """The server could not be reached or the connection dropped. Check the address.
+
+    Every transport failure under a call or a stream is raised as this, with the raw
+    exception (socket, TLS, HTTP/2, grpclib) as ``__cause__``; ``Client.close()`` raises
+    none. Whether the call ran is unknown.
+    """
 
     grpc_status = GrpcStatus.UNAVAILABLE
 

@@ -63,6 +63,50 @@ async def test_sigkill_mid_call_is_worker_crashed_and_the_worker_is_replaced(
     assert srv.stop() == 0
 
 
+@pytest.mark.parametrize("how", ["call", "stream"])
+async def test_server_killed_mid_call_is_connection_failed_and_the_client_closes_cleanly(
+    make_server: Any, tmp_path: Path, how: str
+) -> None:
+    srv = make_server("--workers", "1")
+    outcome: list[Exception] = []
+    async with snakebridge.Client(srv.address) as client:
+        client.current_session()  # leaving releases it: an RPC over the dead connection
+
+        async def victim() -> None:
+            try:
+                if how == "call":
+                    await client.call("remote_helpers", "sleep", [30])
+                else:
+                    async for _ in client.stream(
+                        "remote_helpers", "slow", [str(tmp_path / "closed"), 0.05]
+                    ):
+                        pass
+            except Exception as exc:  # whatever it is, the assert below names it
+                outcome.append(exc)
+
+        async def caller() -> None:
+            # RPCs back to back until one fails: the kill meets them at every step
+            # (opening a stream, sending, waiting for the reply, reconnecting).
+            while True:
+                try:
+                    await client.describe()
+                except Exception as exc:
+                    outcome.append(exc)
+                    return
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(victim)
+            await _busy_worker_pid(client)
+            for _ in range(4):
+                tg.start_soon(caller)
+            await anyio.sleep(0.05)
+            os.kill(srv.pid, signal.SIGKILL)
+    # Leaving `async with` raised nothing, and every RPC failed with the documented type.
+    assert len(outcome) == 5, outcome
+    assert all(isinstance(exc, errors.ConnectionFailed) for exc in outcome), outcome
+    assert all(srv.address in str(exc) for exc in outcome)
+
+
 async def test_refs_of_a_crashed_worker_answer_session_lost(make_server: Any) -> None:
     srv = make_server("--workers", "1")
     async with snakebridge.Client(srv.address) as client:

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,26 @@ async def test_timeout_mid_stream_is_call_timeout_and_closes_the_generator(
                 seen += 1
     assert 2 <= seen <= 20
     assert await wait_for_file(marker) == "closed"
+
+
+async def test_stream_timeout_holds_per_item_for_a_slow_consumer(
+    server: ServerProcess, tmp_path: Path
+) -> None:
+    # A fast generator fills the client's buffer with whole batches (8192 items each); a
+    # consumer taking ~1 ms per item would drain one for 8 s before grpclib's deadline,
+    # checked only when a batch is fetched, fired.
+    marker = tmp_path / "closed"
+    seen = 0
+    async with snakebridge.Client(server.address) as client:
+        started = time.monotonic()
+        with pytest.raises(errors.CallTimeout, match="within its timeout"):
+            async for _ in client.stream("remote_helpers", "forever", [str(marker)], timeout=0.5):
+                seen += 1
+                await anyio.sleep(0.001)
+        elapsed = time.monotonic() - started
+    assert seen < 8192 // 4 and elapsed < 2.0, (seen, elapsed)
+    # The RPC was reset, so the server closed the generator in the worker.
+    assert (await wait_for_file(marker)).startswith("closed after")
 
 
 async def test_client_disconnect_mid_stream_closes_the_generator(
