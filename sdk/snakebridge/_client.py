@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
-import msgpack
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Cardinality, Status
@@ -20,15 +19,22 @@ from grpclib.exceptions import GRPCError, ProtocolError, StreamTerminatedError
 from grpclib.metadata import decode_metadata
 from h2.exceptions import H2Error
 
-from . import _codec, _correlation
-from ._generated.snakebridge import v1 as pb
-from ._h2_repr import use_cheap_data_frame_repr
-from ._protocol import (
+from . import _correlation
+from ._refs import Ref, StreamRef
+from .errors import (
+    BridgeError,
+    CallCancelled,
+    CallTimeout,
+    ConnectionFailed,
+    ProtocolMismatch,
+    Unauthenticated,
+)
+from .wire import codec, trailer
+from .wire.constants import (
     AFFINITY_STRICT,
     CORRELATION_METADATA,
     DEFAULT_HOST,
     DEFAULT_PORT,
-    ERROR_TRAILER,
     KIND_CLASS,
     KIND_FUNCTION,
     KIND_HELPER,
@@ -37,18 +43,9 @@ from ._protocol import (
     PROTOCOL_VERSION,
     SERVICE,
 )
-from ._refs import Ref, StreamRef
-from ._wire import CallReplyWire, CallRequestWire, StreamBatchWire, StreamRequestWire
-from .errors import (
-    BridgeError,
-    CallCancelled,
-    CallTimeout,
-    ConnectionFailed,
-    ProtocolMismatch,
-    Unauthenticated,
-    error_class,
-    remote_error,
-)
+from .wire.h2_repr import use_cheap_data_frame_repr
+from .wire.messages import CallReplyWire, CallRequestWire, StreamBatchWire, StreamRequestWire
+from .wire.pb import v1 as pb
 
 use_cheap_data_frame_repr()
 
@@ -98,23 +95,9 @@ def _tagged(error: BridgeError, correlation_id: str | None) -> BridgeError:
 
 
 def _error_from_trailers(exc: GRPCError, trailers: Mapping[str, Any] | None) -> BridgeError:
-    raw = trailers.get(ERROR_TRAILER) if trailers is not None else None
-    if isinstance(raw, bytes):
-        try:
-            details = msgpack.unpackb(raw, raw=False)
-            code = details["code"]
-            message = details.get("message", "")
-            error: BridgeError
-            if code == "RemoteError":
-                error = remote_error(details.get("type", ""), message, details.get("traceback", ""))
-            else:
-                error = error_class(code)(message)
-            cid = details.get("correlation_id")
-            if isinstance(cid, str):
-                error.correlation_id = cid
-            return error
-        except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException):
-            pass
+    error = trailer.unpack(trailers)
+    if error is not None:
+        return error
     cls = _STATUS_FALLBACK.get(exc.status, BridgeError)
     return cls(f"{exc.status.name}: {exc.message or ''}".rstrip(": "))
 
@@ -323,7 +306,7 @@ class _Runtime:
         """``ref.name = value``."""
         timeout = self._client._effective_timeout(timeout)
         ref_ids: list[str] = []
-        encoded = _codec.encode(value, ref_ids=ref_ids)
+        encoded = codec.encode(value, ref_ids=ref_ids)
         req = pb.SetAttrRequest(
             protocol_version=PROTOCOL_VERSION,
             target_ref=_ref_id(ref),
@@ -611,9 +594,9 @@ class Client(_Runtime):
         # An explicit size replaces the ratio: how results are shaped is the remote
         # code's business, how much memory they may take is the caller's.
         self._limits = (
-            _codec.DEFAULT_LIMITS
+            codec.DEFAULT_LIMITS
             if max_decoded_size is None
-            else _codec.Limits(max_decoded_size=max_decoded_size, max_expansion=0)
+            else codec.Limits(max_decoded_size=max_decoded_size, max_expansion=0)
         )
         #: Sent with every RPC unless a ``snakebridge.correlation_id()`` block says
         #: otherwise; None lets the server make one per RPC.
@@ -799,11 +782,11 @@ class Client(_Runtime):
         """The per-call timeout, else the client's default; validated."""
         return _check_timeout(self.timeout if timeout is None else timeout)
 
-    def _make_ref(self, payload: _codec.RefPayload) -> Ref:
+    def _make_ref(self, payload: codec.RefPayload) -> Ref:
         return (StreamRef if payload.stream else Ref)(payload, self)
 
     def _decode(self, data: bytes) -> Any:
-        return _codec.decode(data, limits=self._limits, ref_factory=self._make_ref)
+        return codec.decode(data, limits=self._limits, ref_factory=self._make_ref)
 
     async def _invoke(self, *fields: Any) -> Any:
         """Send one ``Call`` built by ``_request(*fields)`` and decode its result."""
@@ -833,7 +816,7 @@ class Client(_Runtime):
                 raise TypeError(f"args must be a list or tuple, not {type(args).__name__}")
             if kwargs is not None and not all(isinstance(k, str) for k in kwargs):
                 raise TypeError("kwargs keys must be strings")
-            encoded = _codec.encode([list(args), dict(kwargs or {})], ref_ids=ref_ids)
+            encoded = codec.encode([list(args), dict(kwargs or {})], ref_ids=ref_ids)
         if affinity not in (None, "", AFFINITY_STRICT):
             raise ValueError(f"affinity must be None or 'strict', not {affinity!r}")
         timeout = self._effective_timeout(timeout)

@@ -6,8 +6,8 @@ from collections.abc import AsyncIterator
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from ._codec import RefPayload
 from .errors import RefNotFound
+from .wire.codec import RefPayload
 
 if TYPE_CHECKING:
     from ._client import Client

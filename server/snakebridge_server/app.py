@@ -16,8 +16,8 @@ from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
 from grpclib.server import Server
 
-from snakebridge._h2_repr import use_cheap_data_frame_repr
-from snakebridge._protocol import SERVICE
+from snakebridge.wire.constants import SERVICE
+from snakebridge.wire.h2_repr import use_cheap_data_frame_repr
 
 from .auth import UNAUTHENTICATED_OK, TokenAuth, read_token
 from .bounded import RequestGuard

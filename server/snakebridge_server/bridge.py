@@ -17,19 +17,6 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, TypeVar
 
-from snakebridge._protocol import (
-    AFFINITY_STRICT,
-    KIND_CLASS,
-    KIND_FUNCTION,
-    KIND_GET_ATTR,
-    KIND_HELPER,
-    KIND_METHOD,
-    KIND_MODULE_ATTR,
-    KIND_NAMES,
-    KIND_SET_ATTR,
-    PROTOCOL_VERSION,
-)
-from snakebridge._wire import CallRequestWire
 from snakebridge.errors import (
     BadRequest,
     BridgeError,
@@ -41,6 +28,19 @@ from snakebridge.errors import (
     WorkerCrashed,
     remote_error,
 )
+from snakebridge.wire.constants import (
+    AFFINITY_STRICT,
+    KIND_CLASS,
+    KIND_FUNCTION,
+    KIND_GET_ATTR,
+    KIND_HELPER,
+    KIND_METHOD,
+    KIND_MODULE_ATTR,
+    KIND_NAMES,
+    KIND_SET_ATTR,
+    PROTOCOL_VERSION,
+)
+from snakebridge.wire.messages import CallRequestWire
 
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import PoolConfig, ServerConfig

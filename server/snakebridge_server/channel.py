@@ -67,19 +67,6 @@ CANCEL: Final = struct.Struct(">Q")
 DEFAULT_MAX_FRAME: Final = 80 * 1024 * 1024
 
 
-def clip(text: str, limit: int, *, keep_end: bool = False) -> str:
-    """``text`` cut to at most ``limit`` characters, saying how much was cut, with no
-    leading or trailing whitespace: error text ends up in the ``grpc-message`` header,
-    where grpclib leaves spaces unescaped and strict HTTP/2 peers reject a value that
-    begins or ends with one. Every error text the server sends goes through here."""
-    text = text.strip()
-    if len(text) <= limit:
-        return text
-    cut = len(text) - limit
-    note = f"...[{cut} characters cut]..."
-    return note + text[-limit:].lstrip() if keep_end else text[:limit].rstrip() + note
-
-
 class FrameTooLarge(Exception):
     """A frame header announced more than the configured maximum."""
 

@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from snakebridge._codec import DEFAULT_LIMITS
+from snakebridge.wire.codec import DEFAULT_LIMITS
 
 from .refids import POOL_NAME_RE
 from .sandbox.policy import LEVELS as SANDBOX_LEVELS

@@ -16,7 +16,8 @@ from grpclib.reflection.service import ServerReflection
 
 def with_reflection(services: Sequence[Any]) -> list[Any]:
     """``services`` plus the reflection services (v1 and v1alpha) that describe them."""
-    # Imported for its side effect: the descriptors land in protobuf's default pool.
-    from snakebridge._generated.snakebridge.v1 import bridge_pb2  # noqa: F401
+    from snakebridge.wire.pb import load_descriptors
+
+    load_descriptors()
 
     return list(ServerReflection.extend(services))

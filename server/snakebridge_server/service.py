@@ -12,39 +12,37 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-import msgpack
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
 
 from snakebridge import __version__
-from snakebridge._generated.snakebridge import v1 as pb
-from snakebridge._protocol import (
+from snakebridge.errors import (
+    BadRequest,
+    BridgeError,
+    CallCancelled,
+    PoolUnavailable,
+)
+from snakebridge.wire import trailer
+from snakebridge.wire.constants import (
     CORRELATION_METADATA,
-    ERROR_TRAILER,
     KIND_GET_ATTR,
     KIND_NAMES,
     KIND_SET_ATTR,
     PROTOCOL_VERSION,
     SERVICE,
 )
-from snakebridge._wire import (
+from snakebridge.wire.messages import (
     CallReplyWire,
     CallRequestWire,
     StreamBatchWire,
     StreamRequestWire,
     WireError,
 )
-from snakebridge.errors import (
-    BadRequest,
-    BridgeError,
-    CallCancelled,
-    PoolUnavailable,
-    RemoteError,
-)
+from snakebridge.wire.pb import v1 as pb
+from snakebridge.wire.text import clip
 
 from .bounded import recv_bounded, stop_reading
 from .bridge import Bridge, check_protocol
-from .channel import clip
 from .logs import CALL, CallInfo, valid_correlation_id
 from .metrics import Metrics, batch_items
 from .sandbox.report import sandbox_report
@@ -53,35 +51,11 @@ log = logging.getLogger("snakebridge.service")
 
 _MAX_STATUS_MESSAGE = 2048
 _ENVELOPE = 4 * 1024 * 1024  # names, ids and up to 10,000 arg_refs (see bridge.MAX_*)
-# hpack's cost grows with the square of a header's size: keep the trailer small. A little
-# above the worker's own cuts, so text it already clipped is not clipped twice.
-_MAX_TRAILER_MESSAGE = 8 * 1024 + 64
-_MAX_TRAILER_TRACEBACK = 16 * 1024 + 64
-
-
-def public_name(exc: BridgeError) -> str:
-    """The public class: server-internal subclasses (NeverStarted) mean nothing to
-    clients, and every remote exception is a ``RemoteError`` (its type travels apart)."""
-    if isinstance(exc, RemoteError):
-        return "RemoteError"
-    return next(c for c in type(exc).__mro__ if c.__module__ == "snakebridge.errors").__name__
 
 
 def error_trailer(exc: BridgeError) -> dict[str, bytes]:
-    details: dict[str, str] = {
-        "code": public_name(exc),
-        "message": clip(exc.message, _MAX_TRAILER_MESSAGE),
-    }
     info = CALL.get()
-    if info is not None:
-        details["correlation_id"] = info.correlation_id
-    if isinstance(exc, RemoteError):
-        # Remote<Builtin> subclasses are rebuilt by the client from the type name.
-        details.update(
-            type=exc.type_name[:512],
-            traceback=clip(exc.traceback, _MAX_TRAILER_TRACEBACK, keep_end=True),
-        )
-    return {ERROR_TRAILER: msgpack.packb(details, use_bin_type=True)}
+    return trailer.pack(exc, info.correlation_id if info is not None else None)
 
 
 async def send_error(stream: Stream[Any, Any], exc: BridgeError) -> None:
@@ -141,7 +115,7 @@ class BridgeService:
                     raise BadRequest(f"{CORRELATION_METADATA} must be 1-128 printable ASCII")
                 await fn(stream)
             except BridgeError as exc:
-                status = public_name(exc)
+                status = trailer.public_name(exc)
                 await send_error(stream, exc)
                 stop_reading(stream)  # e.g. the unread rest of an oversized request
             except WireError as exc:

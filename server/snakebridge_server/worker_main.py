@@ -41,17 +41,6 @@ from typing import Any, Final
 
 import msgpack
 
-from snakebridge import _codec
-from snakebridge._codec import RefPayload
-from snakebridge._protocol import (
-    KIND_CLASS,
-    KIND_FUNCTION,
-    KIND_GET_ATTR,
-    KIND_HELPER,
-    KIND_METHOD,
-    KIND_MODULE_ATTR,
-    KIND_SET_ATTR,
-)
 from snakebridge.errors import (
     BadRequest,
     BridgeError,
@@ -62,6 +51,18 @@ from snakebridge.errors import (
     SerializationError,
     SessionLost,
 )
+from snakebridge.wire import codec
+from snakebridge.wire.codec import RefPayload
+from snakebridge.wire.constants import (
+    KIND_CLASS,
+    KIND_FUNCTION,
+    KIND_GET_ATTR,
+    KIND_HELPER,
+    KIND_METHOD,
+    KIND_MODULE_ATTR,
+    KIND_SET_ATTR,
+)
+from snakebridge.wire.text import clip
 
 from .channel import (
     CANCEL,
@@ -76,7 +77,6 @@ from .channel import (
     R_ERR,
     R_OK,
     R_READY,
-    clip,
     pack_frame_parts,
     unpack_message,
 )
@@ -130,7 +130,7 @@ class RefMinter:
             self.created.append(payload)
             if len(self.created) > self.budget:
                 raise _Budget
-        return _codec.ref_ext(payload)
+        return codec.ref_ext(payload)
 
     def rollback(self, since: int = 0) -> None:
         """Drop the refs made since ``created[since]`` (all by default)."""
@@ -458,14 +458,14 @@ class Worker:
 
     def _encode_result(self, kind: int, result: Any, mint: RefMinter) -> bytes:
         if kind == KIND_CLASS:
-            return _codec.encode(mint(result, stream=False))
+            return codec.encode(mint(result, stream=False))
         try:
-            return _codec.encode(result, on_unencodable=mint)
+            return codec.encode(result, on_unencodable=mint)
         except SerializationError:
             # Cyclic or too deep to carry by value: hand the whole result out as one ref,
             # dropping the refs the failed attempt made for its leaves.
             mint.rollback()
-            return _codec.encode(mint(result))
+            return codec.encode(mint(result))
 
     # -- streams ------------------------------------------------------------------------
 
@@ -535,7 +535,7 @@ class Worker:
         def encode_chunk(chunk: list[Any]) -> bytes:
             made = len(mint.created)
             try:
-                return _codec.encode(chunk, on_unencodable=mint)
+                return codec.encode(chunk, on_unencodable=mint)
             except SerializationError:
                 mint.rollback(since=made)  # the failed attempt's leaf refs
                 # An item too cyclic or deep to carry by value goes out whole as a ref,
@@ -601,7 +601,7 @@ class Worker:
             return next(it, _EXHAUSTED)
 
         def encode(item: Any) -> bytes:
-            return b"" if item is _EXHAUSTED else _codec.encode(item, on_unencodable=mint)
+            return b"" if item is _EXHAUSTED else codec.encode(item, on_unencodable=mint)
 
         outcome = self._user_step(call_id, mint, take, encode, "the item", "yield smaller items")
         if not isinstance(outcome, bytes):
@@ -621,7 +621,7 @@ class Worker:
         owns it (the ``session_id`` a client wrote into the ref payload means nothing)."""
         if not args:
             return None
-        return _codec.decode(args, ref_factory=lambda payload: self._lookup(payload, session_id))
+        return codec.decode(args, ref_factory=lambda payload: self._lookup(payload, session_id))
 
     def _lookup(self, payload: RefPayload, session_id: str) -> Any:
         # The server never decodes args, so a malformed id inside them is first seen here:
@@ -814,10 +814,10 @@ def _is_iterator(obj: Any) -> bool:
 def _item_or_ref(item: Any, mint: RefMinter) -> bytes:
     made = len(mint.created)
     try:
-        return _codec.encode(item, on_unencodable=mint)
+        return codec.encode(item, on_unencodable=mint)
     except SerializationError:
         mint.rollback(since=made)
-        return _codec.encode(mint(item))
+        return codec.encode(mint(item))
 
 
 def _pairs(counts: dict[str, int]) -> list[list[Any]]:

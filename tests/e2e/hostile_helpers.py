@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from snakebridge import _codec
+from snakebridge.wire import codec
 from snakebridge_server.channel import R_OK
 
 
@@ -30,7 +30,7 @@ def _write(worker: Any, frame: bytes) -> None:
 def forge_new_refs(count: int) -> str:
     """Answer our own call first, claiming ``count`` new refs, then return normally."""
     worker = _worker()
-    body = msgpack.packb([R_OK, worker.current, _codec.encode("forged"), count])
+    body = msgpack.packb([R_OK, worker.current, codec.encode("forged"), count])
     _write(worker, struct.pack(">I", len(body)) + body)
     return "honest"
 
@@ -38,7 +38,7 @@ def forge_new_refs(count: int) -> str:
 def forge_reply_to(call_id: int) -> str:
     """A small reply for a call id the server never sent."""
     worker = _worker()
-    body = msgpack.packb([R_OK, call_id, _codec.encode("forged"), 0])
+    body = msgpack.packb([R_OK, call_id, codec.encode("forged"), 0])
     _write(worker, struct.pack(">I", len(body)) + body)
     return "honest"
 

@@ -31,9 +31,10 @@ from h2.events import (
 from h2.settings import SettingCodes
 
 import snakebridge
-from snakebridge import _codec, errors
+from snakebridge import errors
 from snakebridge._generated.snakebridge.v1 import CallKind, CallRequest
-from snakebridge._protocol import PROTOCOL_VERSION
+from snakebridge.wire import codec
+from snakebridge.wire.constants import PROTOCOL_VERSION
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -264,7 +265,7 @@ def _sleep_call(seconds: float) -> bytes:
         module="time",
         name="sleep",
         session_id=uuid.uuid4().hex,
-        args=_codec.encode([[seconds], {}]),
+        args=codec.encode([[seconds], {}]),
     )
     body = bytes(request)
     return struct.pack("!BI", 0, len(body)) + body

@@ -13,10 +13,11 @@ from grpclib.const import Cardinality, Status
 from grpclib.exceptions import GRPCError
 
 import snakebridge
-from snakebridge import _codec, errors
+from snakebridge import errors
 from snakebridge._generated.snakebridge import v1 as pb
-from snakebridge._protocol import ERROR_TRAILER, SERVICE
-from snakebridge._wire import CallReplyWire, CallRequestWire
+from snakebridge.wire import codec
+from snakebridge.wire.constants import ERROR_TRAILER, SERVICE
+from snakebridge.wire.messages import CallReplyWire, CallRequestWire
 
 from .conftest import ServerProcess
 
@@ -309,7 +310,7 @@ async def _raw_call(
                 kind=1,
                 module="remote_helpers",
                 name="raise_base",
-                args=_codec.encode([["generator_exit"], {}]),
+                args=codec.encode([["generator_exit"], {}]),
             ),
             "RemoteError",
         ),
@@ -327,8 +328,8 @@ async def test_error_text_never_begins_or_ends_with_whitespace(
 
 
 def _args_with_ref(ref_id: str) -> bytes:
-    ref = _codec.RefPayload(False, ref_id, "s1", "default", "Thing")
-    return msgpack.packb([[_codec.ref_ext(ref)], {}], use_bin_type=True)
+    ref = codec.RefPayload(False, ref_id, "s1", "default", "Thing")
+    return msgpack.packb([[codec.ref_ext(ref)], {}], use_bin_type=True)
 
 
 @pytest.mark.parametrize(

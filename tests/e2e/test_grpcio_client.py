@@ -20,9 +20,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from snakebridge import _codec
 from snakebridge._generated.snakebridge.v1 import bridge_pb2
-from snakebridge._protocol import PROTOCOL_VERSION
+from snakebridge.wire import codec
+from snakebridge.wire.constants import PROTOCOL_VERSION
 
 from .conftest import ServerProcess
 
@@ -46,7 +46,7 @@ def sqrt_request(value: float) -> Any:
         module="math",
         name="sqrt",
         session_id=uuid.uuid4().hex,
-        args=_codec.encode([[value], {}]),  # the SDK's encoding: [args, kwargs]
+        args=codec.encode([[value], {}]),  # the SDK's encoding: [args, kwargs]
     )
 
 
@@ -58,7 +58,7 @@ def channel(server: ServerProcess) -> Iterator[grpc.Channel]:
 
 def test_grpcio_calls_math_sqrt(channel: grpc.Channel) -> None:
     reply = bridge_call(channel, "Call", bridge_pb2.CallReply)(sqrt_request(16), timeout=30)
-    assert _codec.decode(reply.result) == 4.0
+    assert codec.decode(reply.result) == 4.0
 
 
 def test_grpcio_describes_the_server(channel: grpc.Channel) -> None:
@@ -118,7 +118,7 @@ def test_grpcio_over_mtls(make_server: Any, tmp_path: Path) -> None:
     )
     with grpc.secure_channel(srv.address, credentials) as ch:
         reply = bridge_call(ch, "Call", bridge_pb2.CallReply)(sqrt_request(81), timeout=30)
-    assert _codec.decode(reply.result) == 9.0
+    assert codec.decode(reply.result) == 9.0
     # Without the client certificate the handshake fails: UNAVAILABLE.
     no_cert = grpc.ssl_channel_credentials(root_certificates=ca.cert_pem.bytes())
     with grpc.secure_channel(srv.address, no_cert) as ch, pytest.raises(grpc.RpcError) as err:

@@ -16,7 +16,7 @@ import pytest
 
 import snakebridge
 from snakebridge import Ref, RefNotFound, StreamRef
-from snakebridge._codec import RefPayload
+from snakebridge.wire.codec import RefPayload
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 

@@ -32,7 +32,8 @@ from h2.exceptions import ProtocolError as H2ProtocolError
 from h2.exceptions import StreamClosedError
 
 import snakebridge
-from snakebridge import _codec, errors
+from snakebridge import errors
+from snakebridge.wire import codec
 
 pytestmark = pytest.mark.anyio
 
@@ -41,7 +42,7 @@ ADDRESS = "127.0.0.1:1"
 
 class _Batch:
     def __init__(self, items: list[Any]) -> None:
-        self.result = _codec.encode(items)
+        self.result = codec.encode(items)
 
 
 class ScriptedStream:

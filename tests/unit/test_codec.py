@@ -1,4 +1,4 @@
-"""Unit tests for the value codec (sdk/snakebridge/_codec.py): pure, no event loop."""
+"""Unit tests for the value codec (sdk/snakebridge/codec.py): pure, no event loop."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snakebridge import _codec
-from snakebridge._codec import Limits, RefPayload, decode, encode
 from snakebridge.errors import SerializationError
+from snakebridge.wire import codec
+from snakebridge.wire.codec import Limits, RefPayload, decode, encode
 
 try:
     import numpy as np
@@ -116,7 +116,7 @@ def nested_ext_tuples(levels: int) -> bytes:
     """``levels`` EXT_TUPLEs, each a one-element tuple around the next, ending in None."""
     data = msgpack.packb(None)
     for _ in range(levels):
-        data = msgpack.packb(msgpack.ExtType(_codec.EXT_TUPLE, b"\x91" + data))
+        data = msgpack.packb(msgpack.ExtType(codec.EXT_TUPLE, b"\x91" + data))
     return data
 
 
@@ -241,7 +241,7 @@ def test_bytearray_nested_in_containers_stays_bytearray() -> None:
 
 
 def test_containers_without_bytearray_are_encoded_without_copying() -> None:
-    from snakebridge._codec import _box_bytearrays
+    from snakebridge.wire.codec import _box_bytearrays
 
     plain = [1, "a", (2.0, None), {"k": [b"x"]}]
     assert _box_bytearrays(plain) is plain
@@ -507,7 +507,7 @@ def test_arrays_the_decoder_would_reject_go_to_on_unencodable(array: Any) -> Non
 
     def hook(obj: Any) -> msgpack.ExtType:
         seen.append(obj)
-        return _codec.ref_ext(RefPayload(False, "r0", "s", "default", type(obj).__name__))
+        return codec.ref_ext(RefPayload(False, "r0", "s", "default", type(obj).__name__))
 
     back = decode(encode([value], on_unencodable=hook), ref_factory=lambda p: p)
     assert len(seen) == 1
@@ -544,13 +544,13 @@ def test_numpy_void_scalar_goes_to_on_unencodable() -> None:
 )
 def test_crafted_ndarray_payloads_raise_serialization_error(fields: list[Any], why: str) -> None:
     with pytest.raises(SerializationError):
-        decode(ext(_codec.EXT_NDARRAY, fields))
+        decode(ext(codec.EXT_NDARRAY, fields))
 
 
 @needs_numpy
 def test_crafted_numpy_scalar_with_object_dtype_raises_serialization_error() -> None:
     with pytest.raises(SerializationError):
-        decode(ext(_codec.EXT_NPSCALAR, ["|O8", b"\x00" * 8]))
+        decode(ext(codec.EXT_NPSCALAR, ["|O8", b"\x00" * 8]))
 
 
 # --- graceful serialization -----------------------------------------------------------------
@@ -565,7 +565,7 @@ class _RefHook:
     def __call__(self, obj: Any) -> msgpack.ExtType:
         payload = RefPayload(False, f"r{len(self.seen)}", "s", "default", type(obj).__name__)
         self.seen.append(obj)
-        return _codec.ref_ext(payload)
+        return codec.ref_ext(payload)
 
 
 def _ref(n: int, type_name: str) -> RefPayload:
@@ -612,7 +612,7 @@ def test_unencodable_inside_tuple_set_and_dict_key_becomes_a_ref() -> None:
 
 def test_stream_ref_decodes_with_stream_flag() -> None:
     payload = RefPayload(True, "it1", "s", "pool-a", "generator")
-    back = decode(msgpack.packb(_codec.ref_ext(payload)), ref_factory=lambda p: p)
+    back = decode(msgpack.packb(codec.ref_ext(payload)), ref_factory=lambda p: p)
     assert back == payload
 
 
@@ -904,48 +904,48 @@ def test_decode_over_max_items_raises_serialization_error(value: Any) -> None:
         pytest.param(b"\xc1", "reserved byte", id="never-used-byte"),
         pytest.param(ext(99, b""), "unknown ext", id="unknown-ext-99"),
         pytest.param(ext(0, b""), "unknown ext", id="unknown-ext-0"),
-        pytest.param(ext(_codec.EXT_DATETIME, [2024, 1, 1]), "", id="datetime-3-fields"),
+        pytest.param(ext(codec.EXT_DATETIME, [2024, 1, 1]), "", id="datetime-3-fields"),
         pytest.param(
-            ext(_codec.EXT_DATETIME, [2024, 13, 1, 0, 0, 0, 0, 0, None]), "", id="datetime-month"
+            ext(codec.EXT_DATETIME, [2024, 13, 1, 0, 0, 0, 0, 0, None]), "", id="datetime-month"
         ),
         pytest.param(
-            ext(_codec.EXT_DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0, 1.5]), "", id="datetime-tz-float"
+            ext(codec.EXT_DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0, 1.5]), "", id="datetime-tz-float"
         ),
         pytest.param(
-            ext(_codec.EXT_DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0, 86_400_000_000]),
+            ext(codec.EXT_DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0, 86_400_000_000]),
             "",
             id="datetime-tz-24h",
         ),
         pytest.param(
-            ext(_codec.EXT_DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0, "No/Such_Zone"]),
+            ext(codec.EXT_DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0, "No/Such_Zone"]),
             "",
             id="datetime-unknown-zone",
         ),
         pytest.param(
-            ext(_codec.EXT_DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0, "../../etc/passwd"]),
+            ext(codec.EXT_DATETIME, [2024, 1, 1, 0, 0, 0, 0, 0, "../../etc/passwd"]),
             "",
             id="datetime-zone-path",
         ),
         pytest.param(
-            ext(_codec.EXT_DATETIME, [2024, 1, 1, 0, 0, 0, 0, 2, None]), "", id="datetime-fold-2"
+            ext(codec.EXT_DATETIME, [2024, 1, 1, 0, 0, 0, 0, 2, None]), "", id="datetime-fold-2"
         ),
-        pytest.param(ext(_codec.EXT_DATETIME, b"\xc1"), "", id="datetime-not-msgpack"),
-        pytest.param(ext(_codec.EXT_DATETIME, {"y": 1}), "", id="datetime-map"),
-        pytest.param(ext(_codec.EXT_DATE, ["2024", 1, 1]), "", id="date-str-year"),
-        pytest.param(ext(_codec.EXT_TIME, [25, 0, 0, 0, 0, None]), "", id="time-hour-25"),
-        pytest.param(ext(_codec.EXT_TIMEDELTA, [10**10, 0, 0]), "", id="timedelta-overflow"),
-        pytest.param(ext(_codec.EXT_COMPLEX, b"\x00" * 3), "", id="complex-3-bytes"),
-        pytest.param(ext(_codec.EXT_DECIMAL, b"zz"), "", id="decimal-zz"),
-        pytest.param(ext(_codec.EXT_DECIMAL, "é".encode()), "", id="decimal-non-ascii"),
-        pytest.param(ext(_codec.EXT_UUID, b"\x00" * 3), "", id="uuid-3-bytes"),
-        pytest.param(ext(_codec.EXT_TUPLE, 5), "", id="tuple-payload-not-a-list"),
-        pytest.param(ext(_codec.EXT_TUPLE, b"\x92\x01"), "", id="tuple-payload-truncated"),
-        pytest.param(ext(_codec.EXT_SET, [[1]]), "", id="set-of-unhashable"),
-        pytest.param(ext(_codec.EXT_FROZENSET, [{}]), "", id="frozenset-of-unhashable"),
+        pytest.param(ext(codec.EXT_DATETIME, b"\xc1"), "", id="datetime-not-msgpack"),
+        pytest.param(ext(codec.EXT_DATETIME, {"y": 1}), "", id="datetime-map"),
+        pytest.param(ext(codec.EXT_DATE, ["2024", 1, 1]), "", id="date-str-year"),
+        pytest.param(ext(codec.EXT_TIME, [25, 0, 0, 0, 0, None]), "", id="time-hour-25"),
+        pytest.param(ext(codec.EXT_TIMEDELTA, [10**10, 0, 0]), "", id="timedelta-overflow"),
+        pytest.param(ext(codec.EXT_COMPLEX, b"\x00" * 3), "", id="complex-3-bytes"),
+        pytest.param(ext(codec.EXT_DECIMAL, b"zz"), "", id="decimal-zz"),
+        pytest.param(ext(codec.EXT_DECIMAL, "é".encode()), "", id="decimal-non-ascii"),
+        pytest.param(ext(codec.EXT_UUID, b"\x00" * 3), "", id="uuid-3-bytes"),
+        pytest.param(ext(codec.EXT_TUPLE, 5), "", id="tuple-payload-not-a-list"),
+        pytest.param(ext(codec.EXT_TUPLE, b"\x92\x01"), "", id="tuple-payload-truncated"),
+        pytest.param(ext(codec.EXT_SET, [[1]]), "", id="set-of-unhashable"),
+        pytest.param(ext(codec.EXT_FROZENSET, [{}]), "", id="frozenset-of-unhashable"),
         pytest.param(b"\x81\x92\x01\x02\x03", "", id="map-key-is-an-array"),
         pytest.param(b"\x81\x80\x01", "", id="map-key-is-a-map"),
-        pytest.param(ext(_codec.EXT_REF, ["r1", "s", "default"]), "", id="ref-3-fields"),
-        pytest.param(ext(_codec.EXT_REF, ["r1", "s", "default", 5]), "", id="ref-int-field"),
+        pytest.param(ext(codec.EXT_REF, ["r1", "s", "default"]), "", id="ref-3-fields"),
+        pytest.param(ext(codec.EXT_REF, ["r1", "s", "default", 5]), "", id="ref-int-field"),
         pytest.param(b"\xd9\x02\xff\xfe", "", id="str-invalid-utf8"),
     ],
 )
@@ -958,7 +958,7 @@ def test_refs_without_ref_factory_raise_serialization_error() -> None:
     data = encode([object()], on_unencodable=_RefHook())
     with pytest.raises(SerializationError, match="ref"):
         decode(data)
-    stream = msgpack.packb(_codec.ref_ext(RefPayload(True, "i", "s", "p", "generator")))
+    stream = msgpack.packb(codec.ref_ext(RefPayload(True, "i", "s", "p", "generator")))
     with pytest.raises(SerializationError):
         decode(stream)
 
@@ -996,13 +996,13 @@ def test_random_extension_payloads_decode_or_raise_serialization_error_only(
 @given(
     st.sampled_from(
         [
-            _codec.EXT_TUPLE,
-            _codec.EXT_SET,
-            _codec.EXT_DATETIME,
-            _codec.EXT_TIME,
-            _codec.EXT_NDARRAY,
-            _codec.EXT_NPSCALAR,
-            _codec.EXT_REF,
+            codec.EXT_TUPLE,
+            codec.EXT_SET,
+            codec.EXT_DATETIME,
+            codec.EXT_TIME,
+            codec.EXT_NDARRAY,
+            codec.EXT_NPSCALAR,
+            codec.EXT_REF,
         ]
     ),
     st.lists(

@@ -14,7 +14,8 @@ from typing import Any
 import msgpack
 import pytest
 
-from snakebridge._codec import (
+from snakebridge.errors import SerializationError
+from snakebridge.wire.codec import (
     DECODE_ALLOWANCE,
     EXT_BIGINT,
     EXT_TUPLE,
@@ -23,7 +24,6 @@ from snakebridge._codec import (
     decode,
     encode,
 )
-from snakebridge.errors import SerializationError
 
 MiB = 1024 * 1024
 P = 2**61 - 1  # CPython hashes ints (and Decimals, and complex parts) modulo this prime

@@ -67,3 +67,40 @@ def test_every_builtin_exception_becomes_a_remote_error() -> None:
         assert str(err) == f"builtins.{name}: message", name
     assert isinstance(errors.remote_error("builtins.MemoryError", ""), MemoryError)
     assert isinstance(errors.remote_error("builtins.PermissionError", ""), PermissionError)
+
+
+def test_the_server_imports_only_public_sdk_names() -> None:
+    """The server speaks the SDK's wire contract through ``snakebridge.wire`` and
+    ``snakebridge.errors``; the SDK's private modules stay free to change."""
+    import ast
+    import pathlib
+
+    import snakebridge_server
+
+    root = pathlib.Path(snakebridge_server.__file__).parent
+    private: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            private += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.startswith("snakebridge.")
+                and any(part.startswith("_") and part != "__version__" for part in n.split("."))
+            ]
+    assert not private, private
+
+
+def test_the_wire_contract_imports_without_the_grpc_stack() -> None:
+    code = (
+        "import sys\n"
+        "from snakebridge.wire import codec, constants, messages, text, trailer\n"
+        "heavy = [m for m in ('grpclib', 'betterproto', 'h2') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from snakebridge.errors import BadRequest, SessionLost
-from snakebridge_server.channel import clip
+from snakebridge.wire.text import clip
 from snakebridge_server.refids import WorkerKey, check_ref_id, parse_ref_id
 
 BOOT = "b00t"

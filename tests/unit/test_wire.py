@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snakebridge._generated.snakebridge.v1 import CallKind, CallReply, CallRequest
-from snakebridge._wire import CallReplyWire, CallRequestWire, WireError
+from snakebridge.wire.messages import CallReplyWire, CallRequestWire, WireError
 
 PROPERTY = settings(max_examples=200, deadline=None)
 
@@ -320,7 +320,7 @@ def test_malformed_reply_raises_wire_error(data: bytes) -> None:
 
 def test_stream_request_and_batch_match_the_generated_messages() -> None:
     from snakebridge._generated.snakebridge.v1 import StreamBatch, StreamRequest
-    from snakebridge._wire import StreamBatchWire, StreamRequestWire
+    from snakebridge.wire.messages import StreamBatchWire, StreamRequestWire
 
     inner = dict(protocol_version=1, kind=3, target_ref="b.default.0.1.7", args=b"\x90")
     ours = StreamRequestWire(protocol_version=1, call=CallRequestWire(**inner))

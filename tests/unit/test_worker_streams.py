@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from snakebridge._codec import decode, encode
+from snakebridge.wire.codec import decode, encode
 from snakebridge_server.worker_streams import (
     DONE,
     ERROR,

@@ -32,7 +32,7 @@ from typing import Any, Final
 
 import msgpack
 
-from .errors import SerializationError
+from ..errors import SerializationError
 
 __all__ = [
     "DECODE_ALLOWANCE",

@@ -1,0 +1,72 @@
+"""The error trailer, both halves: how a failed RPC says which ``BridgeError`` it is.
+
+A failed RPC ends with its gRPC status and, in the trailing metadata key
+``ERROR_TRAILER``, a msgpack map: ``code`` (a public error class name), ``message``,
+``correlation_id`` when known, and for a ``RemoteError`` the remote ``type`` and
+``traceback``. The server packs it (``pack``); the SDK unpacks it (``unpack``). Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import msgpack
+
+from ..errors import BridgeError, RemoteError, error_class, remote_error
+from .constants import ERROR_TRAILER
+from .text import clip
+
+# hpack's cost grows with the square of a header's size: keep the trailer small. A little
+# above the worker's own cuts, so text it already clipped is not clipped twice.
+MAX_MESSAGE: Final = 8 * 1024 + 64
+MAX_TRACEBACK: Final = 16 * 1024 + 64
+MAX_TYPE_NAME: Final = 512
+
+
+def public_name(exc: BridgeError) -> str:
+    """The public class: server-internal subclasses (NeverStarted) mean nothing to
+    clients, and every remote exception is a ``RemoteError`` (its type travels apart)."""
+    if isinstance(exc, RemoteError):
+        return "RemoteError"
+    return next(c for c in type(exc).__mro__ if c.__module__ == "snakebridge.errors").__name__
+
+
+def pack(exc: BridgeError, correlation_id: str | None = None) -> dict[str, bytes]:
+    """The trailing metadata that carries ``exc`` (server side)."""
+    details: dict[str, str] = {
+        "code": public_name(exc),
+        "message": clip(exc.message, MAX_MESSAGE),
+    }
+    if correlation_id is not None:
+        details["correlation_id"] = correlation_id
+    if isinstance(exc, RemoteError):
+        # Remote<Builtin> subclasses are rebuilt by the client from the type name.
+        details.update(
+            type=exc.type_name[:MAX_TYPE_NAME],
+            traceback=clip(exc.traceback, MAX_TRACEBACK, keep_end=True),
+        )
+    return {ERROR_TRAILER: msgpack.packb(details, use_bin_type=True)}
+
+
+def unpack(trailers: Mapping[str, Any] | None) -> BridgeError | None:
+    """The error the trailer describes (SDK side), or None when there is no readable
+    trailer (a status from a proxy, a peer that is not a bridge-server)."""
+    raw = trailers.get(ERROR_TRAILER) if trailers is not None else None
+    if not isinstance(raw, bytes):
+        return None
+    try:
+        details = msgpack.unpackb(raw, raw=False)
+        code = details["code"]
+        message = details.get("message", "")
+        error: BridgeError
+        if code == "RemoteError":
+            error = remote_error(details.get("type", ""), message, details.get("traceback", ""))
+        else:
+            error = error_class(code)(message)
+        cid = details.get("correlation_id")
+        if isinstance(cid, str):
+            error.correlation_id = cid
+        return error
+    except (ValueError, KeyError, TypeError, AttributeError, msgpack.UnpackException):
+        return None
