@@ -261,7 +261,7 @@ def test_a_client_that_floods_pings_is_sent_away(make_server: Any) -> None:
 def _sleep_call(seconds: float) -> bytes:
     request = CallRequest(
         protocol_version=PROTOCOL_VERSION,
-        kind=CallKind.FUNCTION,
+        kind=CallKind(CallKind.FUNCTION),
         module="time",
         name="sleep",
         session_id=uuid.uuid4().hex,

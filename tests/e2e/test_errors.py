@@ -289,7 +289,8 @@ async def _raw_call(
             await stream.send_message(req, end=True)
             with pytest.raises(GRPCError) as info:
                 await stream.recv_message()
-            trailer = msgpack.unpackb((stream.trailing_metadata or {})[ERROR_TRAILER])
+            metadata: Any = stream.trailing_metadata or {}
+            trailer = msgpack.unpackb(metadata[ERROR_TRAILER])
     finally:
         channel.close()
     return info.value, trailer
@@ -329,7 +330,8 @@ async def test_error_text_never_begins_or_ends_with_whitespace(
 
 def _args_with_ref(ref_id: str) -> bytes:
     ref = codec.RefPayload(False, ref_id, "s1", "default", "Thing")
-    return msgpack.packb([[codec.ref_ext(ref)], {}], use_bin_type=True)
+    packed: bytes = msgpack.packb([[codec.ref_ext(ref)], {}], use_bin_type=True)
+    return packed
 
 
 @pytest.mark.parametrize(

@@ -20,11 +20,14 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from grpclib.health.v1.health_pb2 import HealthCheckRequest, HealthCheckResponse
 
-from snakebridge._generated.snakebridge.v1 import bridge_pb2
+from snakebridge._generated.snakebridge.v1 import bridge_pb2 as _bridge_pb2
 from snakebridge.wire import codec
 from snakebridge.wire.constants import PROTOCOL_VERSION
 
 from .conftest import ServerProcess
+
+# protoc-generated and untyped: its message classes are made at import time.
+bridge_pb2: Any = _bridge_pb2
 
 pytestmark = [pytest.mark.e2e]
 

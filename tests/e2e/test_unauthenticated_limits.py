@@ -124,7 +124,8 @@ class Attacker:
     def grpc_status(self, stream_id: int) -> int | None:
         for e in self.events:
             if isinstance(e, (ResponseReceived, TrailersReceived)) and e.stream_id == stream_id:
-                status = dict(e.headers).get("grpc-status")
+                headers: dict[Any, Any] = dict(e.headers)
+                status = headers.get("grpc-status", headers.get(b"grpc-status"))
                 if status is not None:
                     return int(status)
         return None

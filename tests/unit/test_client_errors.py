@@ -239,7 +239,7 @@ class ClosedBeforeFirstStream(Channel):
         self.connects += 1
         _, protocol = await self._loop.create_connection(self._protocol_factory, sock=mine)
         self.close_under(protocol)
-        return protocol  # type: ignore[return-value]
+        return protocol
 
     def close(self) -> None:
         super().close()

@@ -109,12 +109,13 @@ def roundtrip(value: Any, **kwargs: Any) -> Any:
 def ext(code: int, payload: Any) -> bytes:
     """A top-level extension value whose payload is ``payload`` (packed unless bytes)."""
     body = payload if isinstance(payload, bytes) else msgpack.packb(payload, use_bin_type=True)
-    return msgpack.packb(msgpack.ExtType(code, body), use_bin_type=True)
+    packed: bytes = msgpack.packb(msgpack.ExtType(code, body), use_bin_type=True)
+    return packed
 
 
 def nested_ext_tuples(levels: int) -> bytes:
     """``levels`` EXT_TUPLEs, each a one-element tuple around the next, ending in None."""
-    data = msgpack.packb(None)
+    data: bytes = msgpack.packb(None)
     for _ in range(levels):
         data = msgpack.packb(msgpack.ExtType(codec.EXT_TUPLE, b"\x91" + data))
     return data
@@ -255,12 +256,12 @@ def test_user_dict_with_id_and_session_id_stays_a_dict() -> None:
 
 
 def test_user_dict_shaped_like_a_ref_payload_is_not_turned_into_a_ref() -> None:
-    value = {"id": "r1", "session_id": "s", "pool": "default", "type_name": "Foo"}
+    value: dict[str, str] = {"id": "r1", "session_id": "s", "pool": "default", "type_name": "Foo"}
     assert_same(value, decode(encode(value), ref_factory=lambda p: pytest.fail("not a ref")))
 
 
 def test_tuple_and_list_are_kept_apart() -> None:
-    value = [(1, 2), [1, 2], ((),), [[]], ()]
+    value: list[Any] = [(1, 2), [1, 2], ((),), [[]], ()]
     assert_same(value, roundtrip(value))
 
 
@@ -498,7 +499,7 @@ def test_object_dtype_array_is_not_encoded_without_a_hook() -> None:
         pytest.param(lambda: np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]), id="structured"),
         pytest.param(lambda: np.zeros(2, dtype="V8"), id="void"),
         pytest.param(lambda: np.array(["x" * 10_000]), id="U10000-beyond-the-dtype-rule"),
-        pytest.param(lambda: np.ma.masked_array([1, 2], mask=[0, 1]), id="masked-subclass"),
+        pytest.param(lambda: np.ma.masked_array([1, 2], mask=[False, True]), id="masked-subclass"),
     ],
 )
 def test_arrays_the_decoder_would_reject_go_to_on_unencodable(array: Any) -> None:
@@ -735,6 +736,12 @@ def test_datetime_with_unsupported_tzinfo_goes_to_on_unencodable() -> None:
     class Fixed(dt.tzinfo):
         def utcoffset(self, d: dt.datetime | None) -> dt.timedelta:
             return dt.timedelta(hours=1)
+
+        def dst(self, d: dt.datetime | None) -> dt.timedelta | None:
+            return None
+
+        def tzname(self, d: dt.datetime | None) -> str | None:
+            return None
 
     value = dt.datetime(2024, 1, 1, tzinfo=Fixed())
     hook = _RefHook()

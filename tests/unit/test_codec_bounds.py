@@ -123,7 +123,8 @@ def bigint(k: int) -> msgpack.ExtType:
 
 
 def colliding_map(keys: Iterator[Any], n: int) -> bytes:
-    return msgpack.packb({k: None for _, k in zip(range(n), keys, strict=False)})
+    packed: bytes = msgpack.packb({k: None for _, k in zip(range(n), keys, strict=False)})
+    return packed
 
 
 def colliding_ints() -> Iterator[msgpack.ExtType]:

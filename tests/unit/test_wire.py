@@ -142,7 +142,7 @@ def test_request_skips_unknown_fields_before_and_after(fields: dict[str, Any]) -
 
 
 def test_request_with_unknown_varint_and_length_delimited_fields_still_decodes() -> None:
-    data = bytes(CallRequest(kind=CallKind.METHOD, name="f", arg_refs=["a"]))
+    data = bytes(CallRequest(kind=CallKind(CallKind.METHOD), name="f", arg_refs=["a"]))
     data += _key(99, 0) + _varint(7) + _key(98, 2) + _varint(2) + b"hi"
     parsed = CallRequestWire.FromString(data)
     assert parsed.kind == CallKind.METHOD
@@ -192,7 +192,9 @@ def test_each_request_has_its_own_arg_refs_list() -> None:
 
 
 def test_negative_kind_encodes_like_betterproto_instead_of_looping_forever() -> None:
-    assert CallRequestWire(kind=-1).SerializeToString() == bytes(CallRequest(kind=-1))
+    # A raw -1 on purpose: what a peer may send for an enum, not a CallKind member.
+    negative: Any = -1
+    assert CallRequestWire(kind=-1).SerializeToString() == bytes(CallRequest(kind=negative))
 
 
 def test_large_varints_encode_like_betterproto() -> None:
@@ -322,7 +324,9 @@ def test_stream_request_and_batch_match_the_generated_messages() -> None:
     from snakebridge._generated.snakebridge.v1 import StreamBatch, StreamRequest
     from snakebridge.wire.messages import StreamBatchWire, StreamRequestWire
 
-    inner = dict(protocol_version=1, kind=3, target_ref="b.default.0.1.7", args=b"\x90")
+    inner: dict[str, Any] = dict(
+        protocol_version=1, kind=3, target_ref="b.default.0.1.7", args=b"\x90"
+    )
     ours = StreamRequestWire(protocol_version=1, call=CallRequestWire(**inner))
     theirs = StreamRequest(protocol_version=1, call=CallRequest(**inner))
     assert ours.SerializeToString() == bytes(theirs)

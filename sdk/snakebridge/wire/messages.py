@@ -11,7 +11,7 @@ unchanged: it only needs ``SerializeToString`` and ``FromString``.
 from __future__ import annotations
 
 import struct
-from typing import Any, Final
+from typing import Any, Final, Self
 
 __all__ = ["CallReplyWire", "CallRequestWire", "StreamBatchWire", "StreamRequestWire", "WireError"]
 
@@ -226,7 +226,7 @@ class CallReplyWire:
         return _len_field(0x0A, self.result) if self.result else b""
 
     @classmethod
-    def FromString(cls, data: bytes) -> CallReplyWire:
+    def FromString(cls, data: bytes) -> Self:
         msg = cls()
         for number, wire_type, value in _fields(data):
             if number == 1 and wire_type == 2:
