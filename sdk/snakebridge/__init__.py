@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one declaration: pyproject.toml reads it (hatch)
 
 __all__ = [
     "BridgeError",
