@@ -110,7 +110,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             metrics_host, metrics_port = parse_listen(config.metrics)
             metrics = service.metrics
             metrics_server = MetricsServer(
-                metrics_host, metrics_port, lambda: metrics.render(bridge)
+                metrics_host, metrics_port, lambda: metrics.render(service.gauges())
             )
             await metrics_server.start()
             log.info("metrics on http://%s/metrics", metrics_server.address)

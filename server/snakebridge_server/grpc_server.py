@@ -381,7 +381,7 @@ async def read_message(stream: Stream[Any, Any], limit: int) -> Any:
     grpclib 0.4.9's ``Stream.recv_message`` (``grpclib.stream.recv_message``) reads the
     body before any check; this is it with the check first, and it keeps the same counts.
     """
-    h2 = stream._stream  # grpclib 0.4.9: the protocol-level stream
+    h2 = _h2_stream(stream)
     prefix = await h2.recv_data(_PREFIX.size)
     if not prefix:
         return None
@@ -427,11 +427,17 @@ def read_through(stream: Stream[Any, Any], recv: Callable[[], Coroutine[Any, Any
 def stop_reading(stream: Stream[Any, Any]) -> None:
     """After the final status went out, tell the client to stop sending the rest of a
     request we will never read (RST_STREAM NO_ERROR, as gRPC specifies)."""
-    h2 = stream._stream  # grpclib 0.4.9: the protocol-level stream
+    h2 = _h2_stream(stream)
     if h2.closable:
         h2.reset_nowait()
 
 
 def connection_of(stream: Stream[Any, Any]) -> object:
     """A key for the connection ``stream`` arrived on, the same for all its streams."""
-    return stream._stream.connection  # grpclib 0.4.9: the protocol-level stream
+    return _h2_stream(stream).connection
+
+
+def _h2_stream(stream: Stream[Any, Any]) -> H2Stream:
+    # grpclib 0.4.9: a server Stream keeps its protocol-level stream (HTTP/2 data,
+    # reset, its connection) in _stream and offers no public way to it.
+    return stream._stream

@@ -48,7 +48,7 @@ from snakebridge.wire.text import clip
 from .bridge import Bridge, check_protocol
 from .grpc_server import recv_bounded, stop_reading
 from .logs import CALL, CallInfo, valid_correlation_id
-from .metrics import Metrics, batch_items
+from .metrics import Gauges, Metrics, PoolGauges, batch_items, queue_depth
 from .sandbox.report import sandbox_report
 
 log = logging.getLogger("snakebridge.service")
@@ -180,6 +180,22 @@ class BridgeService:
                 seconds * 1000,
                 extra={"pool": info.pool},
             )
+
+    def gauges(self) -> Gauges:
+        """The bridge's gauges now, for ``Metrics.render``."""
+        bridge = self.bridge
+        pools = [
+            PoolGauges(
+                name=p.name,
+                in_flight=p.in_flight,
+                queue_depth=queue_depth(p.workers, p.retiring),
+                live=p.live,
+                size=p.size,
+                restarts=dict(p.restarts),
+            )
+            for p in bridge.pools.values()
+        ]
+        return Gauges(pools=pools, sessions=len(bridge.sessions), refs=bridge.sessions.total_refs)
 
     def _label(self, req: CallRequestWire, kind: str = "") -> None:
         """Name the RPC's kind and its pool (the one it asks for, if it exists; the
