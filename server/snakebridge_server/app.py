@@ -1,4 +1,4 @@
-"""Server lifecycle: start pools, serve gRPC, stop cleanly on SIGINT/SIGTERM."""
+"""Server lifecycle: start pools, serve gRPC, stop cleanly on SIGINT/SIGTERM. Runs in the server."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from typing import Any
 from grpclib.events import RecvRequest, listen
 from grpclib.health.check import ServiceStatus
 from grpclib.health.service import OVERALL, Health
-from grpclib.server import Server
 
 from snakebridge.wire.constants import SERVICE
 from snakebridge.wire.h2_repr import use_cheap_data_frame_repr
@@ -22,14 +21,9 @@ from snakebridge.wire.h2_repr import use_cheap_data_frame_repr
 from .auth import UNAUTHENTICATED_OK, TokenAuth, read_token
 from .bounded import RequestGuard
 from .bridge import Bridge
-from .coalesce import coalescing
 from .config import ConfigError, ServerConfig, _is_loopback, parse_listen
-from .connections import (
-    ConnectionGuard,
-    ConnectionLimits,
-    grpc_configuration,
-    raise_open_files_limit,
-)
+from .connections import ConnectionLimits, grpc_configuration, raise_open_files_limit
+from .grpc_server import GrpcServer
 from .logs import configure as configure_logging
 from .metrics_http import MetricsServer
 from .reflection import with_reflection
@@ -54,12 +48,10 @@ class _HealthName:
         return {f"/{self.service}/Check": None}
 
 
-def _bound_address(server: Server, config: ServerConfig) -> str:
+def _bound_address(server: GrpcServer, config: ServerConfig) -> str:
     if config.uds:
         return f"unix://{config.uds}"
-    inner = getattr(server, "_server", None)  # grpclib keeps the asyncio.Server here
-    sockets = getattr(inner, "sockets", None) or ()
-    port = sockets[0].getsockname()[1] if sockets else config.port
+    port = server.port or config.port
     host = f"[{config.host}]" if ":" in config.host else config.host
     return f"{host}:{port}"
 
@@ -94,13 +86,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             max_watches=config.max_health_watches,
             watch_duration=config.idle_timeout,
         )
-        server = Server(
+        server = GrpcServer(
             requests.services(with_reflection([service, Health(checks)])),
             config=grpc_configuration(config),
+            limits=ConnectionLimits.from_config(config),
         )
-        server._protocol_factory = coalescing(server._protocol_factory)  # type: ignore[method-assign]
-        guard = ConnectionGuard(ConnectionLimits.from_config(config))
-        server._protocol_factory = guard.wrap(server._protocol_factory)  # type: ignore[method-assign]
         raise_open_files_limit(config.max_connections)
         ssl_context = server_ssl_context(config)
         if config.token_file:
@@ -116,12 +106,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         else:
             await server.start(config.host, config.port, ssl=ssl_context)
             _warn_if_unauthenticated(config)
-        if config.metrics:
+        if config.metrics and service.metrics is not None:
             metrics_host, metrics_port = parse_listen(config.metrics)
+            metrics = service.metrics
             metrics_server = MetricsServer(
-                metrics_host,
-                metrics_port,
-                lambda: service.metrics.render(bridge),  # type: ignore[union-attr]
+                metrics_host, metrics_port, lambda: metrics.render(service.gauges())
             )
             await metrics_server.start()
             log.info("metrics on http://%s/metrics", metrics_server.address)
@@ -153,9 +142,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         if metrics_server is not None:  # served through the drain: it can be watched
             await metrics_server.close()
         await bridge.close()
-        if bound_socket:
+        if bound_socket and config.uds:
             with contextlib.suppress(FileNotFoundError):
-                os.unlink(config.uds)  # type: ignore[arg-type]
+                os.unlink(config.uds)
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
             # A repeated stop signal (orchestrators send them) must not turn a clean

@@ -1,4 +1,4 @@
-"""Bounds grpclib lacks on what one request may cost, on every method the server serves.
+"""Bounds grpclib lacks on what one request may cost, on every method. Runs in the server.
 
 Message size. grpclib 0.4.9 reads a message's declared length and then buffers that many
 bytes before the handler sees anything (a 256 MiB request grew the server by ~560 MiB;
@@ -21,9 +21,9 @@ more than ``max_watches`` on the server or ``WATCHES_PER_CONNECTION`` on one con
 refused with RESOURCE_EXHAUSTED, and each one ends (status OK; gRPC health clients open a
 new one) after ``watch_duration`` seconds, the idle timeout, so the connection can be idle.
 
-This reaches into grpclib's private stream attributes; grpclib is pinned (==0.4.9) and
-tests/e2e/test_limits_and_regressions.py and tests/e2e/test_unauthenticated_limits.py fail
-if this stops working.
+The grpclib mechanics (reading a message prefix first, a stream's connection) are in
+``grpc_server``; tests/e2e/test_limits_and_regressions.py and
+tests/e2e/test_unauthenticated_limits.py fail if they stop working.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import struct
 import time
 from collections.abc import Iterable
 from typing import Any, Final
@@ -40,11 +39,11 @@ from grpclib.const import Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Stream
 
-from snakebridge.errors import BadRequest, BridgeError, LimitExceeded
+from snakebridge.errors import BridgeError
+
+from .grpc_server import connection_of, read_message, read_through, stop_reading
 
 log = logging.getLogger("snakebridge.server")
-
-_PREFIX = struct.Struct(">?I")
 
 #: Largest request message of a method that is not the Bridge's (health, reflection).
 SMALL_MESSAGE: Final = 64 * 1024
@@ -52,50 +51,6 @@ SMALL_MESSAGE: Final = 64 * 1024
 WATCHES_PER_CONNECTION: Final = 4
 WATCH_METHOD: Final = "/grpc.health.v1.Health/Watch"
 _REFUSAL_LOG_INTERVAL: Final = 1.0  # at most one "refused Watch" warning a second
-
-
-async def _recv(stream: Stream[Any, Any], limit: int) -> Any:
-    """The next request message, or None at the end of the request stream; refuses one
-    longer than ``limit`` bytes from its length prefix, having read nothing of its body."""
-    h2 = stream._stream
-    prefix = await h2.recv_data(_PREFIX.size)
-    if not prefix:
-        return None
-    if len(prefix) < _PREFIX.size:
-        raise BadRequest("the request ended inside a message's length prefix")
-    compressed, length = _PREFIX.unpack(prefix)
-    if compressed:
-        raise BadRequest("compressed messages are not supported")
-    if length > limit:
-        raise LimitExceeded(
-            f"the request message is {length} bytes, over the {limit}-byte limit; "
-            "pass big values by ref or raise --max-message-size"
-        )
-    body = await h2.recv_data(length)
-    if len(body) < length:
-        raise BadRequest("the request ended inside a message")
-    message = stream._codec.decode(body, stream._recv_type)
-    (message,) = await stream._dispatch.recv_message(message)
-    stream._messages_received += 1
-    h2.connection.messages_received += 1
-    h2.connection.last_message_received = time.monotonic()
-    return message
-
-
-async def recv_bounded(stream: Stream[Any, Any], limit: int) -> Any:
-    """``stream.recv_message()``, refusing a message longer than ``limit`` bytes."""
-    message = await _recv(stream, limit)
-    if message is None:
-        raise BadRequest("the request carried no message")
-    return message
-
-
-def stop_reading(stream: Stream[Any, Any]) -> None:
-    """After the final status went out, tell the client to stop sending the rest of a
-    request we will never read (RST_STREAM NO_ERROR, as gRPC specifies)."""
-    h2 = stream._stream
-    if h2.closable:
-        h2.reset_nowait()
 
 
 class _Mapped:
@@ -131,7 +86,7 @@ class RequestGuard:
         self.watch_duration = watch_duration
         self.watching = 0
         self.watches_refused = 0
-        self._per_connection: dict[Any, int] = {}  # grpclib Connection -> its Watch streams
+        self._per_connection: dict[object, int] = {}  # connection -> its Watch streams
         self._refused_unlogged = 0
         self._last_refusal_log = -math.inf
 
@@ -156,10 +111,10 @@ class RequestGuard:
 
         async def recv(stream: Stream[Any, Any]) -> Any:
             if timeout is None:
-                return await _recv(stream, limit)
+                return await read_message(stream, limit)
             try:
                 async with asyncio.timeout(timeout):
-                    return await _recv(stream, limit)
+                    return await read_message(stream, limit)
             except TimeoutError:
                 raise GRPCError(
                     Status.DEADLINE_EXCEEDED,
@@ -169,13 +124,13 @@ class RequestGuard:
         async def bounded(stream: Stream[Any, Any]) -> None:
             # grpclib's handlers (health, reflection) read through this, and iterating a
             # stream calls it too.
-            stream.recv_message = lambda: recv(stream)  # type: ignore[method-assign]
+            read_through(stream, lambda: recv(stream))
             try:
                 if watch:
                     await self._watch(stream, func)
                 else:
                     await func(stream)
-            except BridgeError as exc:  # from _recv: the Bridge's handlers map their own
+            except BridgeError as exc:  # from read_message: the Bridge's handlers map their own
                 await stream.send_trailing_metadata(
                     status=Status(int(exc.grpc_status)), status_message=str(exc)
                 )
@@ -185,7 +140,7 @@ class RequestGuard:
         return Handler(bounded, handler.cardinality, handler.request_type, handler.reply_type)
 
     async def _watch(self, stream: Stream[Any, Any], func: Any) -> None:
-        connection = stream._stream.connection
+        connection = connection_of(stream)
         held = self._per_connection.get(connection, 0)
         if self.watching >= self.max_watches or held >= WATCHES_PER_CONNECTION:
             self._refused(held)

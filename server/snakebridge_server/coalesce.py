@@ -1,4 +1,4 @@
-"""One write per loop iteration on each gRPC connection.
+"""One write per loop iteration on each gRPC connection and worker channel. Runs in the server.
 
 grpclib writes every HTTP/2 frame batch as soon as h2 produces it: a unary reply is three
 writes (headers, data, trailers), and each is a syscall. Profiling the server at 64 calls
@@ -6,23 +6,21 @@ in flight put about a tenth of its CPU in those writes. ``CoalescingTransport`` 
 the small writes of one loop iteration and sends them together; large writes (bulk data)
 go out at once, after whatever was collected, so nothing is reordered or copied twice.
 
-The worker channels (``worker_handle``) write through one too. For gRPC it wraps the
-transport grpclib's ``H2Protocol`` is given (``Server._protocol_factory`` is
-grpclib-private: grpclib is pinned, and the e2e tests cover every path through here).
+The worker channels (``worker_handle``) write through one too. For gRPC,
+``grpc_server`` gives one to each connection's protocol in place of its transport.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any, Final
-
-from grpclib.protocol import H2Protocol
 
 _DIRECT: Final = 64 * 1024  # writes this big are not worth collecting
 
 
 class CoalescingTransport:
+    """A transport that collects the small writes of one loop iteration into one."""
+
     __slots__ = ("_loop", "_pending", "_scheduled", "_transport")
 
     def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
@@ -61,20 +59,3 @@ class CoalescingTransport:
 
     def __getattr__(self, name: str) -> Any:  # get_extra_info, is_closing, pause_reading...
         return getattr(self._transport, name)
-
-
-def coalescing(factory: Callable[[], H2Protocol]) -> Callable[[], H2Protocol]:
-    """Wrap a protocol factory so each protocol writes through a ``CoalescingTransport``."""
-
-    def make() -> H2Protocol:
-        protocol = factory()
-        connection_made = protocol.connection_made
-
-        def wrapped(transport: asyncio.BaseTransport) -> None:
-            loop = asyncio.get_running_loop()
-            connection_made(CoalescingTransport(transport, loop))  # type: ignore[arg-type]
-
-        protocol.connection_made = wrapped  # type: ignore[method-assign]
-        return protocol
-
-    return make

@@ -1,10 +1,11 @@
 """Prometheus metrics: a registry of the per-call counters and the text exposition.
+Runs in the server.
 
 Pure: no I/O, no asyncio (``metrics_http`` serves the text). The hot path only touches
 dicts: ``observe_call`` is one dict lookup, one bisect and a few increments per RPC;
 ``stream_batch`` two increments per batch. Gauges (in flight, queue depth, live workers,
-sessions, refs) and the restart counters are not kept here at all: ``render`` reads them
-from the bridge at scrape time.
+sessions, refs) and the restart counters are not kept here at all: ``render`` is given a
+``Gauges`` snapshot taken at scrape time (``service.BridgeService.gauges``).
 
 Text exposition format 0.0.4:
 https://prometheus.io/docs/instrumenting/exposition_formats/
@@ -14,11 +15,9 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Final, Protocol
-
-if TYPE_CHECKING:
-    from .bridge import Bridge
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Final, Protocol
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -66,6 +65,27 @@ def _labels(names: Sequence[str], values: Sequence[str]) -> str:
         return ""
     inner = ",".join(f'{n}="{escape_label(v)}"' for n, v in zip(names, values, strict=True))
     return "{" + inner + "}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolGauges:
+    """One pool's gauges and restart counters, as read at scrape time."""
+
+    name: str
+    in_flight: int
+    queue_depth: int
+    live: int
+    size: int
+    restarts: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+
+
+@dataclass(frozen=True, slots=True)
+class Gauges:
+    """What ``Metrics.render`` reports beside its own counters: a snapshot of the bridge."""
+
+    pools: Sequence[PoolGauges]
+    sessions: int
+    refs: int
 
 
 class Histogram:
@@ -145,8 +165,8 @@ class Metrics:
         self.stream_batches[pool] = self.stream_batches.get(pool, 0) + 1
         self.stream_items[pool] = self.stream_items.get(pool, 0) + items
 
-    def render(self, bridge: Bridge | None = None) -> str:
-        """The exposition text: these counters, and the bridge's gauges read now."""
+    def render(self, gauges: Gauges | None = None) -> str:
+        """The exposition text: these counters, and ``gauges``."""
         out = Exposition()
         out.family("snakebridge_calls_total", "counter", "RPCs served, by pool, kind and status")
         for (pool, kind, status), n in sorted(self.calls.items()):
@@ -166,13 +186,13 @@ class Metrics:
         out.family("snakebridge_stream_items_total", "counter", "Stream items sent")
         for pool, n in sorted(self.stream_items.items()):
             out.sample("snakebridge_stream_items_total", ("pool",), (pool,), n)
-        if bridge is not None:
-            _render_bridge(out, bridge)
+        if gauges is not None:
+            _render_gauges(out, gauges)
         return out.text()
 
 
-def _render_bridge(out: Exposition, bridge: Bridge) -> None:
-    pools = list(bridge.pools.values())
+def _render_gauges(out: Exposition, gauges: Gauges) -> None:
+    pools = gauges.pools
 
     def per_pool(name: str, kind: str, help_text: str, values: Iterable[tuple[str, float]]) -> None:
         out.family(name, kind, help_text)
@@ -189,7 +209,7 @@ def _render_bridge(out: Exposition, bridge: Bridge) -> None:
         "snakebridge_queue_depth",
         "gauge",
         "Requests waiting behind the one each worker is running",
-        ((p.name, queue_depth(p.workers, p.retiring)) for p in pools),
+        ((p.name, p.queue_depth) for p in pools),
     )
     per_pool(
         "snakebridge_workers_live",
@@ -212,9 +232,9 @@ def _render_bridge(out: Exposition, bridge: Bridge) -> None:
         for reason, n in sorted(p.restarts.items()):
             out.sample("snakebridge_worker_restarts_total", ("pool", "reason"), (p.name, reason), n)
     out.family("snakebridge_sessions_live", "gauge", "Sessions the server tracks")
-    out.sample("snakebridge_sessions_live", (), (), len(bridge.sessions))
+    out.sample("snakebridge_sessions_live", (), (), gauges.sessions)
     out.family("snakebridge_refs_live", "gauge", "Refs held in workers, all sessions")
-    out.sample("snakebridge_refs_live", (), (), bridge.sessions.total_refs)
+    out.sample("snakebridge_refs_live", (), (), gauges.refs)
 
 
 class _Loaded(Protocol):

@@ -1,5 +1,9 @@
-"""The gRPC face of the bridge (grpclib handlers). Decodes requests, calls ``Bridge``,
-maps ``BridgeError`` classes to gRPC statuses plus the ``snakebridge-error-bin`` trailer.
+"""The gRPC face of the bridge (grpclib handlers). Runs in the server.
+
+Each method is decode → ``Bridge`` → encode: ``_guard`` reads the request message (bounded,
+``grpc_server.recv_bounded``), hands it to the method, sends what the method returns, and
+maps every ``BridgeError`` to a gRPC status plus the ``snakebridge-error-bin`` trailer in
+one place. The hot messages are hand-encoded (``snakebridge.wire.messages``).
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.server import Stream
@@ -41,10 +45,10 @@ from snakebridge.wire.messages import (
 from snakebridge.wire.pb import v1 as pb
 from snakebridge.wire.text import clip
 
-from .bounded import recv_bounded, stop_reading
 from .bridge import Bridge, check_protocol
+from .grpc_server import recv_bounded, stop_reading
 from .logs import CALL, CallInfo, valid_correlation_id
-from .metrics import Metrics, batch_items
+from .metrics import Gauges, Metrics, PoolGauges, batch_items, queue_depth
 from .sandbox.report import sandbox_report
 
 log = logging.getLogger("snakebridge.service")
@@ -67,6 +71,10 @@ async def send_error(stream: Stream[Any, Any], exc: BridgeError) -> None:
 
 
 Rpc = Callable[[Stream[Any, Any]], Awaitable[None]]
+_Req = TypeVar("_Req")
+_Rep = TypeVar("_Rep")
+#: A server-streaming method's way to send one reply message.
+Send = Callable[[_Rep], Awaitable[None]]
 
 
 class BridgeService:
@@ -86,9 +94,23 @@ class BridgeService:
         self._cid_prefix = f"sb-{secrets.token_hex(4)}-"
         self._cid_seq = itertools.count(1)
 
-    def _guard(self, fn: Callable[[Stream[Any, Any]], Awaitable[None]]) -> Rpc:
-        """Wrap a handler: map errors to statuses, refuse work while draining, and keep
-        track of running handlers so a drain can wait for them."""
+    def _unary(
+        self, fn: Callable[[_Req], Awaitable[_Rep]], request: type[_Req], reply: type[_Rep]
+    ) -> Handler:
+        return Handler(self._guard(fn, unary=True), Cardinality.UNARY_UNARY, request, reply)
+
+    def _streaming(
+        self,
+        fn: Callable[[_Req, Send[_Rep]], Awaitable[None]],
+        request: type[_Req],
+        reply: type[_Rep],
+    ) -> Handler:
+        return Handler(self._guard(fn, unary=False), Cardinality.UNARY_STREAM, request, reply)
+
+    def _guard(self, fn: Callable[..., Awaitable[Any]], *, unary: bool) -> Rpc:
+        """The grpclib handler of a method: read its request, run it, send its reply (or,
+        ``unary=False``, give it a way to send replies); map errors to statuses, refuse
+        work while draining, and keep track of running handlers so a drain can wait."""
 
         rpc = fn.__name__  # the metrics "kind" until the request says better
 
@@ -113,7 +135,11 @@ class BridgeService:
             try:
                 if bad_cid:
                     raise BadRequest(f"{CORRELATION_METADATA} must be 1-128 printable ASCII")
-                await fn(stream)
+                request = await recv_bounded(stream, self.max_request)
+                if unary:
+                    await stream.send_message(await fn(request))
+                else:
+                    await fn(request, stream.send_message)
             except BridgeError as exc:
                 status = trailer.public_name(exc)
                 await send_error(stream, exc)
@@ -155,6 +181,22 @@ class BridgeService:
                 extra={"pool": info.pool},
             )
 
+    def gauges(self) -> Gauges:
+        """The bridge's gauges now, for ``Metrics.render``."""
+        bridge = self.bridge
+        pools = [
+            PoolGauges(
+                name=p.name,
+                in_flight=p.in_flight,
+                queue_depth=queue_depth(p.workers, p.retiring),
+                live=p.live,
+                size=p.size,
+                restarts=dict(p.restarts),
+            )
+            for p in bridge.pools.values()
+        ]
+        return Gauges(pools=pools, sessions=len(bridge.sessions), refs=bridge.sessions.total_refs)
+
     def _label(self, req: CallRequestWire, kind: str = "") -> None:
         """Name the RPC's kind and its pool (the one it asks for, if it exists; the
         worker that runs it confirms it) for metrics and logs."""
@@ -182,51 +224,34 @@ class BridgeService:
         return len(stragglers)
 
     def __mapping__(self) -> dict[str, Handler]:
-        unary = Cardinality.UNARY_UNARY
+        unary, streaming = self._unary, self._streaming
         return {
-            SERVICE + "Call": Handler(
-                self._guard(self.call), unary, CallRequestWire, CallReplyWire
+            SERVICE + "Call": unary(self.call, CallRequestWire, CallReplyWire),
+            SERVICE + "GetAttr": unary(self.get_attr, pb.GetAttrRequest, CallReplyWire),
+            SERVICE + "SetAttr": unary(self.set_attr, pb.SetAttrRequest, CallReplyWire),
+            SERVICE + "Stream": streaming(self.stream, StreamRequestWire, StreamBatchWire),
+            SERVICE + "StreamNext": unary(
+                self.stream_next, pb.StreamNextRequest, pb.StreamNextReply
             ),
-            SERVICE + "GetAttr": Handler(
-                self._guard(self.get_attr), unary, pb.GetAttrRequest, CallReplyWire
+            SERVICE + "ReleaseRef": unary(
+                self.release_ref, pb.ReleaseRefRequest, pb.ReleaseRefReply
             ),
-            SERVICE + "SetAttr": Handler(
-                self._guard(self.set_attr), unary, pb.SetAttrRequest, CallReplyWire
+            SERVICE + "ReleaseSession": unary(
+                self.release_session, pb.ReleaseSessionRequest, pb.ReleaseSessionReply
             ),
-            SERVICE + "Stream": Handler(
-                self._guard(self.stream),
-                Cardinality.UNARY_STREAM,
-                StreamRequestWire,
-                StreamBatchWire,
-            ),
-            SERVICE + "StreamNext": Handler(
-                self._guard(self.stream_next), unary, pb.StreamNextRequest, pb.StreamNextReply
-            ),
-            SERVICE + "ReleaseRef": Handler(
-                self._guard(self.release_ref), unary, pb.ReleaseRefRequest, pb.ReleaseRefReply
-            ),
-            SERVICE + "ReleaseSession": Handler(
-                self._guard(self.release_session),
-                unary,
-                pb.ReleaseSessionRequest,
-                pb.ReleaseSessionReply,
-            ),
-            SERVICE + "Describe": Handler(
-                self._guard(self.describe), unary, pb.DescribeRequest, pb.DescribeReply
-            ),
-            SERVICE + "ListHelpers": Handler(
-                self._guard(self.list_helpers), unary, pb.ListHelpersRequest, pb.ListHelpersReply
+            SERVICE + "Describe": unary(self.describe, pb.DescribeRequest, pb.DescribeReply),
+            SERVICE + "ListHelpers": unary(
+                self.list_helpers, pb.ListHelpersRequest, pb.ListHelpersReply
             ),
         }
 
-    async def call(self, stream: Stream[CallRequestWire, CallReplyWire]) -> None:
-        req = await recv_bounded(stream, self.max_request)
-        self._label(req)
-        result = await self.bridge.call(req)
-        await stream.send_message(CallReplyWire(result=result))
+    # -- the methods: request message in, reply message out ------------------------------
 
-    async def get_attr(self, stream: Stream[pb.GetAttrRequest, CallReplyWire]) -> None:
-        req = await recv_bounded(stream, self.max_request)
+    async def call(self, req: CallRequestWire) -> CallReplyWire:
+        self._label(req)
+        return CallReplyWire(result=await self.bridge.call(req))
+
+    async def get_attr(self, req: pb.GetAttrRequest) -> CallReplyWire:
         call = CallRequestWire(
             protocol_version=req.protocol_version,
             kind=KIND_GET_ATTR,
@@ -235,10 +260,9 @@ class BridgeService:
             target_ref=req.target_ref,
             timeout=req.timeout,
         )
-        await stream.send_message(CallReplyWire(result=await self.bridge.call(call)))
+        return CallReplyWire(result=await self.bridge.call(call))
 
-    async def set_attr(self, stream: Stream[pb.SetAttrRequest, CallReplyWire]) -> None:
-        req = await recv_bounded(stream, self.max_request)
+    async def set_attr(self, req: pb.SetAttrRequest) -> CallReplyWire:
         call = CallRequestWire(
             protocol_version=req.protocol_version,
             kind=KIND_SET_ATTR,
@@ -249,52 +273,42 @@ class BridgeService:
             arg_refs=list(req.arg_refs),
             timeout=req.timeout,
         )
-        await stream.send_message(CallReplyWire(result=await self.bridge.call(call)))
+        return CallReplyWire(result=await self.bridge.call(call))
 
-    async def stream(self, stream: Stream[StreamRequestWire, StreamBatchWire]) -> None:
-        req = await recv_bounded(stream, self.max_request)
+    async def stream(self, req: StreamRequestWire, send: Send[StreamBatchWire]) -> None:
         check_protocol(req.protocol_version)
         self._label(req.call, "stream")
         info, metrics = CALL.get(), self.metrics
 
-        async def send(items: bytes) -> None:
+        async def send_items(items: bytes) -> None:
             if metrics is not None and info is not None:
                 metrics.stream_batch(info.pool, batch_items(items))
-            await stream.send_message(StreamBatchWire(items=items))
+            await send(StreamBatchWire(items=items))
 
-        await self.bridge.stream(req.call, send)
+        await self.bridge.stream(req.call, send_items)
 
-    async def stream_next(self, stream: Stream[pb.StreamNextRequest, pb.StreamNextReply]) -> None:
-        req = await recv_bounded(stream, self.max_request)
+    async def stream_next(self, req: pb.StreamNextRequest) -> pb.StreamNextReply:
         check_protocol(req.protocol_version)
         done, item = await self.bridge.stream_next(req.stream_ref, req.session_id, req.timeout)
-        await stream.send_message(pb.StreamNextReply(done=done, item=item))
+        return pb.StreamNextReply(done=done, item=item)
 
-    async def release_ref(self, stream: Stream[pb.ReleaseRefRequest, pb.ReleaseRefReply]) -> None:
-        req = await recv_bounded(stream, self.max_request)
+    async def release_ref(self, req: pb.ReleaseRefRequest) -> pb.ReleaseRefReply:
         check_protocol(req.protocol_version)
         released = await self.bridge.release_refs(list(req.ref_ids), req.session_id)
-        await stream.send_message(pb.ReleaseRefReply(released=released))
+        return pb.ReleaseRefReply(released=released)
 
-    async def release_session(
-        self, stream: Stream[pb.ReleaseSessionRequest, pb.ReleaseSessionReply]
-    ) -> None:
-        req = await recv_bounded(stream, self.max_request)
+    async def release_session(self, req: pb.ReleaseSessionRequest) -> pb.ReleaseSessionReply:
         check_protocol(req.protocol_version)
         released, existed = await self.bridge.release_session(req.session_id)
-        await stream.send_message(pb.ReleaseSessionReply(released_refs=released, existed=existed))
+        return pb.ReleaseSessionReply(released_refs=released, existed=existed)
 
-    async def list_helpers(
-        self, stream: Stream[pb.ListHelpersRequest, pb.ListHelpersReply]
-    ) -> None:
-        req = await recv_bounded(stream, self.max_request)
+    async def list_helpers(self, req: pb.ListHelpersRequest) -> pb.ListHelpersReply:
         check_protocol(req.protocol_version)
         rows = self.bridge.list_helpers(req.pool)
         helpers = [pb.HelperInfo(name=n, signature=sig, doc=doc) for n, sig, doc in rows]
-        await stream.send_message(pb.ListHelpersReply(helpers=helpers))
+        return pb.ListHelpersReply(helpers=helpers)
 
-    async def describe(self, stream: Stream[pb.DescribeRequest, pb.DescribeReply]) -> None:
-        req = await recv_bounded(stream, self.max_request)
+    async def describe(self, req: pb.DescribeRequest) -> pb.DescribeReply:
         check_protocol(req.protocol_version)
         bridge = self.bridge
         pools = []
@@ -327,12 +341,10 @@ class BridgeService:
                     sandbox_layers=layers,
                 )
             )
-        await stream.send_message(
-            pb.DescribeReply(
-                server_version=__version__,
-                protocol_version=PROTOCOL_VERSION,
-                pools=pools,
-                sessions=len(bridge.sessions),
-                helpers=[name for name, _, _ in bridge.list_helpers("")],
-            )
+        return pb.DescribeReply(
+            server_version=__version__,
+            protocol_version=PROTOCOL_VERSION,
+            pools=pools,
+            sessions=len(bridge.sessions),
+            helpers=[name for name, _, _ in bridge.list_helpers("")],
         )
