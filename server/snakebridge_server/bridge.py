@@ -44,13 +44,14 @@ from snakebridge.wire.messages import CallRequestWire
 
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import PoolConfig, ServerConfig
+from .frames import Call, Ok, StreamOpen
 from .pool import Pool, SupervisionPolicy
 from .refids import WorkerKey, owner_of, parse_ref_id
 from .sandbox import SandboxSpec
 from .sandbox.policy import CallPolicy
 from .sandbox.spawn import make_scratch_root
 from .sessions import Session, SessionTable
-from .worker_handle import NeverStarted, Reply, StreamReply, WorkerHandle, WorkerSpec
+from .worker_handle import NeverStarted, StreamReply, WorkerHandle, WorkerSpec
 from .worker_helpers import is_helper_file, source_module_name
 
 log = logging.getLogger("snakebridge.bridge")
@@ -251,21 +252,16 @@ class Bridge:
         timeout = self._timeout(pool, req.timeout)
         session = self.sessions.begin_call(req.session_id, time.monotonic())
         worker: WorkerHandle | None = None
-        reply: Reply | None = None
+        reply: Ok | None = None
+        # Built once; each attempt's worker fills in its call id, budget and correlation id.
+        frame = Call(
+            0, req.kind, req.module, req.name, req.target_ref, req.session_id, req.args, 0, ""
+        )
         try:
             async with asyncio.timeout(timeout):
 
-                async def run(w: WorkerHandle) -> Reply:
-                    budget = self.sessions.ref_budget(session)
-                    return await w.call(
-                        req.kind,
-                        req.module,
-                        req.name,
-                        req.target_ref,
-                        req.session_id,
-                        req.args,
-                        budget,
-                    )
+                async def run(w: WorkerHandle) -> Ok:
+                    return await w.call(frame, self.sessions.ref_budget(session))
 
                 try:
                     worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
@@ -357,22 +353,25 @@ class Bridge:
         open_ = False
         prefetch: asyncio.Task[StreamReply] | None = None
         pull_timeout = self.pool_configs[pool.name].call_timeout
+        frame = StreamOpen(
+            0,
+            req.kind,
+            req.module,
+            req.name,
+            req.target_ref,
+            req.session_id,
+            req.args,
+            0,
+            *self._stream_limits(first=True),
+            "",
+        )
         try:
             async with asyncio.timeout(req.timeout or None):
 
                 async def open_on(w: WorkerHandle) -> StreamReply:
                     try:
                         async with asyncio.timeout(pull_timeout):
-                            return await w.stream_open(
-                                req.kind,
-                                req.module,
-                                req.name,
-                                req.target_ref,
-                                req.session_id,
-                                req.args,
-                                self.sessions.ref_budget(session),
-                                self._stream_limits(first=True),
-                            )
+                            return await w.stream_open(frame, self.sessions.ref_budget(session))
                     except TimeoutError:
                         raise CallTimeout(
                             f"the iterator produced nothing for {pull_timeout:g}s"
@@ -438,7 +437,7 @@ class Bridge:
         try:
             async with asyncio.timeout(self._timeout(pool, timeout)):
 
-                async def next_on(w: WorkerHandle) -> Reply:
+                async def next_on(w: WorkerHandle) -> Ok:
                     return await w.stream_next(
                         ref_id, session_id, self.sessions.ref_budget(session)
                     )

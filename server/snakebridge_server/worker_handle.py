@@ -35,13 +35,6 @@ from snakebridge.errors import (
 
 from .channel import (
     CANCEL,
-    OP_CALL,
-    OP_RELEASE,
-    OP_RELEASE_SESSION,
-    OP_STREAM_CLOSE,
-    OP_STREAM_NEXT,
-    OP_STREAM_OPEN,
-    OP_STREAM_PULL,
     R_ERR,
     R_OK,
     R_READY,
@@ -53,6 +46,21 @@ from .channel import (
     unpack_reply,
 )
 from .coalesce import CoalescingTransport
+from .frames import (
+    Call,
+    Err,
+    Ok,
+    Ready,
+    Release,
+    ReleaseSession,
+    Request,
+    StreamBatch,
+    StreamClose,
+    StreamNext,
+    StreamOpen,
+    StreamPull,
+    ok_of,
+)
 from .logs import CALL, LineLimiter, LineSplitter, parse_output_line
 from .refids import WorkerKey
 from .sandbox import SandboxSpec
@@ -107,12 +115,6 @@ class WorkerSpec:
 
 
 @dataclass(slots=True)
-class Reply:
-    value: Any
-    new_refs: int
-
-
-@dataclass(slots=True)
 class StreamReply:
     """One batch of a stream, as the worker answered it."""
 
@@ -124,9 +126,9 @@ class StreamReply:
     new_refs: int = 0
 
 
-def _stream_reply(reply: Reply) -> StreamReply:
-    stream_id, body, state, error, released = reply.value
-    return StreamReply(stream_id, body, state, error, released, reply.new_refs)
+def _stream_reply(reply: Ok) -> StreamReply:
+    batch: StreamBatch = reply.value
+    return StreamReply(*batch, reply.new_refs)
 
 
 def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
@@ -141,7 +143,7 @@ class _Channel(asyncio.Protocol):
         self.handle = handle
         self.decoder = FrameDecoder(max_frame, check_head=self._check_head)
         self.transport: CoalescingTransport | None = None
-        self.ready: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Frames sent in one loop iteration leave in one write: under load, one syscall
@@ -187,7 +189,7 @@ class _Channel(asyncio.Protocol):
             if fut is None or fut.done():
                 return  # the caller gave up (cancelled / timed out) already
             if op == R_OK:
-                fut.set_result(Reply(message[2], message[3]))
+                fut.set_result(ok_of(message, asked[0]))
             else:
                 try:
                     error = _error_from(message)
@@ -195,7 +197,10 @@ class _Channel(asyncio.Protocol):
                     error = BridgeError(f"malformed error reply from the worker: {exc!r}")
                 fut.set_exception(error)
         elif op == R_READY and not self.ready.done():
-            self.ready.set_result(message)
+            try:
+                self.ready.set_result(Ready.unpack(message))
+            except ValueError as exc:
+                self.ready.set_exception(WorkerStartError(str(exc)))
         else:
             raise WorkerLied(f"an unexpected frame of opcode {op!r}")
 
@@ -274,7 +279,7 @@ def read_cpu_seconds(pid: int) -> float | None:
 
 
 def _error_from(message: list[Any]) -> BridgeError:
-    _, _, code, type_name, text, tb = message
+    _, code, type_name, text, tb = Err.unpack(message)
     if code == "RemoteError":
         error = remote_error(type_name, text, tb)
         if isinstance(error, (StopIteration, StopAsyncIteration)):
@@ -301,7 +306,7 @@ class WorkerHandle:
         self.calls_done = 0
         self.refs_held = 0
         self.open_streams: set[int] = set()  # streams open on this worker count as load
-        self._pending: dict[int, asyncio.Future[Reply]] = {}
+        self._pending: dict[int, asyncio.Future[Ok]] = {}
         # (opcode, bound) of each call sent and not answered yet, to check its reply
         # against: see ``channel.false_reply``.
         self._asked: dict[int, tuple[int, int]] = {}
@@ -433,8 +438,8 @@ class WorkerHandle:
             self._channel = channel
             async with asyncio.timeout(self.spec.start_timeout):
                 ready = await channel.ready
-            self.sandbox_level, self.sandbox_layers = ready[3], list(ready[4])
-            self.helper_info = [(str(n), str(sig), str(doc)) for n, sig, doc in ready[5]]
+            self.sandbox_level, self.sandbox_layers = ready.sandbox_level, ready.sandbox_layers
+            self.helper_info = [(str(n), str(sig), str(doc)) for n, sig, doc in ready.helpers]
             if not level_at_least(self.sandbox_level, self.spec.min_sandbox):
                 raise WorkerStartError(
                     f"worker {self.key} reached sandbox level {self.sandbox_level!r}, below "
@@ -540,45 +545,28 @@ class WorkerHandle:
 
     # -- calls --------------------------------------------------------------------------
 
-    def _send(
-        self, op: int, *fields: Any, bound: int | None = None
-    ) -> tuple[int, asyncio.Future[Reply]]:
-        """Send a request; ``bound`` is what its reply is checked against (the ref
-        budget sent, the ids released; default: the worker's ref cap)."""
+    def _send(self, frame: Request, **fields: Any) -> tuple[int, asyncio.Future[Ok]]:
+        """Send ``frame`` with the next call id and ``fields`` set; its reply is checked
+        against the frame's ``reply_bound`` (the ref budget sent, the ids released, else
+        the worker's ref cap)."""
         if self.state != "ready" or self._channel is None or self._channel.transport is None:
             raise WorkerCrashed(f"worker {self.key} is not running")
         call_id = self._next_id
         self._next_id += 1
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
+        frame = frame._replace(call_id=call_id, **fields)
+        fut: asyncio.Future[Ok] = asyncio.get_running_loop().create_future()
         self._pending[call_id] = fut
-        self._asked[call_id] = (op, self.spec.max_refs if bound is None else bound)
+        message = frame.pack()
+        self._asked[call_id] = (message[0], frame.reply_bound(self.spec.max_refs))
         transport = self._channel.transport
-        for part in pack_frame_parts([op, call_id, *fields]):
+        for part in pack_frame_parts(message):
             transport.write(part)
         return call_id, fut
 
-    async def call(
-        self,
-        kind: int,
-        module: str,
-        name: str,
-        target_ref: str,
-        session_id: str,
-        args: bytes,
-        ref_budget: int,
-    ) -> Reply:
-        return await self._request(
-            OP_CALL,
-            kind,
-            module,
-            name,
-            target_ref,
-            session_id,
-            args,
-            ref_budget,
-            self._cid(),
-            bound=ref_budget,
-        )
+    async def call(self, frame: Call, ref_budget: int) -> Ok:
+        """Run ``frame`` (built once per request; its call id, budget and correlation id
+        are filled in here) and await its reply."""
+        return await self._request(frame, ref_budget=ref_budget, cid=self._cid())
 
     def _cid(self) -> str:
         """The correlation id user-code frames end with; notes this worker's pool as the
@@ -589,9 +577,9 @@ class WorkerHandle:
         info.pool = self.key.pool
         return info.correlation_id
 
-    async def _request(self, op: int, *fields: Any, bound: int | None = None) -> Reply:
+    async def _request(self, frame: Request, **fields: Any) -> Ok:
         """Send one request and await its reply; cancelling the caller cancels the call."""
-        call_id, fut = self._send(op, *fields, bound=bound)
+        call_id, fut = self._send(frame, **fields)
         try:
             reply = await fut
         except asyncio.CancelledError:
@@ -645,30 +633,9 @@ class WorkerHandle:
 
     # -- streams ------------------------------------------------------------------------
 
-    async def stream_open(
-        self,
-        kind: int,
-        module: str,
-        name: str,
-        target_ref: str,
-        session_id: str,
-        args: bytes,
-        ref_budget: int,
-        limits: tuple[int, int, float],
-    ) -> StreamReply:
-        reply = await self._request(
-            OP_STREAM_OPEN,
-            kind,
-            module,
-            name,
-            target_ref,
-            session_id,
-            args,
-            ref_budget,
-            *limits,
-            self._cid(),
-            bound=ref_budget,
-        )
+    async def stream_open(self, frame: StreamOpen, ref_budget: int) -> StreamReply:
+        """Open ``frame``'s stream (built once per request, like ``call``'s frame)."""
+        reply = await self._request(frame, ref_budget=ref_budget, cid=self._cid())
         batch = _stream_reply(reply)
         if batch.state == STREAM_MORE:
             self.open_streams.add(batch.stream_id)
@@ -678,13 +645,7 @@ class WorkerHandle:
         self, stream_id: int, session_id: str, ref_budget: int, limits: tuple[int, int, float]
     ) -> StreamReply:
         reply = await self._request(
-            OP_STREAM_PULL,
-            stream_id,
-            session_id,
-            ref_budget,
-            *limits,
-            self._cid(),
-            bound=ref_budget,
+            StreamPull(0, stream_id, session_id, ref_budget, *limits, self._cid())
         )
         batch = _stream_reply(reply)
         if batch.state != STREAM_MORE:
@@ -696,23 +657,22 @@ class WorkerHandle:
         self.open_streams.discard(stream_id)
         if self.state != "ready":
             return
-        _, fut = self._send(OP_STREAM_CLOSE, stream_id)
+        _, fut = self._send(StreamClose(0, stream_id))
         fut.add_done_callback(_ignore_outcome)
 
-    async def stream_next(self, ref_id: str, session_id: str, ref_budget: int) -> Reply:
-        return await self._request(
-            OP_STREAM_NEXT, ref_id, session_id, ref_budget, self._cid(), bound=ref_budget
-        )
+    async def stream_next(self, ref_id: str, session_id: str, ref_budget: int) -> Ok:
+        """One item of a StreamRef; the reply's value is a ``NextItem``."""
+        return await self._request(StreamNext(0, ref_id, session_id, ref_budget, self._cid()))
 
     async def release(self, ref_ids: list[str], session_id: str) -> dict[str, int]:
         """Free those of ``ref_ids`` that ``session_id`` owns."""
-        _, fut = self._send(OP_RELEASE, ref_ids, session_id, bound=len(ref_ids))
+        _, fut = self._send(Release(0, ref_ids, session_id))
         counts = {s: n for s, n in (await fut).value}
         self.refs_held -= sum(counts.values())
         return counts
 
     async def release_session(self, session_id: str) -> int:
-        _, fut = self._send(OP_RELEASE_SESSION, session_id)
+        _, fut = self._send(ReleaseSession(0, session_id))
         count: int = (await fut).value
         self.refs_held -= count
         return count

@@ -74,11 +74,25 @@ from .channel import (
     OP_STREAM_NEXT,
     OP_STREAM_OPEN,
     OP_STREAM_PULL,
-    R_ERR,
-    R_OK,
-    R_READY,
     pack_frame_parts,
     unpack_message,
+)
+from .frames import (
+    USER_CODE_OPS,
+    Call,
+    Err,
+    NextItem,
+    Ok,
+    Ready,
+    Release,
+    ReleaseSession,
+    Reply,
+    Request,
+    StreamBatch,
+    StreamClose,
+    StreamNext,
+    StreamOpen,
+    StreamPull,
 )
 from .refids import check_ref_id, new_ref_token
 from .sandbox import SandboxSpec
@@ -291,6 +305,16 @@ class Worker:
         self.sandbox_layers: list[str] = args.sandbox_layers
         self.policy: CallPolicy | None = args.policy if args.policy.enforced else None
         self.cpu = CpuBudget(args.max_call_cpu, self._cpu_exceeded) if args.max_call_cpu else None
+        # The frame loop's dispatch table: each opcode's frame type and handler.
+        self.handlers: dict[int, tuple[type[Request], Callable[[Any], Reply]]] = {
+            OP_CALL: (Call, self.call),
+            OP_RELEASE: (Release, self.release),
+            OP_RELEASE_SESSION: (ReleaseSession, self.release_session),
+            OP_STREAM_OPEN: (StreamOpen, self.stream_open),
+            OP_STREAM_PULL: (StreamPull, self.stream_pull),
+            OP_STREAM_CLOSE: (StreamClose, self.stream_close_frame),
+            OP_STREAM_NEXT: (StreamNext, self.stream_next),
+        }
 
     # -- cancellation -------------------------------------------------------------------
 
@@ -316,8 +340,8 @@ class Worker:
 
     # -- frame loop ---------------------------------------------------------------------
 
-    def send(self, message: list[Any]) -> None:
-        for part in pack_frame_parts(message):
+    def send(self, frame: Ready | Reply) -> None:
+        for part in pack_frame_parts(frame.pack()):
             self.sock.sendall(part)
 
     def read_frame(self) -> bytes | None:
@@ -334,14 +358,13 @@ class Worker:
 
     def serve(self) -> None:
         self.send(
-            [
-                R_READY,
+            Ready(
                 os.getpid(),
                 sys.version.split()[0],
                 self.sandbox_level,
                 self.sandbox_layers,
                 describe_helpers(self.helpers),
-            ]
+            )
         )
         while True:
             body = self.read_frame()
@@ -349,13 +372,13 @@ class Worker:
                 return  # server closed the channel: exit quietly
             message = unpack_message(body)
             op, call_id = message[0], message[1]
-            user_code = op in _USER_CODE_OPS
+            user_code = op in USER_CODE_OPS
             if user_code:
-                set_correlation_id(message.pop())  # user-code frames end with it
+                set_correlation_id(message[-1])  # user-code frames end with it
             if call_id in self.cancelled:
                 self.cancelled.discard(call_id)
                 self.last_done = call_id
-                self.send([R_ERR, call_id, "CallCancelled", "", "cancelled before it ran", ""])
+                self.send(Err.of(call_id, "CallCancelled", "cancelled before it ran"))
                 continue
             if self.cpu is not None and user_code:
                 self.cpu.arm()
@@ -363,47 +386,37 @@ class Worker:
                 reply = self.dispatch(op, call_id, message)
             except CpuExceeded:
                 text = f"the call used more than its {self.cpu.seconds:g} CPU seconds"  # type: ignore[union-attr]
-                reply = [R_ERR, call_id, "LimitExceeded", "", text, ""]
+                reply = Err.of(call_id, "LimitExceeded", text)
             except CallInterrupted:
-                reply = [R_ERR, call_id, "CallCancelled", "", "call interrupted", ""]
+                reply = Err.of(call_id, "CallCancelled", "call interrupted")
             self.current = 0
             self.last_done = call_id
             if user_code:
                 end_of_call()
             self.send(reply)
 
-    def dispatch(self, op: int, call_id: int, message: list[Any]) -> list[Any]:
+    def dispatch(self, op: int, call_id: int, message: list[Any]) -> Reply:
         try:
-            if op == OP_CALL:
-                return self.call(call_id, *message[2:])
-            if op == OP_RELEASE:
-                counts = self.refs.release(message[2], message[3])
-                return [R_OK, call_id, [[s, n] for s, n in counts.items()], 0]
-            if op == OP_RELEASE_SESSION:
-                return [R_OK, call_id, self.refs.release_session(message[2]), 0]
-            if op == OP_STREAM_OPEN:
-                return self.stream_open(call_id, *message[2:])
-            if op == OP_STREAM_PULL:
-                return self.stream_pull(call_id, *message[2:])
-            if op == OP_STREAM_CLOSE:
-                return [R_OK, call_id, self.stream_close(message[2]), 0]
-            if op == OP_STREAM_NEXT:
-                return self.stream_next(call_id, *message[2:])
-            raise BadRequest(f"unknown opcode {op}")
+            entry = self.handlers.get(op)
+            if entry is None:
+                raise BadRequest(f"unknown opcode {op}")
+            frame_type, handler = entry
+            return handler(frame_type.unpack(message))
         except BridgeError as exc:
-            return [R_ERR, call_id, type(exc).__name__, "", exc.message, ""]
+            return Err.of(call_id, type(exc).__name__, exc.message)
 
-    def call(
-        self,
-        call_id: int,
-        kind: int,
-        module: str,
-        name: str,
-        target_ref: str,
-        session_id: str,
-        args: bytes,
-        ref_budget: int,
-    ) -> list[Any]:
+    def release(self, frame: Release) -> Reply:
+        counts = self.refs.release(frame.ref_ids, frame.session_id)
+        return Ok(frame.call_id, _pairs(counts), 0)
+
+    def release_session(self, frame: ReleaseSession) -> Reply:
+        return Ok(frame.call_id, self.refs.release_session(frame.session_id), 0)
+
+    def stream_close_frame(self, frame: StreamClose) -> Reply:
+        return Ok(frame.call_id, self.stream_close(frame.stream_id), 0)
+
+    def call(self, frame: Call) -> Reply:
+        call_id, kind, module, name, target_ref, session_id, args, ref_budget, _ = frame
         mint = RefMinter(self.refs, session_id, ref_budget, self._vetted)
         target = self._vetted(self.refs.get(target_ref, session_id)) if target_ref else None
         decoded = self._decode_args(args, session_id)
@@ -417,7 +430,7 @@ class Worker:
         )
         if not isinstance(outcome, bytes):
             return outcome
-        return [R_OK, call_id, outcome, len(mint.created)]
+        return Ok(call_id, outcome, len(mint.created))
 
     def _user_step(
         self,
@@ -427,7 +440,7 @@ class Worker:
         encode: Callable[[Any], bytes],
         what: str,
         advice: str,
-    ) -> bytes | list[Any]:
+    ) -> bytes | Err:
         """Run user code as ``call_id`` (interruptible) and encode its value with ``mint``.
         Returns the encoding, or the R_ERR reply for an exception of the user code; refs
         are rolled back on any failure."""
@@ -447,7 +460,7 @@ class Worker:
             # Anything user code raises (sys.exit(), CancelledError, GeneratorExit, ...) is
             # an error of that call, never a reason for the worker to die.
             mint.rollback()
-            return [R_ERR, call_id, "RemoteError", *_describe(exc)]
+            return Err(call_id, "RemoteError", *_describe(exc))
         if len(encoded) > self.max_result:
             mint.rollback()
             raise LimitExceeded(
@@ -469,22 +482,10 @@ class Worker:
 
     # -- streams ------------------------------------------------------------------------
 
-    def stream_open(
-        self,
-        call_id: int,
-        kind: int,
-        module: str,
-        name: str,
-        target_ref: str,
-        session_id: str,
-        args: bytes,
-        ref_budget: int,
-        max_items: int,
-        max_bytes: int,
-        linger: float,
-    ) -> list[Any]:
+    def stream_open(self, frame: StreamOpen) -> Reply:
         """Start iterating (a call's result, a ref's method result, or a ref itself) and
         answer with the first batch."""
+        call_id, kind, module, name, target_ref, session_id, args, ref_budget = frame[:8]
         if len(self.streams) >= self.max_streams:
             raise LimitExceeded(f"worker has {self.max_streams} open streams, its maximum")
         target = self._vetted(self.refs.get(target_ref, session_id)) if target_ref else None
@@ -502,33 +503,26 @@ class Worker:
         except (CallInterrupted, BridgeError):
             raise
         except BaseException as exc:
-            return [R_ERR, call_id, "RemoteError", *_describe(exc)]
+            return Err(call_id, "RemoteError", *_describe(exc))
         finally:
             self.current = 0
         stream_id = self._next_stream
         self._next_stream += 1
         self.streams[stream_id] = stream
-        limits = BatchLimits(max_items, max_bytes, linger)
+        limits = BatchLimits(frame.max_items, frame.max_bytes, frame.linger)
         return self._batch(call_id, stream_id, session_id, ref_budget, limits)
 
-    def stream_pull(
-        self,
-        call_id: int,
-        stream_id: int,
-        session_id: str,
-        ref_budget: int,
-        max_items: int,
-        max_bytes: int,
-        linger: float,
-    ) -> list[Any]:
-        if stream_id not in self.streams:
-            raise RefNotFound(f"stream {stream_id} is closed")
-        limits = BatchLimits(max_items, max_bytes, linger)
-        return self._batch(call_id, stream_id, session_id, ref_budget, limits)
+    def stream_pull(self, frame: StreamPull) -> Reply:
+        if frame.stream_id not in self.streams:
+            raise RefNotFound(f"stream {frame.stream_id} is closed")
+        limits = BatchLimits(frame.max_items, frame.max_bytes, frame.linger)
+        return self._batch(
+            frame.call_id, frame.stream_id, frame.session_id, frame.ref_budget, limits
+        )
 
     def _batch(
         self, call_id: int, stream_id: int, session_id: str, budget: int, limits: BatchLimits
-    ) -> list[Any]:
+    ) -> Reply:
         stream = self.streams[stream_id]
         mint = RefMinter(self.refs, session_id, budget, self._vetted)
 
@@ -571,8 +565,8 @@ class Worker:
         if batch.state == ERROR:
             assert batch.error is not None
             error = _describe(batch.error)
-        value = [stream_id, batch.body, batch.state, error, _pairs(released)]
-        return [R_OK, call_id, value, len(mint.created)]
+        value = StreamBatch(stream_id, batch.body, batch.state, error, _pairs(released))
+        return Ok(call_id, value, len(mint.created))
 
     def _drop_stream(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -589,9 +583,10 @@ class Worker:
         self._drop_stream(stream_id)
         return existed
 
-    def stream_next(self, call_id: int, ref_id: str, session_id: str, ref_budget: int) -> list[Any]:
+    def stream_next(self, frame: StreamNext) -> Reply:
         """One item from a StreamRef (``StreamNext``): [done, encoded item]. An exhausted
         StreamRef is released."""
+        call_id, ref_id, session_id, ref_budget, _ = frame
         it = self.refs.get(ref_id, session_id)
         mint = RefMinter(self.refs, session_id, ref_budget, self._vetted)
 
@@ -608,8 +603,8 @@ class Worker:
             return outcome
         if outcome == b"":  # exhausted: the StreamRef frees itself
             released = self.refs.release([ref_id], session_id)
-            return [R_OK, call_id, [True, b"", _pairs(released)], 0]
-        return [R_OK, call_id, [False, outcome, []], len(mint.created)]
+            return Ok(call_id, NextItem(True, b"", _pairs(released)), 0)
+        return Ok(call_id, NextItem(False, outcome, []), len(mint.created))
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -694,9 +689,6 @@ class Worker:
 
     def _run_coroutine(self, coro: Any) -> Any:
         return self._get_loop().run_until_complete(coro)
-
-
-_USER_CODE_OPS: Final = frozenset({OP_CALL, OP_STREAM_OPEN, OP_STREAM_PULL, OP_STREAM_NEXT})
 
 
 class CpuExceeded(CallInterrupted):
