@@ -45,14 +45,15 @@ from snakebridge.wire.messages import CallRequestWire
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import PoolConfig, ServerConfig
 from .frames import Call, Ok, StreamOpen
-from .pool import Pool, SupervisionPolicy
+from .helper_sources import is_helper_file, source_module_name
 from .refids import WorkerKey, owner_of, parse_ref_id
 from .sandbox import SandboxSpec
 from .sandbox.policy import CallPolicy
 from .sandbox.spawn import make_scratch_root
 from .sessions import Session, SessionTable
-from .worker_handle import NeverStarted, StreamReply, WorkerHandle, WorkerSpec
-from .worker_helpers import is_helper_file, source_module_name
+from .supervisor.handle import NeverStarted, StreamReply, WorkerHandle
+from .supervisor.pool import Pool, SupervisionPolicy
+from .supervisor.spawn import WorkerSpec
 
 log = logging.getLogger("snakebridge.bridge")
 _T = TypeVar("_T")

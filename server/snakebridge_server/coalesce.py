@@ -6,7 +6,7 @@ in flight put about a tenth of its CPU in those writes. ``CoalescingTransport`` 
 the small writes of one loop iteration and sends them together; large writes (bulk data)
 go out at once, after whatever was collected, so nothing is reordered or copied twice.
 
-The worker channels (``worker_handle``) write through one too. For gRPC it wraps the
+The worker channels (``supervisor.handle``) write through one too. For gRPC it wraps the
 transport grpclib's ``H2Protocol`` is given (``Server._protocol_factory`` is
 grpclib-private: grpclib is pinned, and the e2e tests cover every path through here).
 """

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from snakebridge.errors import PoolUnavailable
-from snakebridge_server.pool import (
+from snakebridge_server.refids import WorkerKey
+from snakebridge_server.supervisor.handle import WorkerHandle
+from snakebridge_server.supervisor.pool import (
     CrashLoopBreaker,
     Pool,
     SupervisionPolicy,
@@ -19,8 +21,7 @@ from snakebridge_server.pool import (
     read_rss,
     recycle_reason,
 )
-from snakebridge_server.refids import WorkerKey
-from snakebridge_server.worker_handle import WorkerHandle, WorkerSpec
+from snakebridge_server.supervisor.spawn import WorkerSpec
 
 SPEC = WorkerSpec(
     python=sys.executable,

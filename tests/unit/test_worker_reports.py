@@ -33,7 +33,8 @@ from snakebridge_server.channel import (
     unpack_reply,
 )
 from snakebridge_server.refids import WorkerKey
-from snakebridge_server.worker_handle import WorkerHandle, WorkerLied, WorkerSpec, _error_from
+from snakebridge_server.supervisor.handle import WorkerHandle, WorkerLied, _error_from
+from snakebridge_server.supervisor.spawn import WorkerSpec
 
 # -- false_reply ------------------------------------------------------------------------
 

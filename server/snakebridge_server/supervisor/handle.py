@@ -1,5 +1,7 @@
 """One worker process and its channel, seen from the server (the async shell).
 
+Runs in the server process.
+
 Lifecycle, after anyio's ``to_process``: spawn (exec of a fresh interpreter, never a fork
 of the server), READY handshake under a timeout, length-prefixed frames over a socketpair,
 worker stdout/stderr captured and logged line by line, and on any failure kill + reap: the
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -21,9 +22,8 @@ import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any, Final
+from typing import Any
 
-from snakebridge import __version__
 from snakebridge.errors import (
     BridgeError,
     LimitExceeded,
@@ -33,7 +33,7 @@ from snakebridge.errors import (
     remote_error,
 )
 
-from .channel import (
+from ..channel import (
     CANCEL,
     R_ERR,
     R_OK,
@@ -45,8 +45,8 @@ from .channel import (
     pack_frame_parts,
     unpack_reply,
 )
-from .coalesce import CoalescingTransport
-from .frames import (
+from ..coalesce import CoalescingTransport
+from ..frames import (
     Call,
     Err,
     Ok,
@@ -61,17 +61,14 @@ from .frames import (
     StreamPull,
     ok_of,
 )
-from .logs import CALL, LineLimiter, LineSplitter, parse_output_line
-from .refids import WorkerKey
-from .sandbox import SandboxSpec
-from .sandbox.policy import level_at_least
-from .sandbox.spawn import sandbox_uid, unreadable_by_others, worker_env
+from ..logs import CALL, LineLimiter, LineSplitter, parse_output_line
+from ..refids import WorkerKey
+from ..sandbox import SandboxSpec
+from ..sandbox.policy import level_at_least
+from ..sandbox.spawn import sandbox_uid, unreadable_by_others, worker_env
+from .spawn import WorkerSpec, WorkerStartError, check_runtime, read_cpu_seconds, worker_argv
 
 log = logging.getLogger("snakebridge.worker")
-
-
-class WorkerStartError(Exception):
-    """A worker process failed to start or to complete its READY handshake."""
 
 
 class WorkerLied(Exception):
@@ -85,33 +82,6 @@ class WorkerLied(Exception):
 class NeverStarted(WorkerCrashed):
     """The worker died while this call was still queued behind another: it never ran, so
     the bridge re-routes it instead of reporting a crash."""
-
-
-_NO_SANDBOX = SandboxSpec()
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """What every worker of a pool is started with."""
-
-    python: str
-    boot: str
-    max_refs: int
-    max_frame: int
-    max_result: int
-    start_timeout: float
-    cancel_grace: float
-    helpers: tuple[str, ...] = ()
-    helper_allow: tuple[str, ...] = ()
-    preload: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    sandbox: SandboxSpec = _NO_SANDBOX  # per-worker fields (scratch, uid) are filled in
-    min_sandbox: str = "none"
-    sandbox_uid: int = 0  # configured: -1 auto, 0 never, else the base uid
-    uid_offset: int = 0  # workers of earlier pools: every worker gets its own uid
-    scratch_root: str = ""  # where worker scratch dirs go (the server's own directory)
-    log_level: str = "info"  # the root level of ``logging`` in the worker
-    output_rate: int = 1000  # output lines per second logged per worker; 0: all
 
 
 @dataclass(slots=True)
@@ -208,74 +178,6 @@ class _Channel(asyncio.Protocol):
         if not self.ready.done():
             self.ready.set_exception(WorkerStartError("worker closed its channel during start"))
         self.handle._fail("worker process exited")
-
-
-_RUNTIME_PROBE: Final = (
-    "import os, sys, msgpack, snakebridge, snakebridge_server.worker_main\n"
-    "print(snakebridge.__version__)\n"
-    "print(os.path.realpath(sys.executable))\n"
-    "print(os.path.dirname(os.__file__))\n"
-    "for m in (msgpack, snakebridge, snakebridge_server): print(os.path.dirname(m.__file__))\n"
-    "for p in os.environ.get('PYTHONPATH', '').split(os.pathsep): p and print(p)\n"
-)
-_runtime_paths_cache: dict[tuple[str, str], list[str]] = {}
-
-
-async def check_runtime(python: str, env: dict[str, str]) -> list[str]:
-    """What a worker of ``python`` must be able to read (interpreter, stdlib, the worker
-    runtime's packages, PYTHONPATH), asked of that interpreter once. Raises
-    ``WorkerStartError`` saying what to install where when it cannot run the worker
-    runtime of this server's version."""
-    key = (python, env.get("PYTHONPATH", ""))
-    cached = _runtime_paths_cache.get(key)
-    if cached is not None:
-        return cached
-    install = (
-        f"install snakebridge {__version__} into that environment "
-        f"({python} -m pip install snakebridge=={__version__}, or this project's checkout)"
-    )
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            python,
-            "-c",
-            _RUNTIME_PROBE,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            cwd="/",  # as a worker in its scratch dir: nothing importable from our cwd
-        )
-        async with asyncio.timeout(30):
-            out, err = await proc.communicate()
-    except (OSError, TimeoutError) as exc:
-        raise WorkerStartError(f"cannot run the interpreter {python!r}: {exc}") from None
-    if proc.returncode != 0:
-        lines = err.decode(errors="replace").strip().splitlines()
-        why = lines[-1][:300] if lines else f"exit status {proc.returncode}"
-        raise WorkerStartError(
-            f"the interpreter {python!r} cannot import the worker runtime ({why}); {install}"
-        )
-    version, *paths = out.decode().split()
-    if version != __version__:
-        raise WorkerStartError(
-            f"the interpreter {python!r} has snakebridge {version}, this server is "
-            f"{__version__}; {install}"
-        )
-    _runtime_paths_cache[key] = paths
-    return paths
-
-
-_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
-
-
-def read_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of ``pid`` from ``/proc/<pid>/stat``, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _error_from(message: list[Any]) -> BridgeError:
@@ -382,23 +284,9 @@ class WorkerHandle:
             sandbox, _ = await self._prepare_sandbox(env)
             if sandbox.scratch:
                 env["HOME"] = env["TMPDIR"] = sandbox.scratch
-            argv = [
-                self.spec.python,
-                "-m",
-                "snakebridge_server.worker_main",
-                f"--fd={child.fileno()}",
-                f"--ctrl-fd={ctrl_child.fileno()}",
-                f"--ref-prefix={self.key.ref_prefix(self.spec.boot)}",
-                f"--pool={self.key.pool}",
-                f"--max-refs={self.spec.max_refs}",
-                f"--max-frame={self.spec.max_frame}",
-                f"--max-result={self.spec.max_result}",
-                f"--helpers={json.dumps(self.spec.helpers)}",
-                f"--helper-allow={json.dumps(self.spec.helper_allow)}",
-                f"--preload={','.join(self.spec.preload)}",
-                f"--sandbox={sandbox.to_json()}",
-                f"--log-level={self.spec.log_level}",
-            ]
+            argv = worker_argv(
+                self.spec, self.key, sandbox, fd=child.fileno(), ctrl_fd=ctrl_child.fileno()
+            )
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,

@@ -1,5 +1,7 @@
 """A named pool of worker processes.
 
+Runs in the server process.
+
 ``choose_worker`` is the pure routing decision, ``CrashLoopBreaker`` the pure crash-loop
 decision, ``jittered_limit`` / ``recycle_reason`` the pure recycling decisions; ``Pool`` is
 the async shell that starts workers, replaces dead ones (new incarnation, with backoff),
@@ -20,10 +22,11 @@ from typing import Any, Protocol, TypeVar
 
 from snakebridge.errors import PoolSaturated, PoolUnavailable, SessionLost
 
-from .config import PoolConfig, default_of
-from .refids import WorkerKey
-from .sandbox.spawn import worker_env
-from .worker_handle import WorkerHandle, WorkerSpec, WorkerStartError, check_runtime
+from ..config import PoolConfig, default_of
+from ..refids import WorkerKey
+from ..sandbox.spawn import worker_env
+from .handle import WorkerHandle
+from .spawn import WorkerSpec, WorkerStartError, check_runtime
 
 log = logging.getLogger("snakebridge.pool")
 
