@@ -155,6 +155,7 @@ class Bridge:
                 self._worker_spec(pc, uid_offset),
                 max_queued=pc.max_queued,
                 on_worker_lost=self.sessions.worker_gone,
+                refs_of=self.sessions.refs_on,
                 policy=SupervisionPolicy.of(pc),
             )
             uid_offset += pc.workers
@@ -460,7 +461,6 @@ class Bridge:
         """The worker freed refs itself (exhausted StreamRefs): stop counting them."""
         for session_id, count in released:
             self.sessions.refs_released(session_id, worker.key, count)
-            worker.refs_held -= count
 
     # -- releases -----------------------------------------------------------------------
 

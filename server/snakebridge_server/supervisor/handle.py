@@ -22,7 +22,8 @@ import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from enum import StrEnum
+from typing import Any, Final
 
 from snakebridge.errors import (
     BridgeError,
@@ -40,7 +41,6 @@ from ..channel import (
     R_READY,
     STREAM_MORE,
     FrameDecoder,
-    false_reply,
     frame_head,
     pack_frame_parts,
     unpack_reply,
@@ -59,13 +59,13 @@ from ..frames import (
     StreamNext,
     StreamOpen,
     StreamPull,
-    ok_of,
 )
 from ..logs import CALL, LineLimiter, LineSplitter, parse_output_line
 from ..refids import WorkerKey
 from ..sandbox import SandboxSpec
 from ..sandbox.policy import level_at_least
 from ..sandbox.spawn import sandbox_uid, unreadable_by_others, worker_env
+from .router import FalseFrame, ReplyRouter
 from .spawn import WorkerSpec, WorkerStartError, check_runtime, read_cpu_seconds, worker_argv
 
 log = logging.getLogger("snakebridge.worker")
@@ -77,6 +77,19 @@ class WorkerLied(Exception):
     malformed value. Its user code may have written to the channel; the server kills the
     worker (its calls fail with ``WorkerCrashed``) and the pool replaces it. Raised and
     handled inside the server only."""
+
+
+class WorkerState(StrEnum):
+    """Where a worker is in its life. A str, so ``Describe`` reports it as it is."""
+
+    STARTING = "starting"
+    READY = "ready"  # taking calls (unless retiring)
+    CLOSING = "closing"  # asked to exit (EOF on its channel)
+    DEAD = "dead"
+
+
+READY: Final = WorkerState.READY
+DEAD: Final = WorkerState.DEAD
 
 
 class NeverStarted(WorkerCrashed):
@@ -142,27 +155,27 @@ class _Channel(asyncio.Protocol):
         if op == R_READY and not self.ready.done():
             return  # helper descriptions can make it large
         handle = self.handle
-        if op not in (R_OK, R_ERR) or not handle._in_flight(call_id):
+        if op not in (R_OK, R_ERR) or not handle._router.in_flight(call_id):
             raise WorkerLied(f"a {op=} frame for call {call_id}, which is not in flight")
 
     def _dispatch(self, message: list[Any]) -> None:
         op = message[0]
         if op == R_OK or op == R_ERR:
             handle = self.handle
-            call_id = message[1]
-            asked = handle._check_reply(message)
-            if asked is None:
+            try:
+                delivery = handle._router.received(message, open_=handle.state == READY)
+            except FalseFrame as exc:
+                raise WorkerLied(str(exc)) from None
+            if delivery is None:
                 return  # for a call forgotten while closing: nothing waits for it
-            handle._last_reply_id = call_id
-            handle._abandoned.discard(call_id)
-            fut = handle._pending.pop(call_id, None)
+            fut, reply = delivery
             if fut is None or fut.done():
                 return  # the caller gave up (cancelled / timed out) already
-            if op == R_OK:
-                fut.set_result(ok_of(message, asked[0]))
+            if type(reply) is Ok:
+                fut.set_result(reply)
             else:
                 try:
-                    error = _error_from(message)
+                    error = _error_from(reply)  # type: ignore[arg-type]  # not an Ok: an Err
                 except Exception as exc:  # a reply we cannot turn into an error: still answer
                     error = BridgeError(f"malformed error reply from the worker: {exc!r}")
                 fut.set_exception(error)
@@ -180,8 +193,8 @@ class _Channel(asyncio.Protocol):
         self.handle._fail("worker process exited")
 
 
-def _error_from(message: list[Any]) -> BridgeError:
-    _, code, type_name, text, tb = Err.unpack(message)
+def _error_from(err: Err) -> BridgeError:
+    _, code, type_name, text, tb = err
     if code == "RemoteError":
         error = remote_error(type_name, text, tb)
         if isinstance(error, (StopIteration, StopAsyncIteration)):
@@ -197,26 +210,26 @@ def _error_from(message: list[Any]) -> BridgeError:
 class WorkerHandle:
     """A live worker. ``call`` sends one frame and awaits its reply."""
 
-    def __init__(self, key: WorkerKey, spec: WorkerSpec, on_exit: Callable[[WorkerHandle], None]):
+    def __init__(
+        self,
+        key: WorkerKey,
+        spec: WorkerSpec,
+        on_exit: Callable[[WorkerHandle], None],
+        refs_of: Callable[[WorkerKey], int] = lambda key: 0,
+    ):
+        """``refs_of`` counts the refs a worker holds: the server's ``SessionTable``,
+        which is the one ref counter (the pool passes it)."""
         self.key = key
         self.spec = spec
         self._on_exit = on_exit
-        self.state = "starting"
+        self._refs_of = refs_of
+        self.state = WorkerState.STARTING
         # Recycled: still "ready" for the calls and streams it has, but takes no new ones.
         self.retiring = False
         self.pid = 0
         self.calls_done = 0
-        self.refs_held = 0
         self.open_streams: set[int] = set()  # streams open on this worker count as load
-        self._pending: dict[int, asyncio.Future[Ok]] = {}
-        # (opcode, bound) of each call sent and not answered yet, to check its reply
-        # against: see ``channel.false_reply``.
-        self._asked: dict[int, tuple[int, int]] = {}
-        # Calls the caller gave up on that the worker has not answered yet: they still
-        # occupy it, so they count as load.
-        self._abandoned: set[int] = set()
-        self._next_id = 1
-        self._last_reply_id = 0  # the worker answers in order: it is busy with the next id
+        self._router: ReplyRouter[asyncio.Future[Ok]] = ReplyRouter()
         self._proc: asyncio.subprocess.Process | None = None
         self._channel: _Channel | None = None
         self._ctrl: socket.socket | None = None
@@ -239,12 +252,18 @@ class WorkerHandle:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending) + len(self._abandoned) + len(self.open_streams)
+        return self._router.load + len(self.open_streams)
+
+    @property
+    def refs_held(self) -> int:
+        """Refs of live sessions this worker holds, as the server's session table counts
+        them (never negative)."""
+        return self._refs_of(self.key)
 
     @property
     def alive(self) -> bool:
         """Running and taking new calls (a retiring worker only finishes its own)."""
-        return self.state == "ready" and not self.retiring
+        return self.state == READY and not self.retiring
 
     # -- start --------------------------------------------------------------------------
 
@@ -352,7 +371,7 @@ class WorkerHandle:
                     raise
                 raise WorkerStartError(f"worker {self.key} failed to start: {exc}") from exc
             raise
-        self.state = "ready"
+        self.state = READY
         log.debug("worker %s ready pid=%d", self.key, self.pid)
 
     def _spawn(self, coro: Any) -> None:
@@ -421,7 +440,7 @@ class WorkerHandle:
     async def _reap(self) -> None:
         assert self._proc is not None
         code = await self._proc.wait()
-        if self.state != "dead":
+        if self.state != DEAD:
             self._fail(f"worker process exited with code {code}")
         self._remove_scratch()
         self.exited.set()
@@ -437,15 +456,11 @@ class WorkerHandle:
         """Send ``frame`` with the next call id and ``fields`` set; its reply is checked
         against the frame's ``reply_bound`` (the ref budget sent, the ids released, else
         the worker's ref cap)."""
-        if self.state != "ready" or self._channel is None or self._channel.transport is None:
+        if self.state != READY or self._channel is None or self._channel.transport is None:
             raise WorkerCrashed(f"worker {self.key} is not running")
-        call_id = self._next_id
-        self._next_id += 1
-        frame = frame._replace(call_id=call_id, **fields)
         fut: asyncio.Future[Ok] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = fut
-        message = frame.pack()
-        self._asked[call_id] = (message[0], frame.reply_bound(self.spec.max_refs))
+        message = self._router.send(frame, fut, self.spec.max_refs, **fields)
+        call_id: int = message[1]
         transport = self._channel.transport
         for part in pack_frame_parts(message):
             transport.write(part)
@@ -474,38 +489,13 @@ class WorkerHandle:
             self.cancel(call_id)
             raise
         self.calls_done += 1
-        self.refs_held += reply.new_refs
         return reply
 
     # -- checking what the worker says --------------------------------------------------
 
-    def _in_flight(self, call_id: int) -> bool:
-        return call_id in self._pending or call_id in self._abandoned
-
-    def _check_reply(self, message: list[Any]) -> tuple[int, int] | None:
-        """The (opcode, bound) ``message`` answers; raises ``WorkerLied`` when it cannot
-        be the worker's honest reply. The worker answers every request, in order, so a
-        reply must be for the call after the last one answered: a late reply to a call
-        the caller gave up on is in order too; a reply for an id never sent, answered
-        already, or skipped over is not. None: a call forgotten while closing."""
-        call_id = message[1]
-        expected = self._last_reply_id + 1
-        if type(call_id) is not int or call_id != expected or call_id >= self._next_id:
-            raise WorkerLied(f"a reply for call {call_id!r}; the next reply is for {expected}")
-        asked = self._asked.pop(call_id, None)
-        if asked is None:
-            if self.state == "ready":
-                raise WorkerLied(f"a reply for call {call_id}, which is not in flight")
-            return None
-        if message[0] == R_OK:
-            why = false_reply(message, *asked)
-            if why:
-                raise WorkerLied(why)
-        return asked
-
     def _lied(self, what: str) -> None:
         """Kill a worker that sent a false report; its calls fail as in a crash."""
-        if self.state == "dead":
+        if self.state == DEAD:
             return
         spare, self._spare = self._spare, None
         if spare is not None:
@@ -543,7 +533,7 @@ class WorkerHandle:
     def stream_close(self, stream_id: int) -> None:
         """Ask the worker to close a stream we abandoned; nobody waits for the answer."""
         self.open_streams.discard(stream_id)
-        if self.state != "ready":
+        if self.state != READY:
             return
         _, fut = self._send(StreamClose(0, stream_id))
         fut.add_done_callback(_ignore_outcome)
@@ -555,28 +545,25 @@ class WorkerHandle:
     async def release(self, ref_ids: list[str], session_id: str) -> dict[str, int]:
         """Free those of ``ref_ids`` that ``session_id`` owns."""
         _, fut = self._send(Release(0, ref_ids, session_id))
-        counts = {s: n for s, n in (await fut).value}
-        self.refs_held -= sum(counts.values())
-        return counts
+        return {s: n for s, n in (await fut).value}
 
     async def release_session(self, session_id: str) -> int:
         _, fut = self._send(ReleaseSession(0, session_id))
         count: int = (await fut).value
-        self.refs_held -= count
         return count
 
     def cancel(self, call_id: int) -> None:
         """Stop ``call_id``: drop it if queued, interrupt it if running; if the worker has
         not answered within the grace period, kill it (the pool replaces it)."""
-        fut = self._pending.pop(call_id, None)
+        live = self.state == READY and self._ctrl is not None
+        fut = self._router.abandon(call_id, open_=live)
         if fut is None:
             return  # its reply already arrived (the reader removes answered calls)
         # Still unanswered. (A timeout cancels the awaited future before we get here, so
         # "done" does not mean "answered".)
         fut.cancel()
-        if self.state != "ready" or self._ctrl is None:
+        if not live or self._ctrl is None:
             return
-        self._abandoned.add(call_id)
         try:
             self._ctrl.send(CANCEL.pack(call_id))
             os.kill(self.pid, signal.SIGUSR1)
@@ -592,9 +579,9 @@ class WorkerHandle:
 
     def _kill_if_stuck(self, call_id: int) -> None:
         self._kill_timers.pop(call_id, None)
-        if self.state != "ready" or self._last_reply_id >= call_id:
+        if self.state != READY or self._router.answered(call_id):
             return  # answered (interrupted, or skipped while queued)
-        if self._last_reply_id + 1 < call_id:
+        if self._router.running < call_id:
             self._arm_kill_timer(call_id)  # still busy with an earlier call; check again later
             return
         log.warning("worker %s ignored cancellation of call %d; killing it", self.key, call_id)
@@ -608,10 +595,10 @@ class WorkerHandle:
         about once a second: a call still running after budget + grace CPU seconds since
         first seen gets the worker killed (the pool replaces it)."""
         budget = self.spec.sandbox.max_call_cpu
-        if not budget or self.spec.sandbox.level == "none" or not self._pending:
+        if not budget or self.spec.sandbox.level == "none" or not self._router.waiting:
             self._cpu_mark = None
             return
-        running = self._last_reply_id + 1
+        running = self._router.running
         used = read_cpu_seconds(self.pid)
         if used is None:
             return
@@ -628,26 +615,22 @@ class WorkerHandle:
     def _fail(self, reason: str, running_error: BridgeError | None = None) -> None:
         """Mark dead, fail all pending calls, kill the process. Idempotent, synchronous.
         The running call gets ``running_error`` if given, else ``WorkerCrashed``."""
-        if self.state == "dead":
+        if self.state == DEAD:
             return
         self._read_leftover_replies()
         previous = self.state
-        self.state = "dead"
+        self.state = DEAD
         self.death_reason = reason
         for timer in self._kill_timers.values():
             timer.cancel()
         self._kill_timers.clear()
-        pending, self._pending = self._pending, {}
-        self._abandoned.clear()
-        self._asked.clear()
-        running = self._last_reply_id + 1  # frames run strictly in order
-        for call_id, fut in pending.items():
+        for _, fut, running in self._router.close():  # frames run strictly in order
             if fut.done():
                 continue
-            if call_id == running and running_error is not None:
+            if running and running_error is not None:
                 fut.set_exception(running_error)
             else:
-                cls = WorkerCrashed if call_id == running else NeverStarted
+                cls = WorkerCrashed if running else NeverStarted
                 fut.set_exception(cls(f"worker {self.key} died: {reason}"))
         if self._channel is not None and self._channel.transport is not None:
             self._channel.transport.abort()
@@ -656,7 +639,7 @@ class WorkerHandle:
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
-        if previous == "ready":
+        if previous == READY:
             log.warning("worker %s (pid %d) lost: %s", self.key, self.pid, reason)
             self._on_exit(self)
 
@@ -689,10 +672,10 @@ class WorkerHandle:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Ask the worker to exit (EOF on its channel), then SIGKILL after ``timeout``."""
-        if self.state == "dead":
+        if self.state == DEAD:
             await self._wait_exited(timeout)
             return
-        self.state = "closing"
+        self.state = WorkerState.CLOSING
         if self._channel is not None and self._channel.transport is not None:
             self._channel.transport.close()
         try:
