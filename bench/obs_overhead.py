@@ -16,10 +16,10 @@ from collections.abc import Callable
 from snakebridge import _correlation
 from snakebridge._client import Client
 from snakebridge.wire.constants import CORRELATION_METADATA, KIND_NAMES
-from snakebridge_server import worker_logging
 from snakebridge_server.channel import pack_frame
 from snakebridge_server.logs import CALL, CallInfo, valid_correlation_id
 from snakebridge_server.metrics import Metrics
+from snakebridge_server.worker import output as worker_logging
 
 N = 200_000
 

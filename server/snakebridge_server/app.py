@@ -29,8 +29,8 @@ from .metrics_http import MetricsServer
 from .reflection import with_reflection
 from .sandbox.report import sandbox_report
 from .service import BridgeService
+from .supervisor.spawn import WorkerStartError
 from .tls import server_ssl_context
-from .worker_handle import WorkerStartError
 
 log = logging.getLogger("snakebridge.server")
 

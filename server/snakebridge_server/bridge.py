@@ -44,14 +44,16 @@ from snakebridge.wire.messages import CallRequestWire
 
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import PoolConfig, ServerConfig
-from .pool import Pool, SupervisionPolicy
+from .frames import Call, Ok, StreamOpen
+from .helper_sources import is_helper_file, source_module_name
 from .refids import WorkerKey, owner_of, parse_ref_id
 from .sandbox import SandboxSpec
 from .sandbox.policy import CallPolicy
 from .sandbox.spawn import make_scratch_root
 from .sessions import Session, SessionTable
-from .worker_handle import NeverStarted, Reply, StreamReply, WorkerHandle, WorkerSpec
-from .worker_helpers import is_helper_file, source_module_name
+from .supervisor.handle import NeverStarted, StreamReply, WorkerHandle
+from .supervisor.pool import Pool, SupervisionPolicy
+from .supervisor.spawn import WorkerSpec
 
 log = logging.getLogger("snakebridge.bridge")
 _T = TypeVar("_T")
@@ -153,6 +155,7 @@ class Bridge:
                 self._worker_spec(pc, uid_offset),
                 max_queued=pc.max_queued,
                 on_worker_lost=self.sessions.worker_gone,
+                refs_of=self.sessions.refs_on,
                 policy=SupervisionPolicy.of(pc),
             )
             uid_offset += pc.workers
@@ -251,21 +254,16 @@ class Bridge:
         timeout = self._timeout(pool, req.timeout)
         session = self.sessions.begin_call(req.session_id, time.monotonic())
         worker: WorkerHandle | None = None
-        reply: Reply | None = None
+        reply: Ok | None = None
+        # Built once; each attempt's worker fills in its call id, budget and correlation id.
+        frame = Call(
+            0, req.kind, req.module, req.name, req.target_ref, req.session_id, req.args, 0, ""
+        )
         try:
             async with asyncio.timeout(timeout):
 
-                async def run(w: WorkerHandle) -> Reply:
-                    budget = self.sessions.ref_budget(session)
-                    return await w.call(
-                        req.kind,
-                        req.module,
-                        req.name,
-                        req.target_ref,
-                        req.session_id,
-                        req.args,
-                        budget,
-                    )
+                async def run(w: WorkerHandle) -> Ok:
+                    return await w.call(frame, self.sessions.ref_budget(session))
 
                 try:
                     worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
@@ -357,22 +355,25 @@ class Bridge:
         open_ = False
         prefetch: asyncio.Task[StreamReply] | None = None
         pull_timeout = self.pool_configs[pool.name].call_timeout
+        frame = StreamOpen(
+            0,
+            req.kind,
+            req.module,
+            req.name,
+            req.target_ref,
+            req.session_id,
+            req.args,
+            0,
+            *self._stream_limits(first=True),
+            "",
+        )
         try:
             async with asyncio.timeout(req.timeout or None):
 
                 async def open_on(w: WorkerHandle) -> StreamReply:
                     try:
                         async with asyncio.timeout(pull_timeout):
-                            return await w.stream_open(
-                                req.kind,
-                                req.module,
-                                req.name,
-                                req.target_ref,
-                                req.session_id,
-                                req.args,
-                                self.sessions.ref_budget(session),
-                                self._stream_limits(first=True),
-                            )
+                            return await w.stream_open(frame, self.sessions.ref_budget(session))
                     except TimeoutError:
                         raise CallTimeout(
                             f"the iterator produced nothing for {pull_timeout:g}s"
@@ -438,7 +439,7 @@ class Bridge:
         try:
             async with asyncio.timeout(self._timeout(pool, timeout)):
 
-                async def next_on(w: WorkerHandle) -> Reply:
+                async def next_on(w: WorkerHandle) -> Ok:
                     return await w.stream_next(
                         ref_id, session_id, self.sessions.ref_budget(session)
                     )
@@ -460,7 +461,6 @@ class Bridge:
         """The worker freed refs itself (exhausted StreamRefs): stop counting them."""
         for session_id, count in released:
             self.sessions.refs_released(session_id, worker.key, count)
-            worker.refs_held -= count
 
     # -- releases -----------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """The server <-> worker channel: length-prefixed msgpack frames over a socketpair.
 
-Pure: no I/O here. Both the server (``worker_handle``) and the worker process
-(``worker_main``) import it, so it must stay light.
+Pure: no I/O here. Runs in both processes: the server (``supervisor``) and the worker
+child (``worker``) import it, so it must stay light. The typed frames are in ``frames``.
 
 Frame: 4-byte big-endian payload length, then a msgpack array whose first element is an
 opcode. Argument and result values stay opaque ``bin`` blobs produced by the value codec.
@@ -51,7 +51,7 @@ OP_STREAM_PULL: Final = 5
 OP_STREAM_CLOSE: Final = 6
 OP_STREAM_NEXT: Final = 7
 
-# Stream batch states (the worker's ``worker_streams`` module produces them).
+# Stream batch states (the worker's ``worker.streams`` module produces them).
 STREAM_MORE: Final = 0
 STREAM_DONE: Final = 1
 STREAM_ERROR: Final = 2  # error = [type_name, message, traceback] of the iterator's exception

@@ -6,7 +6,7 @@ in flight put about a tenth of its CPU in those writes. ``CoalescingTransport`` 
 the small writes of one loop iteration and sends them together; large writes (bulk data)
 go out at once, after whatever was collected, so nothing is reordered or copied twice.
 
-The worker channels (``worker_handle``) write through one too. For gRPC,
+The worker channels (``supervisor.handle``) write through one too. For gRPC,
 ``grpc_server`` gives one to each connection's protocol in place of its transport.
 """
 

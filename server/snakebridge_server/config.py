@@ -21,6 +21,7 @@ from typing import Any, Final
 
 from snakebridge.wire.codec import DEFAULT_LIMITS
 
+from .helper_sources import is_helper_file
 from .refids import POOL_NAME_RE
 from .sandbox.policy import LEVELS as SANDBOX_LEVELS
 from .settings import (
@@ -46,7 +47,6 @@ from .settings import (
     unique,
     within,
 )
-from .worker_helpers import is_helper_file
 
 __all__ = [
     "DEFAULT_POOL",

@@ -26,7 +26,7 @@ _CORRELATION_RE: Final = re.compile(f"[\\x21-\\x7e]{{1,{MAX_CORRELATION_ID}}}")
 #: Worker output lines longer than this many bytes are cut (with a note).
 MAX_OUTPUT_LINE: Final = 16 * 1024
 #: Leading byte of a structured record in a worker's output (ASCII record separator):
-#: ``\x1e{json}``. Written by ``worker_logging`` in the worker.
+#: ``\x1e{json}``. Written by ``worker.output`` in the worker.
 RECORD_MARK: Final = 0x1E
 
 LOG_FORMATS: Final = ("console", "json")

@@ -4,6 +4,10 @@ does the I/O itself (httpcore's pool style).
 A session is a lifetime scope for refs, not a worker pin: it remembers which workers
 hold its refs (so a release reaches all of them), how many refs it holds (for the caps),
 its previous worker (for ``affinity="strict"``) and when it was last used (for the TTL).
+
+Runs in the server process. The table is the server's one ref counter: per session and
+worker for the caps, and per worker (``refs_on``) for ``Describe``. The worker child holds
+the objects themselves (``worker.refs``) and reports what it makes and frees.
 """
 
 from __future__ import annotations
@@ -38,12 +42,32 @@ class SessionTable:
         self.ttl = ttl
         self._sessions: dict[str, Session] = {}
         self.total_refs = 0
+        self._by_worker: dict[WorkerKey, int] = {}  # refs of live sessions on each worker
 
     def __len__(self) -> int:
         return len(self._sessions)
 
     def __contains__(self, session_id: str) -> bool:
         return session_id in self._sessions
+
+    def refs_on(self, worker: WorkerKey) -> int:
+        """Refs of live sessions that ``worker`` holds (0 once it is gone)."""
+        return self._by_worker.get(worker, 0)
+
+    def _count(self, session: Session, worker: WorkerKey, delta: int) -> None:
+        """Every change of a ref count goes through here, so the per-session, per-worker
+        and total counts agree. ``delta`` never takes a count below 0 (callers clamp)."""
+        held = session.refs_by_worker.get(worker, 0) + delta
+        if held:
+            session.refs_by_worker[worker] = held
+        else:
+            session.refs_by_worker.pop(worker, None)
+        on_worker = self._by_worker.get(worker, 0) + delta
+        if on_worker:
+            self._by_worker[worker] = on_worker
+        else:
+            self._by_worker.pop(worker, None)
+        self.total_refs += delta
 
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
@@ -81,32 +105,29 @@ class SessionTable:
             return
         session.last_worker = worker
         if new_refs:
-            session.refs_by_worker[worker] = session.refs_by_worker.get(worker, 0) + new_refs
-            self.total_refs += new_refs
+            self._count(session, worker, new_refs)
 
     def refs_created(self, session: Session, worker: WorkerKey, count: int) -> None:
         """Refs made mid-request (stream batches) count at once, not when it ends."""
         if count:
-            session.refs_by_worker[worker] = session.refs_by_worker.get(worker, 0) + count
-            self.total_refs += count
+            self._count(session, worker, count)
 
     def refs_released(self, session_id: str, worker: WorkerKey, count: int) -> None:
         session = self._sessions.get(session_id)
         if session is None:
             return
-        held = session.refs_by_worker.get(worker, 0)
-        count = min(count, held)
-        if held - count:
-            session.refs_by_worker[worker] = held - count
-        else:
-            session.refs_by_worker.pop(worker, None)
-        self.total_refs -= count
+        count = min(count, session.refs_by_worker.get(worker, 0))
+        if count > 0:
+            self._count(session, worker, -count)
 
     def remove(self, session_id: str) -> Session | None:
         """Forget the session; the caller releases its refs on ``refs_by_worker``'s keys."""
         session = self._sessions.pop(session_id, None)
         if session is not None:
-            self.total_refs -= session.refs
+            held = dict(session.refs_by_worker)
+            for worker, count in held.items():
+                self._count(session, worker, -count)
+            session.refs_by_worker = held  # as it was: the caller releases them there
         return session
 
     def expired(self, now: float) -> list[Session]:
@@ -125,5 +146,7 @@ class SessionTable:
         """A worker died: the refs it held no longer count against anyone's caps.
         ``last_worker`` is kept, so a strict-affinity call can report the loss."""
         for session in self._sessions.values():
-            lost = session.refs_by_worker.pop(worker, 0)
-            self.total_refs -= lost
+            lost = session.refs_by_worker.get(worker, 0)
+            if lost:
+                self._count(session, worker, -lost)
+        self._by_worker.pop(worker, None)

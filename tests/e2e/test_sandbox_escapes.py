@@ -976,7 +976,7 @@ async def _unittest_discovery(client: snakebridge.Client, env: Env, marker: str)
 
 async def _helper_loader(client: snakebridge.Client, env: Env, marker: str) -> Any:
     path = await _write_in_cwd(client, f"sb_probe_{time.monotonic_ns()}.py", _probe_module(marker))
-    return await client.call("snakebridge_server.worker_helpers", "load_helpers", [[path]])
+    return await client.call("snakebridge_server.worker.helpers", "load_helpers", [[path]])
 
 
 async def _policy_off_then_os_system(client: snakebridge.Client, env: Env, marker: str) -> Any:

@@ -9,11 +9,11 @@ import pytest
 
 from snakebridge_server.cli import build_config
 from snakebridge_server.config import ConfigError
-from snakebridge_server.worker_helpers import (
+from snakebridge_server.helper_sources import file_module_name
+from snakebridge_server.worker.helpers import (
     MAX_DOC,
     HelperLoadError,
     describe_helpers,
-    file_module_name,
     load_helpers,
 )
 

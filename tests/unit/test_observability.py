@@ -17,7 +17,6 @@ from snakebridge import _correlation
 from snakebridge._client import Client, _error_from_trailers
 from snakebridge.errors import LimitExceeded, remote_error
 from snakebridge.wire.constants import CORRELATION_METADATA, ERROR_TRAILER
-from snakebridge_server import worker_logging
 from snakebridge_server.cli import build_config
 from snakebridge_server.config import ConfigError, ServerConfig
 from snakebridge_server.logs import (
@@ -40,6 +39,7 @@ from snakebridge_server.metrics import (
 )
 from snakebridge_server.metrics_http import answer
 from snakebridge_server.service import error_trailer
+from snakebridge_server.worker import output as worker_logging
 
 
 def _families(text: str) -> dict[str, list[tuple[str, dict[str, str], float]]]:

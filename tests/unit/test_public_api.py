@@ -45,7 +45,7 @@ def test_remote_builtin_errors_inherit_the_builtin_only_for_exceptions() -> None
 
 def test_worker_process_does_not_import_the_grpc_stack() -> None:
     code = (
-        "import sys, snakebridge_server.worker_main\n"
+        "import sys, snakebridge_server.worker.main\n"
         "heavy = [m for m in ('grpclib', 'betterproto', 'h2', 'anyio') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )

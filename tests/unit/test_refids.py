@@ -9,7 +9,7 @@ import pytest
 
 from snakebridge.errors import BadRequest, RefNotFound, SessionLost
 from snakebridge_server.refids import WorkerKey, parse_ref_id
-from snakebridge_server.worker_main import RefTable
+from snakebridge_server.worker.refs import RefTable
 
 BOOT = "b00t"
 KEY = WorkerKey("default", 0, 1)

@@ -19,10 +19,11 @@ from snakebridge_server.channel import (
 )
 from snakebridge_server.cli import build_config
 from snakebridge_server.config import ConfigError, ServerConfig
-from snakebridge_server.pool import choose_worker, restart_delay
 from snakebridge_server.refids import WorkerKey, owner_of, parse_ref_id
 from snakebridge_server.sessions import SessionTable
-from snakebridge_server.worker_main import RefTable, resolve
+from snakebridge_server.supervisor.pool import choose_worker, restart_delay
+from snakebridge_server.worker.names import resolve
+from snakebridge_server.worker.refs import RefTable
 
 BOOT = "b00t"
 W0 = WorkerKey("default", 0, 1)

@@ -12,8 +12,8 @@ import pytest
 
 from snakebridge_server.cli import _parser, build_config
 from snakebridge_server.config import POOL_SETTINGS, SERVER_SETTINGS, PoolConfig, ServerConfig
-from snakebridge_server.pool import SupervisionPolicy
 from snakebridge_server.settings import ConfigError, Setting, at_least, bind, check_fields, setting
+from snakebridge_server.supervisor.pool import SupervisionPolicy
 
 SETTINGS = (*SERVER_SETTINGS, *POOL_SETTINGS)
 NAMED = [s for s in SETTINGS if s.key]

@@ -10,7 +10,9 @@ import sys
 import pytest
 
 from snakebridge.errors import PoolUnavailable
-from snakebridge_server.pool import (
+from snakebridge_server.refids import WorkerKey
+from snakebridge_server.supervisor.handle import WorkerHandle, WorkerState
+from snakebridge_server.supervisor.pool import (
     CrashLoopBreaker,
     Pool,
     SupervisionPolicy,
@@ -19,8 +21,7 @@ from snakebridge_server.pool import (
     read_rss,
     recycle_reason,
 )
-from snakebridge_server.refids import WorkerKey
-from snakebridge_server.worker_handle import WorkerHandle, WorkerSpec
+from snakebridge_server.supervisor.spawn import WorkerSpec
 
 SPEC = WorkerSpec(
     python=sys.executable,
@@ -120,7 +121,7 @@ def test_read_rss_of_a_live_process_and_of_none() -> None:
 
 def _ready(slot: int, in_flight: int = 0) -> WorkerHandle:
     handle = WorkerHandle(WorkerKey("default", slot, 1), SPEC, lambda h: None)
-    handle.state = "ready"
+    handle.state = WorkerState.READY
     handle.open_streams.update(range(in_flight))  # counts as load
     return handle
 
@@ -157,7 +158,7 @@ async def test_a_tripped_pool_refuses_calls_and_reports_unhealthy() -> None:
     try:
         for incarnation, reason in ((1, "worker process exited with code -9"), (2, "boom")):
             dead = WorkerHandle(WorkerKey("default", 0, incarnation), SPEC, lambda h: None)
-            dead.state, dead.death_reason = "dead", reason
+            dead.state, dead.death_reason = WorkerState.DEAD, reason
             pool.workers[0] = dead
             pool._worker_exited(dead)
         assert pool.tripped and pool.state == "tripped" and not pool.healthy
@@ -179,7 +180,7 @@ async def test_kills_after_ignored_cancellation_do_not_trip_the_pool() -> None:
     pool = Pool("default", 1, SPEC, max_queued=10, on_worker_lost=lambda k: None, policy=policy)
     try:
         dead = WorkerHandle(WorkerKey("default", 0, 1), SPEC, lambda h: None)
-        dead.state, dead.death_reason = "dead", "killed: call 3 ignored cancellation for 1s"
+        dead.state, dead.death_reason = WorkerState.DEAD, "killed: call 3 ignored cancellation for 1s"
         pool.workers[0] = dead
         pool._worker_exited(dead)
         assert not pool.tripped and pool.restarts == {"killed": 1}

@@ -16,8 +16,9 @@ from typing import Any
 import pytest
 
 from snakebridge.errors import PolicyError
-from snakebridge_server import worker_main
 from snakebridge_server.sandbox.policy import CallPolicy
+from snakebridge_server.worker import main as worker_main
+from snakebridge_server.worker import names
 
 STANDARD = CallPolicy.build("standard")
 NONE = CallPolicy.build("none")
@@ -98,7 +99,7 @@ def test_a_callee_named_by_the_request_may_be_a_formatter() -> None:
 def test_the_format_strings_a_call_would_walk(
     fn: Any, args: list[Any], kwargs: dict[str, Any], found: list[tuple[str, bool]]
 ) -> None:
-    assert worker_main._format_strings(fn, args, kwargs) == found
+    assert names.format_strings(fn, args, kwargs) == found
 
 
 @pytest.mark.parametrize(
@@ -116,7 +117,7 @@ def test_the_format_strings_a_call_would_walk(
     ids=repr,
 )
 def test_set_attr_may_change_instances_only(owner: Any, shared: bool) -> None:
-    assert worker_main._shared_by_every_caller(owner) is shared
+    assert names.shared_by_every_caller(owner) is shared
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ check) and the handle's reply ordering, without a process."""
 from __future__ import annotations
 
 import struct
-import sys
 from typing import Any
 
 import msgpack
@@ -32,8 +31,9 @@ from snakebridge_server.channel import (
     pack_frame,
     unpack_reply,
 )
-from snakebridge_server.refids import WorkerKey
-from snakebridge_server.worker_handle import WorkerHandle, WorkerLied, WorkerSpec, _error_from
+from snakebridge_server.frames import Call, Err, Ok
+from snakebridge_server.supervisor.handle import WorkerLied, _error_from
+from snakebridge_server.supervisor.router import FalseFrame, ReplyRouter
 
 # -- false_reply ------------------------------------------------------------------------
 
@@ -147,62 +147,56 @@ def test_the_decoder_leaves_small_frames_to_the_reader() -> None:
     assert FrameDecoder(check_head=never).feed(frame) == [frame[4:]]
 
 
-# -- the handle's view: replies come in order ---------------------------------------------
+# -- the router's view: replies come in order ----------------------------------------
 
 
-SPEC = WorkerSpec(
-    python=sys.executable,
-    boot="b00t",
-    max_refs=100,
-    max_frame=1 << 20,
-    max_result=1 << 20,
-    start_timeout=5.0,
-    cancel_grace=1.0,
-)
-
-
-def _handle(asked: dict[int, tuple[int, int]], last_reply: int = 0) -> WorkerHandle:
-    handle = WorkerHandle(WorkerKey("default", 0, 1), SPEC, lambda h: None)
-    handle.state = "ready"
-    handle._asked = dict(asked)
-    handle._next_id = max(asked, default=0) + 1
-    handle._last_reply_id = last_reply
-    return handle
+def _router(asked: dict[int, int], last_reply: int = 0) -> ReplyRouter[str]:
+    """A router that sent ``OP_CALL`` requests ``asked`` (call id -> ref budget) and had
+    the replies up to ``last_reply``."""
+    router: ReplyRouter[str] = ReplyRouter()
+    for call_id in range(1, max(asked, default=0) + 1):
+        budget = asked.get(call_id, 0)
+        router.send(Call(0, 1, "m", "f", "", "s", b"", budget, ""), f"w{call_id}", 100)
+        if call_id <= last_reply:
+            router.received([R_OK, call_id, b"", 0], open_=True)
+    return router
 
 
 def test_the_next_reply_must_answer_the_next_call() -> None:
-    handle = _handle({1: (OP_CALL, 5), 2: (OP_CALL, 5)})
-    with pytest.raises(WorkerLied, match="reply for call 2; the next reply is for 1"):
-        handle._check_reply([R_OK, 2, b"", 0])  # skipped call 1
-    assert handle._check_reply([R_OK, 1, b"", 0]) == (OP_CALL, 5)
+    router = _router({1: 5, 2: 5})
+    with pytest.raises(FalseFrame, match="reply for call 2; the next reply is for 1"):
+        router.received([R_OK, 2, b"", 0], open_=True)  # skipped call 1
+    assert router.received([R_OK, 1, b"", 0], open_=True) == (
+        "w1",
+        Ok(1, b"", 0),
+    )
 
 
 def test_a_reply_for_an_id_never_sent_or_answered_twice_is_a_lie() -> None:
-    handle = _handle({1: (OP_CALL, 5)})
-    with pytest.raises(WorkerLied, match="10000"):
-        handle._check_reply([R_OK, 10_000, b"", 0])
-    handle._check_reply([R_OK, 1, b"", 0])
-    handle._last_reply_id = 1
-    with pytest.raises(WorkerLied):
-        handle._check_reply([R_OK, 1, b"", 0])  # again
-    with pytest.raises(WorkerLied):
-        handle._check_reply([R_OK, "1", b"", 0])
+    router = _router({1: 5})
+    with pytest.raises(FalseFrame, match="10000"):
+        router.received([R_OK, 10_000, b"", 0], open_=True)
+    router.received([R_OK, 1, b"", 0], open_=True)
+    with pytest.raises(FalseFrame):
+        router.received([R_OK, 1, b"", 0], open_=True)  # again
+    with pytest.raises(FalseFrame):
+        router.received([R_OK, "1", b"", 0], open_=True)
 
 
 def test_a_late_reply_to_a_cancelled_call_is_believed() -> None:
-    handle = _handle({3: (OP_CALL, 5)}, last_reply=2)
-    handle._abandoned.add(3)  # the caller gave up; the worker answers anyway
-    assert handle._check_reply([R_ERR, 3, "CallCancelled", "", "call interrupted", ""])
+    router = _router({1: 5, 2: 5, 3: 5}, last_reply=2)
+    router.abandon(3, open_=True)  # the caller gave up; the worker answers anyway
+    assert router.received([R_ERR, 3, "CallCancelled", "", "call interrupted", ""], open_=True)
 
 
 def test_a_reply_over_the_budget_sent_is_a_lie() -> None:
-    handle = _handle({1: (OP_CALL, 5)})
-    with pytest.raises(WorkerLied, match="new_refs=6 for a request with a ref budget of 5"):
-        handle._check_reply([R_OK, 1, b"", 6])
+    router = _router({1: 5})
+    with pytest.raises(FalseFrame, match="new_refs=6 for a request with a ref budget of 5"):
+        router.received([R_OK, 1, b"", 6], open_=True)
 
 
 def test_a_remote_stop_iteration_is_an_error_not_a_result() -> None:
     # Awaiting a future that holds a StopIteration would return its message as a result.
-    error = _error_from([R_ERR, 1, "RemoteError", "builtins.StopIteration", "m", "tb"])
+    error = _error_from(Err(1, "RemoteError", "builtins.StopIteration", "m", "tb"))
     assert type(error) is RemoteError and error.type_name == "builtins.StopIteration"
     assert not isinstance(error, StopIteration)

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from snakebridge.wire.codec import decode, encode
-from snakebridge_server.worker_streams import (
+from snakebridge_server.worker.streams import (
     DONE,
     ERROR,
     MORE,

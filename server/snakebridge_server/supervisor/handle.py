@@ -1,5 +1,7 @@
 """One worker process and its channel, seen from the server (the async shell).
 
+Runs in the server process.
+
 Lifecycle, after anyio's ``to_process``: spawn (exec of a fresh interpreter, never a fork
 of the server), READY handshake under a timeout, length-prefixed frames over a socketpair,
 worker stdout/stderr captured and logged line by line, and on any failure kill + reap: the
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -21,9 +22,9 @@ import tempfile
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from enum import StrEnum
 from typing import Any, Final
 
-from snakebridge import __version__
 from snakebridge.errors import (
     BridgeError,
     LimitExceeded,
@@ -33,37 +34,41 @@ from snakebridge.errors import (
     remote_error,
 )
 
-from .channel import (
+from ..channel import (
     CANCEL,
-    OP_CALL,
-    OP_RELEASE,
-    OP_RELEASE_SESSION,
-    OP_STREAM_CLOSE,
-    OP_STREAM_NEXT,
-    OP_STREAM_OPEN,
-    OP_STREAM_PULL,
     R_ERR,
     R_OK,
     R_READY,
     STREAM_MORE,
     FrameDecoder,
-    false_reply,
     frame_head,
     pack_frame_parts,
     unpack_reply,
 )
-from .coalesce import CoalescingTransport
-from .logs import CALL, LineLimiter, LineSplitter, parse_output_line
-from .refids import WorkerKey
-from .sandbox import SandboxSpec
-from .sandbox.policy import level_at_least
-from .sandbox.spawn import sandbox_uid, unreadable_by_others, worker_env
+from ..coalesce import CoalescingTransport
+from ..frames import (
+    Call,
+    Err,
+    Ok,
+    Ready,
+    Release,
+    ReleaseSession,
+    Request,
+    StreamBatch,
+    StreamClose,
+    StreamNext,
+    StreamOpen,
+    StreamPull,
+)
+from ..logs import CALL, LineLimiter, LineSplitter, parse_output_line
+from ..refids import WorkerKey
+from ..sandbox import SandboxSpec
+from ..sandbox.policy import level_at_least
+from ..sandbox.spawn import sandbox_uid, unreadable_by_others, worker_env
+from .router import FalseFrame, ReplyRouter
+from .spawn import WorkerSpec, WorkerStartError, check_runtime, read_cpu_seconds, worker_argv
 
 log = logging.getLogger("snakebridge.worker")
-
-
-class WorkerStartError(Exception):
-    """A worker process failed to start or to complete its READY handshake."""
 
 
 class WorkerLied(Exception):
@@ -74,42 +79,22 @@ class WorkerLied(Exception):
     handled inside the server only."""
 
 
+class WorkerState(StrEnum):
+    """Where a worker is in its life. A str, so ``Describe`` reports it as it is."""
+
+    STARTING = "starting"
+    READY = "ready"  # taking calls (unless retiring)
+    CLOSING = "closing"  # asked to exit (EOF on its channel)
+    DEAD = "dead"
+
+
+READY: Final = WorkerState.READY
+DEAD: Final = WorkerState.DEAD
+
+
 class NeverStarted(WorkerCrashed):
     """The worker died while this call was still queued behind another: it never ran, so
     the bridge re-routes it instead of reporting a crash."""
-
-
-_NO_SANDBOX = SandboxSpec()
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerSpec:
-    """What every worker of a pool is started with."""
-
-    python: str
-    boot: str
-    max_refs: int
-    max_frame: int
-    max_result: int
-    start_timeout: float
-    cancel_grace: float
-    helpers: tuple[str, ...] = ()
-    helper_allow: tuple[str, ...] = ()
-    preload: tuple[str, ...] = ()
-    env: tuple[tuple[str, str], ...] = ()
-    sandbox: SandboxSpec = _NO_SANDBOX  # per-worker fields (scratch, uid) are filled in
-    min_sandbox: str = "none"
-    sandbox_uid: int = 0  # configured: -1 auto, 0 never, else the base uid
-    uid_offset: int = 0  # workers of earlier pools: every worker gets its own uid
-    scratch_root: str = ""  # where worker scratch dirs go (the server's own directory)
-    log_level: str = "info"  # the root level of ``logging`` in the worker
-    output_rate: int = 1000  # output lines per second logged per worker; 0: all
-
-
-@dataclass(slots=True)
-class Reply:
-    value: Any
-    new_refs: int
 
 
 @dataclass(slots=True)
@@ -124,9 +109,9 @@ class StreamReply:
     new_refs: int = 0
 
 
-def _stream_reply(reply: Reply) -> StreamReply:
-    stream_id, body, state, error, released = reply.value
-    return StreamReply(stream_id, body, state, error, released, reply.new_refs)
+def _stream_reply(reply: Ok) -> StreamReply:
+    batch: StreamBatch = reply.value
+    return StreamReply(*batch, reply.new_refs)
 
 
 def _ignore_outcome(fut: asyncio.Future[Any]) -> None:
@@ -141,7 +126,7 @@ class _Channel(asyncio.Protocol):
         self.handle = handle
         self.decoder = FrameDecoder(max_frame, check_head=self._check_head)
         self.transport: CoalescingTransport | None = None
-        self.ready: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self.ready: asyncio.Future[Ready] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # Frames sent in one loop iteration leave in one write: under load, one syscall
@@ -170,32 +155,35 @@ class _Channel(asyncio.Protocol):
         if op == R_READY and not self.ready.done():
             return  # helper descriptions can make it large
         handle = self.handle
-        if op not in (R_OK, R_ERR) or not handle._in_flight(call_id):
+        if op not in (R_OK, R_ERR) or not handle._router.in_flight(call_id):
             raise WorkerLied(f"a {op=} frame for call {call_id}, which is not in flight")
 
     def _dispatch(self, message: list[Any]) -> None:
         op = message[0]
         if op == R_OK or op == R_ERR:
             handle = self.handle
-            call_id = message[1]
-            asked = handle._check_reply(message)
-            if asked is None:
+            try:
+                delivery = handle._router.received(message, open_=handle.state == READY)
+            except FalseFrame as exc:
+                raise WorkerLied(str(exc)) from None
+            if delivery is None:
                 return  # for a call forgotten while closing: nothing waits for it
-            handle._last_reply_id = call_id
-            handle._abandoned.discard(call_id)
-            fut = handle._pending.pop(call_id, None)
+            fut, reply = delivery
             if fut is None or fut.done():
                 return  # the caller gave up (cancelled / timed out) already
-            if op == R_OK:
-                fut.set_result(Reply(message[2], message[3]))
+            if type(reply) is Ok:
+                fut.set_result(reply)
             else:
                 try:
-                    error = _error_from(message)
+                    error = _error_from(reply)  # type: ignore[arg-type]  # not an Ok: an Err
                 except Exception as exc:  # a reply we cannot turn into an error: still answer
                     error = BridgeError(f"malformed error reply from the worker: {exc!r}")
                 fut.set_exception(error)
         elif op == R_READY and not self.ready.done():
-            self.ready.set_result(message)
+            try:
+                self.ready.set_result(Ready.unpack(message))
+            except ValueError as exc:
+                self.ready.set_exception(WorkerStartError(str(exc)))
         else:
             raise WorkerLied(f"an unexpected frame of opcode {op!r}")
 
@@ -205,76 +193,8 @@ class _Channel(asyncio.Protocol):
         self.handle._fail("worker process exited")
 
 
-_RUNTIME_PROBE: Final = (
-    "import os, sys, msgpack, snakebridge, snakebridge_server.worker_main\n"
-    "print(snakebridge.__version__)\n"
-    "print(os.path.realpath(sys.executable))\n"
-    "print(os.path.dirname(os.__file__))\n"
-    "for m in (msgpack, snakebridge, snakebridge_server): print(os.path.dirname(m.__file__))\n"
-    "for p in os.environ.get('PYTHONPATH', '').split(os.pathsep): p and print(p)\n"
-)
-_runtime_paths_cache: dict[tuple[str, str], list[str]] = {}
-
-
-async def check_runtime(python: str, env: dict[str, str]) -> list[str]:
-    """What a worker of ``python`` must be able to read (interpreter, stdlib, the worker
-    runtime's packages, PYTHONPATH), asked of that interpreter once. Raises
-    ``WorkerStartError`` saying what to install where when it cannot run the worker
-    runtime of this server's version."""
-    key = (python, env.get("PYTHONPATH", ""))
-    cached = _runtime_paths_cache.get(key)
-    if cached is not None:
-        return cached
-    install = (
-        f"install snakebridge {__version__} into that environment "
-        f"({python} -m pip install snakebridge=={__version__}, or this project's checkout)"
-    )
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            python,
-            "-c",
-            _RUNTIME_PROBE,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=env,
-            cwd="/",  # as a worker in its scratch dir: nothing importable from our cwd
-        )
-        async with asyncio.timeout(30):
-            out, err = await proc.communicate()
-    except (OSError, TimeoutError) as exc:
-        raise WorkerStartError(f"cannot run the interpreter {python!r}: {exc}") from None
-    if proc.returncode != 0:
-        lines = err.decode(errors="replace").strip().splitlines()
-        why = lines[-1][:300] if lines else f"exit status {proc.returncode}"
-        raise WorkerStartError(
-            f"the interpreter {python!r} cannot import the worker runtime ({why}); {install}"
-        )
-    version, *paths = out.decode().split()
-    if version != __version__:
-        raise WorkerStartError(
-            f"the interpreter {python!r} has snakebridge {version}, this server is "
-            f"{__version__}; {install}"
-        )
-    _runtime_paths_cache[key] = paths
-    return paths
-
-
-_CLOCK_TICKS: Final = os.sysconf("SC_CLK_TCK")
-
-
-def read_cpu_seconds(pid: int) -> float | None:
-    """User + system CPU time of ``pid`` from ``/proc/<pid>/stat``, or None."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _error_from(message: list[Any]) -> BridgeError:
-    _, _, code, type_name, text, tb = message
+def _error_from(err: Err) -> BridgeError:
+    _, code, type_name, text, tb = err
     if code == "RemoteError":
         error = remote_error(type_name, text, tb)
         if isinstance(error, (StopIteration, StopAsyncIteration)):
@@ -290,26 +210,26 @@ def _error_from(message: list[Any]) -> BridgeError:
 class WorkerHandle:
     """A live worker. ``call`` sends one frame and awaits its reply."""
 
-    def __init__(self, key: WorkerKey, spec: WorkerSpec, on_exit: Callable[[WorkerHandle], None]):
+    def __init__(
+        self,
+        key: WorkerKey,
+        spec: WorkerSpec,
+        on_exit: Callable[[WorkerHandle], None],
+        refs_of: Callable[[WorkerKey], int] = lambda key: 0,
+    ):
+        """``refs_of`` counts the refs a worker holds: the server's ``SessionTable``,
+        which is the one ref counter (the pool passes it)."""
         self.key = key
         self.spec = spec
         self._on_exit = on_exit
-        self.state = "starting"
+        self._refs_of = refs_of
+        self.state = WorkerState.STARTING
         # Recycled: still "ready" for the calls and streams it has, but takes no new ones.
         self.retiring = False
         self.pid = 0
         self.calls_done = 0
-        self.refs_held = 0
         self.open_streams: set[int] = set()  # streams open on this worker count as load
-        self._pending: dict[int, asyncio.Future[Reply]] = {}
-        # (opcode, bound) of each call sent and not answered yet, to check its reply
-        # against: see ``channel.false_reply``.
-        self._asked: dict[int, tuple[int, int]] = {}
-        # Calls the caller gave up on that the worker has not answered yet: they still
-        # occupy it, so they count as load.
-        self._abandoned: set[int] = set()
-        self._next_id = 1
-        self._last_reply_id = 0  # the worker answers in order: it is busy with the next id
+        self._router: ReplyRouter[asyncio.Future[Ok]] = ReplyRouter()
         self._proc: asyncio.subprocess.Process | None = None
         self._channel: _Channel | None = None
         self._ctrl: socket.socket | None = None
@@ -332,12 +252,18 @@ class WorkerHandle:
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending) + len(self._abandoned) + len(self.open_streams)
+        return self._router.load + len(self.open_streams)
+
+    @property
+    def refs_held(self) -> int:
+        """Refs of live sessions this worker holds, as the server's session table counts
+        them (never negative)."""
+        return self._refs_of(self.key)
 
     @property
     def alive(self) -> bool:
         """Running and taking new calls (a retiring worker only finishes its own)."""
-        return self.state == "ready" and not self.retiring
+        return self.state == READY and not self.retiring
 
     # -- start --------------------------------------------------------------------------
 
@@ -377,23 +303,9 @@ class WorkerHandle:
             sandbox, _ = await self._prepare_sandbox(env)
             if sandbox.scratch:
                 env["HOME"] = env["TMPDIR"] = sandbox.scratch
-            argv = [
-                self.spec.python,
-                "-m",
-                "snakebridge_server.worker_main",
-                f"--fd={child.fileno()}",
-                f"--ctrl-fd={ctrl_child.fileno()}",
-                f"--ref-prefix={self.key.ref_prefix(self.spec.boot)}",
-                f"--pool={self.key.pool}",
-                f"--max-refs={self.spec.max_refs}",
-                f"--max-frame={self.spec.max_frame}",
-                f"--max-result={self.spec.max_result}",
-                f"--helpers={json.dumps(self.spec.helpers)}",
-                f"--helper-allow={json.dumps(self.spec.helper_allow)}",
-                f"--preload={','.join(self.spec.preload)}",
-                f"--sandbox={sandbox.to_json()}",
-                f"--log-level={self.spec.log_level}",
-            ]
+            argv = worker_argv(
+                self.spec, self.key, sandbox, fd=child.fileno(), ctrl_fd=ctrl_child.fileno()
+            )
             self._proc = await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.DEVNULL,
@@ -433,8 +345,8 @@ class WorkerHandle:
             self._channel = channel
             async with asyncio.timeout(self.spec.start_timeout):
                 ready = await channel.ready
-            self.sandbox_level, self.sandbox_layers = ready[3], list(ready[4])
-            self.helper_info = [(str(n), str(sig), str(doc)) for n, sig, doc in ready[5]]
+            self.sandbox_level, self.sandbox_layers = ready.sandbox_level, ready.sandbox_layers
+            self.helper_info = [(str(n), str(sig), str(doc)) for n, sig, doc in ready.helpers]
             if not level_at_least(self.sandbox_level, self.spec.min_sandbox):
                 raise WorkerStartError(
                     f"worker {self.key} reached sandbox level {self.sandbox_level!r}, below "
@@ -459,7 +371,7 @@ class WorkerHandle:
                     raise
                 raise WorkerStartError(f"worker {self.key} failed to start: {exc}") from exc
             raise
-        self.state = "ready"
+        self.state = READY
         log.debug("worker %s ready pid=%d", self.key, self.pid)
 
     def _spawn(self, coro: Any) -> None:
@@ -528,7 +440,7 @@ class WorkerHandle:
     async def _reap(self) -> None:
         assert self._proc is not None
         code = await self._proc.wait()
-        if self.state != "dead":
+        if self.state != DEAD:
             self._fail(f"worker process exited with code {code}")
         self._remove_scratch()
         self.exited.set()
@@ -540,45 +452,24 @@ class WorkerHandle:
 
     # -- calls --------------------------------------------------------------------------
 
-    def _send(
-        self, op: int, *fields: Any, bound: int | None = None
-    ) -> tuple[int, asyncio.Future[Reply]]:
-        """Send a request; ``bound`` is what its reply is checked against (the ref
-        budget sent, the ids released; default: the worker's ref cap)."""
-        if self.state != "ready" or self._channel is None or self._channel.transport is None:
+    def _send(self, frame: Request, **fields: Any) -> tuple[int, asyncio.Future[Ok]]:
+        """Send ``frame`` with the next call id and ``fields`` set; its reply is checked
+        against the frame's ``reply_bound`` (the ref budget sent, the ids released, else
+        the worker's ref cap)."""
+        if self.state != READY or self._channel is None or self._channel.transport is None:
             raise WorkerCrashed(f"worker {self.key} is not running")
-        call_id = self._next_id
-        self._next_id += 1
-        fut: asyncio.Future[Reply] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = fut
-        self._asked[call_id] = (op, self.spec.max_refs if bound is None else bound)
+        fut: asyncio.Future[Ok] = asyncio.get_running_loop().create_future()
+        message = self._router.send(frame, fut, self.spec.max_refs, **fields)
+        call_id: int = message[1]
         transport = self._channel.transport
-        for part in pack_frame_parts([op, call_id, *fields]):
+        for part in pack_frame_parts(message):
             transport.write(part)
         return call_id, fut
 
-    async def call(
-        self,
-        kind: int,
-        module: str,
-        name: str,
-        target_ref: str,
-        session_id: str,
-        args: bytes,
-        ref_budget: int,
-    ) -> Reply:
-        return await self._request(
-            OP_CALL,
-            kind,
-            module,
-            name,
-            target_ref,
-            session_id,
-            args,
-            ref_budget,
-            self._cid(),
-            bound=ref_budget,
-        )
+    async def call(self, frame: Call, ref_budget: int) -> Ok:
+        """Run ``frame`` (built once per request; its call id, budget and correlation id
+        are filled in here) and await its reply."""
+        return await self._request(frame, ref_budget=ref_budget, cid=self._cid())
 
     def _cid(self) -> str:
         """The correlation id user-code frames end with; notes this worker's pool as the
@@ -589,47 +480,22 @@ class WorkerHandle:
         info.pool = self.key.pool
         return info.correlation_id
 
-    async def _request(self, op: int, *fields: Any, bound: int | None = None) -> Reply:
+    async def _request(self, frame: Request, **fields: Any) -> Ok:
         """Send one request and await its reply; cancelling the caller cancels the call."""
-        call_id, fut = self._send(op, *fields, bound=bound)
+        call_id, fut = self._send(frame, **fields)
         try:
             reply = await fut
         except asyncio.CancelledError:
             self.cancel(call_id)
             raise
         self.calls_done += 1
-        self.refs_held += reply.new_refs
         return reply
 
     # -- checking what the worker says --------------------------------------------------
 
-    def _in_flight(self, call_id: int) -> bool:
-        return call_id in self._pending or call_id in self._abandoned
-
-    def _check_reply(self, message: list[Any]) -> tuple[int, int] | None:
-        """The (opcode, bound) ``message`` answers; raises ``WorkerLied`` when it cannot
-        be the worker's honest reply. The worker answers every request, in order, so a
-        reply must be for the call after the last one answered: a late reply to a call
-        the caller gave up on is in order too; a reply for an id never sent, answered
-        already, or skipped over is not. None: a call forgotten while closing."""
-        call_id = message[1]
-        expected = self._last_reply_id + 1
-        if type(call_id) is not int or call_id != expected or call_id >= self._next_id:
-            raise WorkerLied(f"a reply for call {call_id!r}; the next reply is for {expected}")
-        asked = self._asked.pop(call_id, None)
-        if asked is None:
-            if self.state == "ready":
-                raise WorkerLied(f"a reply for call {call_id}, which is not in flight")
-            return None
-        if message[0] == R_OK:
-            why = false_reply(message, *asked)
-            if why:
-                raise WorkerLied(why)
-        return asked
-
     def _lied(self, what: str) -> None:
         """Kill a worker that sent a false report; its calls fail as in a crash."""
-        if self.state == "dead":
+        if self.state == DEAD:
             return
         spare, self._spare = self._spare, None
         if spare is not None:
@@ -645,30 +511,9 @@ class WorkerHandle:
 
     # -- streams ------------------------------------------------------------------------
 
-    async def stream_open(
-        self,
-        kind: int,
-        module: str,
-        name: str,
-        target_ref: str,
-        session_id: str,
-        args: bytes,
-        ref_budget: int,
-        limits: tuple[int, int, float],
-    ) -> StreamReply:
-        reply = await self._request(
-            OP_STREAM_OPEN,
-            kind,
-            module,
-            name,
-            target_ref,
-            session_id,
-            args,
-            ref_budget,
-            *limits,
-            self._cid(),
-            bound=ref_budget,
-        )
+    async def stream_open(self, frame: StreamOpen, ref_budget: int) -> StreamReply:
+        """Open ``frame``'s stream (built once per request, like ``call``'s frame)."""
+        reply = await self._request(frame, ref_budget=ref_budget, cid=self._cid())
         batch = _stream_reply(reply)
         if batch.state == STREAM_MORE:
             self.open_streams.add(batch.stream_id)
@@ -678,13 +523,7 @@ class WorkerHandle:
         self, stream_id: int, session_id: str, ref_budget: int, limits: tuple[int, int, float]
     ) -> StreamReply:
         reply = await self._request(
-            OP_STREAM_PULL,
-            stream_id,
-            session_id,
-            ref_budget,
-            *limits,
-            self._cid(),
-            bound=ref_budget,
+            StreamPull(0, stream_id, session_id, ref_budget, *limits, self._cid())
         )
         batch = _stream_reply(reply)
         if batch.state != STREAM_MORE:
@@ -694,41 +533,37 @@ class WorkerHandle:
     def stream_close(self, stream_id: int) -> None:
         """Ask the worker to close a stream we abandoned; nobody waits for the answer."""
         self.open_streams.discard(stream_id)
-        if self.state != "ready":
+        if self.state != READY:
             return
-        _, fut = self._send(OP_STREAM_CLOSE, stream_id)
+        _, fut = self._send(StreamClose(0, stream_id))
         fut.add_done_callback(_ignore_outcome)
 
-    async def stream_next(self, ref_id: str, session_id: str, ref_budget: int) -> Reply:
-        return await self._request(
-            OP_STREAM_NEXT, ref_id, session_id, ref_budget, self._cid(), bound=ref_budget
-        )
+    async def stream_next(self, ref_id: str, session_id: str, ref_budget: int) -> Ok:
+        """One item of a StreamRef; the reply's value is a ``NextItem``."""
+        return await self._request(StreamNext(0, ref_id, session_id, ref_budget, self._cid()))
 
     async def release(self, ref_ids: list[str], session_id: str) -> dict[str, int]:
         """Free those of ``ref_ids`` that ``session_id`` owns."""
-        _, fut = self._send(OP_RELEASE, ref_ids, session_id, bound=len(ref_ids))
-        counts = {s: n for s, n in (await fut).value}
-        self.refs_held -= sum(counts.values())
-        return counts
+        _, fut = self._send(Release(0, ref_ids, session_id))
+        return {s: n for s, n in (await fut).value}
 
     async def release_session(self, session_id: str) -> int:
-        _, fut = self._send(OP_RELEASE_SESSION, session_id)
+        _, fut = self._send(ReleaseSession(0, session_id))
         count: int = (await fut).value
-        self.refs_held -= count
         return count
 
     def cancel(self, call_id: int) -> None:
         """Stop ``call_id``: drop it if queued, interrupt it if running; if the worker has
         not answered within the grace period, kill it (the pool replaces it)."""
-        fut = self._pending.pop(call_id, None)
+        live = self.state == READY and self._ctrl is not None
+        fut = self._router.abandon(call_id, open_=live)
         if fut is None:
             return  # its reply already arrived (the reader removes answered calls)
         # Still unanswered. (A timeout cancels the awaited future before we get here, so
         # "done" does not mean "answered".)
         fut.cancel()
-        if self.state != "ready" or self._ctrl is None:
+        if not live or self._ctrl is None:
             return
-        self._abandoned.add(call_id)
         try:
             self._ctrl.send(CANCEL.pack(call_id))
             os.kill(self.pid, signal.SIGUSR1)
@@ -744,9 +579,9 @@ class WorkerHandle:
 
     def _kill_if_stuck(self, call_id: int) -> None:
         self._kill_timers.pop(call_id, None)
-        if self.state != "ready" or self._last_reply_id >= call_id:
+        if self.state != READY or self._router.answered(call_id):
             return  # answered (interrupted, or skipped while queued)
-        if self._last_reply_id + 1 < call_id:
+        if self._router.running < call_id:
             self._arm_kill_timer(call_id)  # still busy with an earlier call; check again later
             return
         log.warning("worker %s ignored cancellation of call %d; killing it", self.key, call_id)
@@ -760,10 +595,10 @@ class WorkerHandle:
         about once a second: a call still running after budget + grace CPU seconds since
         first seen gets the worker killed (the pool replaces it)."""
         budget = self.spec.sandbox.max_call_cpu
-        if not budget or self.spec.sandbox.level == "none" or not self._pending:
+        if not budget or self.spec.sandbox.level == "none" or not self._router.waiting:
             self._cpu_mark = None
             return
-        running = self._last_reply_id + 1
+        running = self._router.running
         used = read_cpu_seconds(self.pid)
         if used is None:
             return
@@ -780,26 +615,22 @@ class WorkerHandle:
     def _fail(self, reason: str, running_error: BridgeError | None = None) -> None:
         """Mark dead, fail all pending calls, kill the process. Idempotent, synchronous.
         The running call gets ``running_error`` if given, else ``WorkerCrashed``."""
-        if self.state == "dead":
+        if self.state == DEAD:
             return
         self._read_leftover_replies()
         previous = self.state
-        self.state = "dead"
+        self.state = DEAD
         self.death_reason = reason
         for timer in self._kill_timers.values():
             timer.cancel()
         self._kill_timers.clear()
-        pending, self._pending = self._pending, {}
-        self._abandoned.clear()
-        self._asked.clear()
-        running = self._last_reply_id + 1  # frames run strictly in order
-        for call_id, fut in pending.items():
+        for _, fut, running in self._router.close():  # frames run strictly in order
             if fut.done():
                 continue
-            if call_id == running and running_error is not None:
+            if running and running_error is not None:
                 fut.set_exception(running_error)
             else:
-                cls = WorkerCrashed if call_id == running else NeverStarted
+                cls = WorkerCrashed if running else NeverStarted
                 fut.set_exception(cls(f"worker {self.key} died: {reason}"))
         if self._channel is not None and self._channel.transport is not None:
             self._channel.transport.abort()
@@ -808,7 +639,7 @@ class WorkerHandle:
         if self._proc is not None and self._proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self._proc.kill()
-        if previous == "ready":
+        if previous == READY:
             log.warning("worker %s (pid %d) lost: %s", self.key, self.pid, reason)
             self._on_exit(self)
 
@@ -841,10 +672,10 @@ class WorkerHandle:
 
     async def close(self, timeout: float = 5.0) -> None:
         """Ask the worker to exit (EOF on its channel), then SIGKILL after ``timeout``."""
-        if self.state == "dead":
+        if self.state == DEAD:
             await self._wait_exited(timeout)
             return
-        self.state = "closing"
+        self.state = WorkerState.CLOSING
         if self._channel is not None and self._channel.transport is not None:
             self._channel.transport.close()
         try:

@@ -1,5 +1,7 @@
 """A named pool of worker processes.
 
+Runs in the server process.
+
 ``choose_worker`` is the pure routing decision, ``CrashLoopBreaker`` the pure crash-loop
 decision, ``jittered_limit`` / ``recycle_reason`` the pure recycling decisions; ``Pool`` is
 the async shell that starts workers, replaces dead ones (new incarnation, with backoff),
@@ -16,14 +18,16 @@ import time
 from collections import deque
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol, TypeVar
 
 from snakebridge.errors import PoolSaturated, PoolUnavailable, SessionLost
 
-from .config import PoolConfig, default_of
-from .refids import WorkerKey
-from .sandbox.spawn import worker_env
-from .worker_handle import WorkerHandle, WorkerSpec, WorkerStartError, check_runtime
+from ..config import PoolConfig, default_of
+from ..refids import WorkerKey
+from ..sandbox.spawn import worker_env
+from .handle import WorkerHandle, WorkerState
+from .spawn import WorkerSpec, WorkerStartError, check_runtime
 
 log = logging.getLogger("snakebridge.pool")
 
@@ -184,7 +188,28 @@ class SupervisionPolicy:
         )
 
 
+class PoolState(StrEnum):
+    """Whether a pool serves. A str, so ``Describe`` reports it as it is."""
+
+    SERVING = "serving"
+    TRIPPED = "tripped"  # after a crash loop, until a restart succeeds
+
+
+#: Makes the handle of a worker: ``(key, spec, on_exit, refs_of)``. ``WorkerHandle`` by
+#: default; tests inject fakes to drive supervision without processes.
+WorkerFactory = Callable[
+    [WorkerKey, WorkerSpec, Callable[[WorkerHandle], None], Callable[[WorkerKey], int]],
+    WorkerHandle,
+]
+
+
+def _no_refs(key: WorkerKey) -> int:
+    return 0
+
+
 class Pool:
+    """A named pool of worker processes (the async shell; the decisions above are pure)."""
+
     def __init__(
         self,
         name: str,
@@ -194,8 +219,13 @@ class Pool:
         max_queued: int,
         on_worker_lost: Callable[[WorkerKey], None],
         policy: SupervisionPolicy | None = None,
+        refs_of: Callable[[WorkerKey], int] = _no_refs,
+        worker_factory: WorkerFactory = WorkerHandle,
     ) -> None:
+        """``refs_of`` counts a worker's refs (the bridge's ``SessionTable.refs_on``)."""
         self.name = name
+        self._refs_of = refs_of
+        self._worker_factory = worker_factory
         self.size = size
         self.spec = spec
         self.max_queued = max_queued
@@ -237,8 +267,8 @@ class Pool:
         return self._breaker.tripped
 
     @property
-    def state(self) -> str:
-        return "tripped" if self._breaker.tripped else "serving"
+    def state(self) -> PoolState:
+        return PoolState.TRIPPED if self._breaker.tripped else PoolState.SERVING
 
     @property
     def healthy(self) -> bool:
@@ -278,7 +308,7 @@ class Pool:
     async def _start_slot(self, slot: int) -> None:
         self._incarnation[slot] += 1
         key = WorkerKey(self.name, slot, self._incarnation[slot])
-        handle = WorkerHandle(key, self.spec, self._worker_exited)
+        handle = self._worker_factory(key, self.spec, self._worker_exited, self._refs_of)
         self.workers[slot] = handle
         policy = self.policy
         self._limits[slot] = (
@@ -361,7 +391,7 @@ class Pool:
             failed = [str(r) for r in results if isinstance(r, BaseException)]
             for slot in missing:  # started, but died before we got here
                 w = self.workers[slot]
-                if w is not None and w.state != "ready":
+                if w is not None and w.state != WorkerState.READY:
                     failed.append(f"{w.key}: {w.death_reason}")
             if failed:
                 reason = failed[0]
@@ -381,7 +411,7 @@ class Pool:
 
     def _slot_ready(self, slot: int) -> bool:
         w = self.workers[slot]
-        return w is not None and w.state == "ready"
+        return w is not None and w.state == WorkerState.READY
 
     def _schedule_replace(self, slot: int, delay: float, dead: WorkerHandle | None) -> None:
         task = self._spawn(self._replace(slot, delay, dead))
@@ -484,7 +514,7 @@ class Pool:
     async def _close_retired(self, handle: WorkerHandle) -> None:
         try:
             deadline = time.monotonic() + self.policy.retire_timeout
-            while handle.in_flight and handle.state == "ready":
+            while handle.in_flight and handle.state == WorkerState.READY:
                 if time.monotonic() >= deadline:
                     log.warning(
                         "pool %s: retiring worker %s still has %d call(s) after %gs; closing it",

@@ -1,5 +1,7 @@
 """Operator helpers: the callables ``call_helper`` reaches, loaded by each worker at start.
 
+Runs in the worker child process.
+
 A helper source (``--helpers``) is a dotted module name, imported as usual, or an absolute
 path to a ``.py`` file, loaded under a synthetic module name (``file_module_name``). A
 source contributes the names in its ``__all__`` that are callable, or else every public
@@ -14,19 +16,17 @@ configuration alone. Kept import-light (stdlib only), like the worker.
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import importlib.util
 import inspect
-import os
-import re
 import sys
 from collections.abc import Callable, Sequence
 from types import ModuleType
 from typing import Any, Final
 
+from ..helper_sources import file_module_name, is_helper_file
+
 MAX_DOC: Final = 2048  # characters of a helper's docstring that ListHelpers carries
-_NOT_IDENTIFIER: Final = re.compile(r"[^A-Za-z0-9_]")
 
 
 class HelperLoadError(Exception):
@@ -34,25 +34,6 @@ class HelperLoadError(Exception):
 
     Raised in the worker before it reports READY, so the server does not start; the
     operator fixes ``--helpers`` / ``--helper-allow`` or the helper source it names."""
-
-
-def is_helper_file(entry: str) -> bool:
-    """Whether a ``--helpers`` entry names a file (rather than a module): it contains a
-    ``/`` or ends with ``.py``."""
-    return "/" in entry or entry.endswith(".py")
-
-
-def file_module_name(path: str) -> str:
-    """The module name a helper file is loaded as: stable for one path, distinct across
-    paths (two ``helpers.py`` in different directories do not collide)."""
-    stem = _NOT_IDENTIFIER.sub("_", os.path.basename(path).removesuffix(".py"))
-    digest = hashlib.sha256(path.encode()).hexdigest()[:10]
-    return f"snakebridge_helper_{stem}_{digest}"
-
-
-def source_module_name(entry: str) -> str:
-    """The module name a ``--helpers`` entry ends up as in the worker."""
-    return file_module_name(entry) if is_helper_file(entry) else entry
 
 
 def _load_file(path: str) -> ModuleType:

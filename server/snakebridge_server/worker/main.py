@@ -1,13 +1,10 @@
-"""The worker process: ``python -m snakebridge_server.worker_main``.
+"""The worker child's frame loop: ``python -m snakebridge_server.worker``.
 
-Runs one call at a time on its main thread, reading frames from the channel socket the
-server passed as an inherited fd. Kept import-light (no grpclib, no betterproto) so a
-worker starts fast and idles small.
-
-Refs live here: the ``RefTable`` maps the random token of a ref id to the object and the
-session that owns it; every use of a ref is checked against the calling session. Ref ids
-are ``<boot>.<pool>.<slot>.<incarnation>.<token>``; the prefix is this worker's identity,
-so a ref minted by an earlier incarnation is recognised as lost.
+Runs in the worker child process, one call at a time on its main thread, reading frames
+(``frames``) from the channel socket the server passed as an inherited fd and answering
+each through a dispatch table keyed by opcode. Kept import-light (no grpclib, no
+betterproto, no anyio) so a worker starts fast and idles small. Refs live in ``refs``,
+name resolution in ``names``, iteration in ``streams``.
 """
 
 from __future__ import annotations
@@ -20,26 +17,13 @@ import json
 import os
 import signal
 import socket
-import string
 import sys
 import time
 import traceback
-from collections.abc import Callable, Iterator
-from types import (
-    BuiltinFunctionType,
-    ClassMethodDescriptorType,
-    CodeType,
-    FrameType,
-    FunctionType,
-    MethodDescriptorType,
-    MethodType,
-    MethodWrapperType,
-    ModuleType,
-    WrapperDescriptorType,
-)
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType, ModuleType
 from typing import Any, Final
-
-import msgpack
 
 from snakebridge.errors import (
     BadRequest,
@@ -49,7 +33,6 @@ from snakebridge.errors import (
     PolicyError,
     RefNotFound,
     SerializationError,
-    SessionLost,
 )
 from snakebridge.wire import codec
 from snakebridge.wire.codec import RefPayload
@@ -64,8 +47,9 @@ from snakebridge.wire.constants import (
 )
 from snakebridge.wire.text import clip
 
-from .channel import (
+from ..channel import (
     CANCEL,
+    DEFAULT_MAX_FRAME,
     HEADER,
     OP_CALL,
     OP_RELEASE,
@@ -74,21 +58,45 @@ from .channel import (
     OP_STREAM_NEXT,
     OP_STREAM_OPEN,
     OP_STREAM_PULL,
-    R_ERR,
-    R_OK,
-    R_READY,
     pack_frame_parts,
     unpack_message,
 )
-from .refids import check_ref_id, new_ref_token
-from .sandbox import SandboxSpec
-from .sandbox.apply import CpuBudget
-from .sandbox.apply import apply as apply_sandbox
-from .sandbox.policy import CallPolicy
-from .worker_helpers import HelperLoadError, describe_helpers, load_helpers
-from .worker_logging import end_of_call, set_correlation_id
-from .worker_logging import install as install_logging
-from .worker_streams import (
+from ..frames import (
+    USER_CODE_OPS,
+    Call,
+    Err,
+    NextItem,
+    Ok,
+    Ready,
+    Release,
+    ReleaseSession,
+    Reply,
+    Request,
+    StreamBatch,
+    StreamClose,
+    StreamNext,
+    StreamOpen,
+    StreamPull,
+)
+from ..refids import check_ref_id
+from ..sandbox import SandboxSpec
+from ..sandbox.apply import CpuBudget
+from ..sandbox.apply import apply as apply_sandbox
+from ..sandbox.policy import CallPolicy
+from .helpers import HelperLoadError, describe_helpers, load_helpers
+from .names import (
+    ROUTINE_TYPES,
+    format_strings,
+    is_formatter,
+    qualified_name,
+    resolve,
+    shared_by_every_caller,
+    walk,
+)
+from .output import end_of_call, set_correlation_id
+from .output import install as install_logging
+from .refs import OverBudget, RefMinter, RefTable, type_name
+from .streams import (
     DONE,
     ERROR,
     MORE,
@@ -98,177 +106,81 @@ from .worker_streams import (
     array_header,
 )
 
+_NO_SANDBOX: Final = SandboxSpec()
+_MAX_REFS: Final = 100_000
+_MAX_RESULT: Final = 64 * 1024 * 1024
+_MAX_STREAMS: Final = 1024
 
-class _Budget(Exception):
-    pass
 
+@dataclass(frozen=True, slots=True)
+class WorkerArgs:
+    """The worker's command line (the server's ``supervisor.spawn`` writes it)."""
 
-class RefMinter:
-    """Turns unencodable values of one request into refs of its session, within the
-    request's ref budget, remembering what it made so a failure can roll it back.
+    fd: int
+    ctrl_fd: int
+    ref_prefix: str  # "<boot>.<pool>.<slot>.<incarnation>."
+    pool: str
+    max_refs: int = _MAX_REFS
+    max_frame: int = DEFAULT_MAX_FRAME
+    max_result: int = _MAX_RESULT
+    helpers: tuple[str, ...] = ()
+    helper_allow: tuple[str, ...] = ()
+    preload: tuple[str, ...] = ()
+    max_streams: int = _MAX_STREAMS
+    sandbox: SandboxSpec = _NO_SANDBOX
+    log_level: str = "info"
 
-    Every object passes ``vet`` (the sandbox policy) before it becomes a ref, wherever it
-    sits: a result, a value nested in one, a stream item or one nested in an item."""
-
-    __slots__ = ("budget", "created", "session_id", "table", "vet")
-
-    def __init__(
-        self, table: RefTable, session_id: str, budget: int, vet: Callable[[Any], Any]
-    ) -> None:
-        self.table = table
-        self.session_id = session_id
-        self.budget = budget
-        self.vet = vet
-        self.created: list[RefPayload] = []
-
-    def __call__(self, obj: Any, *, stream: bool | None = None) -> msgpack.ExtType:
-        obj = self.vet(obj)
-        if stream is None:
-            stream = isinstance(obj, Iterator) or inspect.isasyncgen(obj)
-        payload, is_new = self.table.add(obj, self.session_id, stream=stream)
-        if is_new:
-            self.created.append(payload)
-            if len(self.created) > self.budget:
-                raise _Budget
-        return codec.ref_ext(payload)
-
-    def rollback(self, since: int = 0) -> None:
-        """Drop the refs made since ``created[since]`` (all by default)."""
-        self.table.discard(self.created[since:])
-        del self.created[since:]
-
-    def over_budget(self) -> LimitExceeded:
-        self.rollback()
-        return LimitExceeded(
-            f"the call would create more refs than its session may hold ({self.budget} left)"
+    @classmethod
+    def parse(cls, argv: list[str] | None = None) -> WorkerArgs:
+        parser = argparse.ArgumentParser(prog="snakebridge_server.worker")
+        parser.add_argument("--fd", type=int, required=True)
+        parser.add_argument("--ctrl-fd", type=int, required=True)
+        parser.add_argument("--ref-prefix", required=True)
+        parser.add_argument("--pool", required=True)
+        parser.add_argument("--max-refs", type=int, default=_MAX_REFS)
+        parser.add_argument("--max-frame", type=int, default=DEFAULT_MAX_FRAME)
+        parser.add_argument("--max-result", type=int, default=_MAX_RESULT)
+        parser.add_argument("--helpers", default="[]")  # JSON list of sources
+        parser.add_argument("--helper-allow", default="[]")  # JSON list of names
+        parser.add_argument("--preload", default="")  # comma-separated module names
+        parser.add_argument("--max-streams", type=int, default=_MAX_STREAMS)
+        parser.add_argument("--sandbox", default="{}")  # SandboxSpec as JSON
+        parser.add_argument("--log-level", default="info")
+        ns = parser.parse_args(argv)
+        return cls(
+            fd=ns.fd,
+            ctrl_fd=ns.ctrl_fd,
+            ref_prefix=ns.ref_prefix,
+            pool=ns.pool,
+            max_refs=ns.max_refs,
+            max_frame=ns.max_frame,
+            max_result=ns.max_result,
+            helpers=tuple(json.loads(ns.helpers)),
+            helper_allow=tuple(json.loads(ns.helper_allow)),
+            preload=tuple(filter(None, ns.preload.split(","))),
+            max_streams=ns.max_streams,
+            sandbox=SandboxSpec.from_json(ns.sandbox),
+            log_level=ns.log_level,
         )
 
 
-class RefTable:
-    """Objects handed out as refs, by the random token of their id, each owned by the
-    session it was made for.
+@dataclass(frozen=True, slots=True)
+class Confinement:
+    """What the sandbox became once applied, and the rules the worker enforces itself."""
 
-    Every lookup names the session asking: a ref of another session answers exactly as
-    one that never existed (``RefNotFound``, same text), so nothing tells a client whether
-    an id it got hold of is live elsewhere.
-    """
-
-    def __init__(self, prefix: str, pool: str, max_refs: int) -> None:
-        self.prefix = prefix  # "<boot>.<pool>.<slot>.<incarnation>."
-        self.pool = pool
-        self.max_refs = max_refs
-        self._objects: dict[str, tuple[Any, str]] = {}  # token -> (object, owning session)
-        # session -> id(obj) -> token: the same object in one session keeps one ref.
-        self._by_session: dict[str, dict[int, str]] = {}
-
-    def __len__(self) -> int:
-        return len(self._objects)
-
-    def add(self, obj: Any, session_id: str, *, stream: bool) -> tuple[RefPayload, bool]:
-        """The ref for ``obj`` in ``session_id``; the flag says whether it is new."""
-        seen = self._by_session.setdefault(session_id, {})
-        token = seen.get(id(obj))
-        is_new = token is None
-        if token is None:
-            if len(self._objects) >= self.max_refs:
-                raise LimitExceeded(f"worker holds {self.max_refs} refs, its maximum")
-            token = new_ref_token()
-            while token in self._objects:  # 2**-128 per pair: never, but stay correct
-                token = new_ref_token()
-            self._objects[token] = (obj, session_id)
-            seen[id(obj)] = token
-        payload = RefPayload(
-            stream, f"{self.prefix}{token}", session_id, self.pool, _type_name(obj)
-        )
-        return payload, is_new
-
-    def get(self, ref_id: str, session_id: str) -> Any:
-        """The object ``ref_id`` names, if ``session_id`` owns it; else ``RefNotFound``."""
-        return self._objects[self._token(ref_id, session_id)][0]
-
-    def discard(self, refs: list[RefPayload]) -> None:
-        """Undo ``add`` for refs a failed call created (nobody has seen their ids)."""
-        for ref in refs:
-            self.release([ref.id], ref.session_id)
-
-    def _token(self, ref_id: str, session_id: str) -> str:
-        if not ref_id.startswith(self.prefix):
-            # Same pool and slot but another incarnation: the object died with it.
-            raise SessionLost(f"ref {ref_id} belongs to a worker that no longer exists")
-        token = ref_id[len(self.prefix) :]
-        entry = self._objects.get(token)
-        if entry is None or entry[1] != session_id:
-            # One answer for "never existed", "released" and "another session's".
-            raise RefNotFound(f"ref {ref_id} was released or never existed")
-        return token
-
-    def release(self, ref_ids: list[str], session_id: str) -> dict[str, int]:
-        """Drop the refs of ``ids`` that ``session_id`` owns; returns released counts per
-        session (only ever ``session_id``). Unknown ids and other sessions' are skipped."""
-        count = 0
-        for ref_id in ref_ids:
-            try:
-                token = self._token(ref_id, session_id)
-            except BridgeError:
-                continue
-            obj, _ = self._objects.pop(token)
-            self._by_session.get(session_id, {}).pop(id(obj), None)
-            count += 1
-        return {session_id: count} if count else {}
-
-    def release_session(self, session_id: str) -> int:
-        seen = self._by_session.pop(session_id, {})
-        for token in seen.values():
-            self._objects.pop(token, None)
-        return len(seen)
+    level: str = "none"
+    layers: tuple[str, ...] = ()
+    policy: CallPolicy | None = None  # None: no name policy enforced
+    max_call_cpu: float = 0.0  # 0: no per-call CPU budget
 
 
-def _type_name(obj: Any) -> str:
-    t = type(obj)
-    return t.__qualname__ if t.__module__ == "builtins" else f"{t.__module__}.{t.__qualname__}"
-
-
-def _walk(obj: Any, dotted: str) -> Any:
-    for part in dotted.split("."):
-        if not part:
-            raise BadRequest(f"malformed name {dotted!r}")
-        obj = getattr(obj, part)
-    return obj
-
-
-def resolve(module: str, name: str) -> Any:
-    """``module`` imported, then ``name`` walked attribute by attribute; submodules that
-    the parent does not import itself are imported on the way (``xml`` + ``etree.ElementTree``).
-    With an empty ``module`` the longest importable prefix of ``name`` is the module."""
-    if not module:
-        parts = name.split(".")
-        for cut in range(len(parts) - 1, 0, -1):
-            try:
-                mod = importlib.import_module(".".join(parts[:cut]))
-            except ModuleNotFoundError:
-                continue
-            return resolve(mod.__name__, ".".join(parts[cut:]))
-        raise BadRequest(f"no importable module in {name!r}")
-    obj: Any = importlib.import_module(module)
-    path = module
-    for part in name.split(".") if name else ():
-        if not part:
-            raise BadRequest(f"malformed name {name!r}")
-        try:
-            obj = getattr(obj, part)
-        except AttributeError:
-            if not inspect.ismodule(obj):
-                raise
-            try:
-                obj = importlib.import_module(f"{path}.{part}")
-            except ModuleNotFoundError:
-                raise AttributeError(f"module {path!r} has no attribute {part!r}") from None
-        path = f"{path}.{part}"
-    return obj
+_UNCONFINED: Final = Confinement()
 
 
 class Worker:
-    def __init__(self, args: argparse.Namespace) -> None:
+    """The worker's state and its frame loop (``serve``)."""
+
+    def __init__(self, args: WorkerArgs, confinement: Confinement = _UNCONFINED) -> None:
         self.sock = socket.socket(fileno=args.fd)
         self.sock.setblocking(True)
         self.ctrl = socket.socket(fileno=args.ctrl_fd)
@@ -277,9 +189,7 @@ class Worker:
         self.refs = RefTable(args.ref_prefix, args.pool, args.max_refs)
         self.max_frame = args.max_frame
         self.max_result = args.max_result
-        self.helpers: dict[str, Any] = load_helpers(
-            json.loads(args.helpers), json.loads(args.helper_allow)
-        )
+        self.helpers: dict[str, Any] = load_helpers(args.helpers, args.helper_allow)
         self.current = 0  # call id running in user code, 0 when idle
         self.last_done = 0
         self.cancelled: set[int] = set()
@@ -287,10 +197,22 @@ class Worker:
         self.streams: dict[int, WorkerStream] = {}
         self.max_streams = args.max_streams
         self._next_stream = 1
-        self.sandbox_level: str = args.sandbox_level
-        self.sandbox_layers: list[str] = args.sandbox_layers
-        self.policy: CallPolicy | None = args.policy if args.policy.enforced else None
-        self.cpu = CpuBudget(args.max_call_cpu, self._cpu_exceeded) if args.max_call_cpu else None
+        self.sandbox_level = confinement.level
+        self.sandbox_layers = list(confinement.layers)
+        policy = confinement.policy
+        self.policy: CallPolicy | None = policy if policy is not None and policy.enforced else None
+        cpu = confinement.max_call_cpu
+        self.cpu = CpuBudget(cpu, self._cpu_exceeded) if cpu else None
+        # The frame loop's dispatch table: each opcode's frame type and handler.
+        self.handlers: dict[int, tuple[type[Request], Callable[[Any], Reply]]] = {
+            OP_CALL: (Call, self.call),
+            OP_RELEASE: (Release, self.release),
+            OP_RELEASE_SESSION: (ReleaseSession, self.release_session),
+            OP_STREAM_OPEN: (StreamOpen, self.stream_open),
+            OP_STREAM_PULL: (StreamPull, self.stream_pull),
+            OP_STREAM_CLOSE: (StreamClose, self.stream_close_frame),
+            OP_STREAM_NEXT: (StreamNext, self.stream_next),
+        }
 
     # -- cancellation -------------------------------------------------------------------
 
@@ -316,8 +238,8 @@ class Worker:
 
     # -- frame loop ---------------------------------------------------------------------
 
-    def send(self, message: list[Any]) -> None:
-        for part in pack_frame_parts(message):
+    def send(self, frame: Ready | Reply) -> None:
+        for part in pack_frame_parts(frame.pack()):
             self.sock.sendall(part)
 
     def read_frame(self) -> bytes | None:
@@ -334,14 +256,13 @@ class Worker:
 
     def serve(self) -> None:
         self.send(
-            [
-                R_READY,
+            Ready(
                 os.getpid(),
                 sys.version.split()[0],
                 self.sandbox_level,
                 self.sandbox_layers,
                 describe_helpers(self.helpers),
-            ]
+            )
         )
         while True:
             body = self.read_frame()
@@ -349,13 +270,13 @@ class Worker:
                 return  # server closed the channel: exit quietly
             message = unpack_message(body)
             op, call_id = message[0], message[1]
-            user_code = op in _USER_CODE_OPS
+            user_code = op in USER_CODE_OPS
             if user_code:
-                set_correlation_id(message.pop())  # user-code frames end with it
+                set_correlation_id(message[-1])  # user-code frames end with it
             if call_id in self.cancelled:
                 self.cancelled.discard(call_id)
                 self.last_done = call_id
-                self.send([R_ERR, call_id, "CallCancelled", "", "cancelled before it ran", ""])
+                self.send(Err.of(call_id, "CallCancelled", "cancelled before it ran"))
                 continue
             if self.cpu is not None and user_code:
                 self.cpu.arm()
@@ -363,47 +284,37 @@ class Worker:
                 reply = self.dispatch(op, call_id, message)
             except CpuExceeded:
                 text = f"the call used more than its {self.cpu.seconds:g} CPU seconds"  # type: ignore[union-attr]
-                reply = [R_ERR, call_id, "LimitExceeded", "", text, ""]
+                reply = Err.of(call_id, "LimitExceeded", text)
             except CallInterrupted:
-                reply = [R_ERR, call_id, "CallCancelled", "", "call interrupted", ""]
+                reply = Err.of(call_id, "CallCancelled", "call interrupted")
             self.current = 0
             self.last_done = call_id
             if user_code:
                 end_of_call()
             self.send(reply)
 
-    def dispatch(self, op: int, call_id: int, message: list[Any]) -> list[Any]:
+    def dispatch(self, op: int, call_id: int, message: list[Any]) -> Reply:
         try:
-            if op == OP_CALL:
-                return self.call(call_id, *message[2:])
-            if op == OP_RELEASE:
-                counts = self.refs.release(message[2], message[3])
-                return [R_OK, call_id, [[s, n] for s, n in counts.items()], 0]
-            if op == OP_RELEASE_SESSION:
-                return [R_OK, call_id, self.refs.release_session(message[2]), 0]
-            if op == OP_STREAM_OPEN:
-                return self.stream_open(call_id, *message[2:])
-            if op == OP_STREAM_PULL:
-                return self.stream_pull(call_id, *message[2:])
-            if op == OP_STREAM_CLOSE:
-                return [R_OK, call_id, self.stream_close(message[2]), 0]
-            if op == OP_STREAM_NEXT:
-                return self.stream_next(call_id, *message[2:])
-            raise BadRequest(f"unknown opcode {op}")
+            entry = self.handlers.get(op)
+            if entry is None:
+                raise BadRequest(f"unknown opcode {op}")
+            frame_type, handler = entry
+            return handler(frame_type.unpack(message))
         except BridgeError as exc:
-            return [R_ERR, call_id, type(exc).__name__, "", exc.message, ""]
+            return Err.of(call_id, type(exc).__name__, exc.message)
 
-    def call(
-        self,
-        call_id: int,
-        kind: int,
-        module: str,
-        name: str,
-        target_ref: str,
-        session_id: str,
-        args: bytes,
-        ref_budget: int,
-    ) -> list[Any]:
+    def release(self, frame: Release) -> Reply:
+        counts = self.refs.release(frame.ref_ids, frame.session_id)
+        return Ok(frame.call_id, _pairs(counts), 0)
+
+    def release_session(self, frame: ReleaseSession) -> Reply:
+        return Ok(frame.call_id, self.refs.release_session(frame.session_id), 0)
+
+    def stream_close_frame(self, frame: StreamClose) -> Reply:
+        return Ok(frame.call_id, self.stream_close(frame.stream_id), 0)
+
+    def call(self, frame: Call) -> Reply:
+        call_id, kind, module, name, target_ref, session_id, args, ref_budget, _ = frame
         mint = RefMinter(self.refs, session_id, ref_budget, self._vetted)
         target = self._vetted(self.refs.get(target_ref, session_id)) if target_ref else None
         decoded = self._decode_args(args, session_id)
@@ -417,7 +328,7 @@ class Worker:
         )
         if not isinstance(outcome, bytes):
             return outcome
-        return [R_OK, call_id, outcome, len(mint.created)]
+        return Ok(call_id, outcome, len(mint.created))
 
     def _user_step(
         self,
@@ -427,7 +338,7 @@ class Worker:
         encode: Callable[[Any], bytes],
         what: str,
         advice: str,
-    ) -> bytes | list[Any]:
+    ) -> bytes | Err:
         """Run user code as ``call_id`` (interruptible) and encode its value with ``mint``.
         Returns the encoding, or the R_ERR reply for an exception of the user code; refs
         are rolled back on any failure."""
@@ -438,7 +349,7 @@ class Worker:
             finally:
                 self.current = 0
             encoded = encode(value)
-        except _Budget:
+        except OverBudget:
             raise mint.over_budget() from None
         except (CallInterrupted, BridgeError):
             mint.rollback()
@@ -447,7 +358,7 @@ class Worker:
             # Anything user code raises (sys.exit(), CancelledError, GeneratorExit, ...) is
             # an error of that call, never a reason for the worker to die.
             mint.rollback()
-            return [R_ERR, call_id, "RemoteError", *_describe(exc)]
+            return Err(call_id, "RemoteError", *_describe(exc))
         if len(encoded) > self.max_result:
             mint.rollback()
             raise LimitExceeded(
@@ -469,22 +380,10 @@ class Worker:
 
     # -- streams ------------------------------------------------------------------------
 
-    def stream_open(
-        self,
-        call_id: int,
-        kind: int,
-        module: str,
-        name: str,
-        target_ref: str,
-        session_id: str,
-        args: bytes,
-        ref_budget: int,
-        max_items: int,
-        max_bytes: int,
-        linger: float,
-    ) -> list[Any]:
+    def stream_open(self, frame: StreamOpen) -> Reply:
         """Start iterating (a call's result, a ref's method result, or a ref itself) and
         answer with the first batch."""
+        call_id, kind, module, name, target_ref, session_id, args, ref_budget = frame[:8]
         if len(self.streams) >= self.max_streams:
             raise LimitExceeded(f"worker has {self.max_streams} open streams, its maximum")
         target = self._vetted(self.refs.get(target_ref, session_id)) if target_ref else None
@@ -502,33 +401,26 @@ class Worker:
         except (CallInterrupted, BridgeError):
             raise
         except BaseException as exc:
-            return [R_ERR, call_id, "RemoteError", *_describe(exc)]
+            return Err(call_id, "RemoteError", *_describe(exc))
         finally:
             self.current = 0
         stream_id = self._next_stream
         self._next_stream += 1
         self.streams[stream_id] = stream
-        limits = BatchLimits(max_items, max_bytes, linger)
+        limits = BatchLimits(frame.max_items, frame.max_bytes, frame.linger)
         return self._batch(call_id, stream_id, session_id, ref_budget, limits)
 
-    def stream_pull(
-        self,
-        call_id: int,
-        stream_id: int,
-        session_id: str,
-        ref_budget: int,
-        max_items: int,
-        max_bytes: int,
-        linger: float,
-    ) -> list[Any]:
-        if stream_id not in self.streams:
-            raise RefNotFound(f"stream {stream_id} is closed")
-        limits = BatchLimits(max_items, max_bytes, linger)
-        return self._batch(call_id, stream_id, session_id, ref_budget, limits)
+    def stream_pull(self, frame: StreamPull) -> Reply:
+        if frame.stream_id not in self.streams:
+            raise RefNotFound(f"stream {frame.stream_id} is closed")
+        limits = BatchLimits(frame.max_items, frame.max_bytes, frame.linger)
+        return self._batch(
+            frame.call_id, frame.stream_id, frame.session_id, frame.ref_budget, limits
+        )
 
     def _batch(
         self, call_id: int, stream_id: int, session_id: str, budget: int, limits: BatchLimits
-    ) -> list[Any]:
+    ) -> Reply:
         stream = self.streams[stream_id]
         mint = RefMinter(self.refs, session_id, budget, self._vetted)
 
@@ -545,7 +437,7 @@ class Worker:
         self.current = call_id
         try:
             batch = stream.next_batch(limits, encode_chunk, time.monotonic)
-        except _Budget:
+        except OverBudget:
             self._drop_stream(stream_id)
             raise mint.over_budget() from None
         except (CallInterrupted, BridgeError):
@@ -571,8 +463,8 @@ class Worker:
         if batch.state == ERROR:
             assert batch.error is not None
             error = _describe(batch.error)
-        value = [stream_id, batch.body, batch.state, error, _pairs(released)]
-        return [R_OK, call_id, value, len(mint.created)]
+        value = StreamBatch(stream_id, batch.body, batch.state, error, _pairs(released))
+        return Ok(call_id, value, len(mint.created))
 
     def _drop_stream(self, stream_id: int) -> None:
         stream = self.streams.pop(stream_id, None)
@@ -589,9 +481,10 @@ class Worker:
         self._drop_stream(stream_id)
         return existed
 
-    def stream_next(self, call_id: int, ref_id: str, session_id: str, ref_budget: int) -> list[Any]:
+    def stream_next(self, frame: StreamNext) -> Reply:
         """One item from a StreamRef (``StreamNext``): [done, encoded item]. An exhausted
         StreamRef is released."""
+        call_id, ref_id, session_id, ref_budget, _ = frame
         it = self.refs.get(ref_id, session_id)
         mint = RefMinter(self.refs, session_id, ref_budget, self._vetted)
 
@@ -608,8 +501,8 @@ class Worker:
             return outcome
         if outcome == b"":  # exhausted: the StreamRef frees itself
             released = self.refs.release([ref_id], session_id)
-            return [R_OK, call_id, [True, b"", _pairs(released)], 0]
-        return [R_OK, call_id, [False, outcome, []], len(mint.created)]
+            return Ok(call_id, NextItem(True, b"", _pairs(released)), 0)
+        return Ok(call_id, NextItem(False, outcome, []), len(mint.created))
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:
@@ -634,7 +527,7 @@ class Worker:
         if kind in (KIND_FUNCTION, KIND_CLASS, KIND_METHOD, KIND_HELPER):
             args, kwargs = _split_args(decoded)
             if kind == KIND_METHOD:
-                fn = self._vetted(_walk(target, name), callee=True)
+                fn = self._vetted(walk(target, name), callee=True)
             elif kind == KIND_HELPER:
                 try:
                     fn = self.helpers[name]
@@ -643,7 +536,7 @@ class Worker:
             else:
                 fn = self._vetted(resolve(module, name), callee=True)
             if self.policy is not None and kind != KIND_HELPER:
-                for text, field_name in _format_strings(fn, args, kwargs):
+                for text, field_name in format_strings(fn, args, kwargs):
                     self.policy.check_format(text, field_name=field_name)
             result = fn(*args, **kwargs)
             if inspect.iscoroutine(result):
@@ -653,19 +546,19 @@ class Worker:
         if kind == KIND_MODULE_ATTR:
             return self._vetted(resolve(module, name))
         if kind == KIND_GET_ATTR:
-            return self._vetted(_walk(target, name))
+            return self._vetted(walk(target, name))
         if kind == KIND_SET_ATTR:
             owner_path, _, attr = name.rpartition(".")
-            owner = self._vetted(_walk(target, owner_path)) if owner_path else target
-            if self.policy is not None and _shared_by_every_caller(owner):
+            owner = self._vetted(walk(target, owner_path)) if owner_path else target
+            if self.policy is not None and shared_by_every_caller(owner):
                 # A module, class or function is the same object for every client of
                 # this worker: setting math.sqrt, or the policy's own class attributes,
                 # would change what every later call does.
-                what = "module" if isinstance(owner, ModuleType) else _type_name(owner)
+                what = "module" if isinstance(owner, ModuleType) else type_name(owner)
                 if isinstance(owner, type):
                     what = "class"
                 raise PolicyError(
-                    f"set_attr on {what} {_qualified_name(owner)!r} is not "
+                    f"set_attr on {what} {qualified_name(owner)!r} is not "
                     f"allowed at sandbox level {self.policy.level!r}: only instances' "
                     "attributes can be set"
                 )
@@ -680,12 +573,12 @@ class Worker:
         string walks attributes), is refused too: as a ref it could be handed to ``map``
         or ``operator.call``, which call it with arguments the worker never sees."""
         if self.policy is not None:
-            qualified = _qualified_name(obj)
+            qualified = qualified_name(obj)
             if qualified:
                 self.policy.check_qualified(qualified)
-            if not callee and isinstance(obj, _ROUTINE_TYPES):
+            if not callee and isinstance(obj, ROUTINE_TYPES):
                 self.policy.check_routine(qualified, obj.__name__)
-                if _is_formatter(obj):
+                if is_formatter(obj):
                     raise PolicyError(
                         f"{qualified!r} formats with attribute access; it cannot be handed "
                         f"over as a ref at sandbox level {self.policy.level!r}"
@@ -696,83 +589,8 @@ class Worker:
         return self._get_loop().run_until_complete(coro)
 
 
-_USER_CODE_OPS: Final = frozenset({OP_CALL, OP_STREAM_OPEN, OP_STREAM_PULL, OP_STREAM_NEXT})
-
-
 class CpuExceeded(CallInterrupted):
     """The running call went past its CPU budget (SIGXCPU)."""
-
-
-def _qualified_name(obj: Any) -> str:
-    """``module.qualname`` of a module, class or routine, or else of the object's type
-    (``os.environ`` is an ``os._Environ``). Only class-level attributes are read: reading
-    attributes of an arbitrary object could run its code."""
-    if isinstance(obj, ModuleType):
-        return obj.__name__
-    if not (isinstance(obj, type) or inspect.isroutine(obj)):
-        obj = type(obj)
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None)
-    if isinstance(module, str) and isinstance(qualname, str):
-        return f"{module}.{qualname}"
-    return ""
-
-
-# Routines whose attributes (``__name__``, ``__self__``, ``__func__``) are plain data: read
-# on these types only, never on an arbitrary object (which could run its own code).
-_ROUTINE_TYPES: Final = (
-    FunctionType,
-    MethodType,
-    BuiltinFunctionType,
-    MethodDescriptorType,
-    WrapperDescriptorType,
-    MethodWrapperType,
-    ClassMethodDescriptorType,
-)
-_STR_FORMATTERS: Final = frozenset({"format", "format_map"})
-# string.Formatter's methods that take a format string (or a field name: get_field).
-_FORMATTER_METHODS: Final = {
-    string.Formatter.format: "format_string",
-    string.Formatter.vformat: "format_string",
-    string.Formatter.get_field: "field_name",
-}
-
-
-def _is_formatter(fn: Any) -> bool:
-    """Whether ``fn`` (one of ``_ROUTINE_TYPES``) is ``str.format``/``format_map``,
-    bound or not, or a ``string.Formatter`` method that walks format fields."""
-    if fn is str.format or fn is str.format_map:
-        return True
-    if type(fn) is BuiltinFunctionType:
-        return isinstance(fn.__self__, str) and fn.__name__ in _STR_FORMATTERS
-    return (fn.__func__ if type(fn) is MethodType else fn) in _FORMATTER_METHODS
-
-
-def _format_strings(fn: Any, args: list[Any], kwargs: dict[str, Any]) -> list[tuple[str, bool]]:
-    """The format strings (flag False) and field names (True) a call of ``fn`` would
-    walk, when ``fn`` is a formatter; [] otherwise."""
-    if not isinstance(fn, _ROUTINE_TYPES) or not _is_formatter(fn):
-        return []
-    if type(fn) is BuiltinFunctionType:  # "...".format: the string is the receiver
-        text: Any = fn.__self__
-    elif fn is str.format or fn is str.format_map:
-        text = args[0] if args else None
-    else:
-        func = fn.__func__ if type(fn) is MethodType else fn
-        keyword = _FORMATTER_METHODS[func]
-        at = 0 if type(fn) is MethodType else 1  # unbound: the Formatter comes first
-        text = args[at] if len(args) > at else kwargs.get(keyword)
-        if keyword == "field_name":
-            return [(text, True)] if isinstance(text, str) else []
-    return [(text, False)] if isinstance(text, str) else []
-
-
-def _shared_by_every_caller(obj: Any) -> bool:
-    """Whether ``obj`` is a module, class, function or code: state that every caller of
-    the worker shares, as opposed to an instance a client made."""
-    return isinstance(
-        obj, (ModuleType, type, CodeType, property, classmethod, staticmethod, *_ROUTINE_TYPES)
-    )
 
 
 _MAX_ERROR_MESSAGE = 8 * 1024
@@ -891,38 +709,28 @@ def keep_off_import_path(*dirs: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="snakebridge_server.worker_main")
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--ctrl-fd", type=int, required=True)
-    parser.add_argument("--ref-prefix", required=True)
-    parser.add_argument("--pool", required=True)
-    parser.add_argument("--max-refs", type=int, default=100_000)
-    parser.add_argument("--max-frame", type=int, default=80 * 1024 * 1024)
-    parser.add_argument("--max-result", type=int, default=64 * 1024 * 1024)
-    parser.add_argument("--helpers", default="[]")  # JSON list of sources
-    parser.add_argument("--helper-allow", default="[]")  # JSON list of names
-    parser.add_argument("--preload", default="")
-    parser.add_argument("--max-streams", type=int, default=1024)
-    parser.add_argument("--sandbox", default="{}")
-    parser.add_argument("--log-level", default="info")
-    args = parser.parse_args(argv)
+    args = WorkerArgs.parse(argv)
     _set_parent_death_signal()
     # The server owns shutdown: a terminal's Ctrl-C must not kill workers mid-call.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    spec = SandboxSpec.from_json(args.sandbox)
+    spec = args.sandbox
     if spec.level != "none":
         keep_off_import_path(os.getcwd(), spec.scratch)
     # Before the Worker exists: its helpers are user code and run inside the sandbox too.
-    args.sandbox_level, args.sandbox_layers = apply_sandbox(spec)
+    level, layers = apply_sandbox(spec)
     install_logging(args.log_level)  # before helpers, which are user code that may log
-    args.policy = CallPolicy.build(spec.level, extra_deny=spec.deny_modules)
-    args.max_call_cpu = spec.max_call_cpu if spec.level != "none" else 0.0
+    confinement = Confinement(
+        level,
+        tuple(layers),
+        CallPolicy.build(spec.level, extra_deny=spec.deny_modules),
+        spec.max_call_cpu if spec.level != "none" else 0.0,
+    )
     # The operator's preloads, inside the sandbox like everything after it: a module that
     # fails to import fails the worker's start, with its traceback in the server's log.
-    for module_name in filter(None, args.preload.split(",")):
+    for module_name in args.preload:
         importlib.import_module(module_name)
     try:
-        worker = Worker(args)
+        worker = Worker(args, confinement)
     except HelperLoadError as exc:
         # The cause's traceback for the operator, then one line naming the source: the
         # server quotes the last lines of a worker that failed to start.
@@ -935,7 +743,3 @@ def main(argv: list[str] | None = None) -> None:
         worker.serve()
     except (BrokenPipeError, ConnectionResetError):
         pass
-
-
-if __name__ == "__main__":
-    main()
