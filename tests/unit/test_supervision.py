@@ -180,7 +180,8 @@ async def test_kills_after_ignored_cancellation_do_not_trip_the_pool() -> None:
     pool = Pool("default", 1, SPEC, max_queued=10, on_worker_lost=lambda k: None, policy=policy)
     try:
         dead = WorkerHandle(WorkerKey("default", 0, 1), SPEC, lambda h: None)
-        dead.state, dead.death_reason = WorkerState.DEAD, "killed: call 3 ignored cancellation for 1s"
+        dead.state = WorkerState.DEAD
+        dead.death_reason = "killed: call 3 ignored cancellation for 1s"
         pool.workers[0] = dead
         pool._worker_exited(dead)
         assert not pool.tripped and pool.restarts == {"killed": 1}
