@@ -115,7 +115,7 @@ class ScriptedChannel:
 
 def client_over(channel: Any) -> snakebridge.Client:
     client = snakebridge.Client(ADDRESS)
-    client._channel = channel
+    client._transport._channel = channel
     return client
 
 
@@ -199,7 +199,7 @@ async def test_close_after_a_broken_connection_raises_nothing() -> None:
     client = client_over(channel)
     client.current_session()  # close() releases it: that RPC fails too
     await client.close()
-    assert client._channel is None
+    assert not client._transport.connected
     assert len(channel.streams) == 1  # the release was attempted
 
 
@@ -271,7 +271,7 @@ async def test_close_releasing_the_auto_session_over_a_closing_connection_raises
     client = client_over(channel)
     client.current_session()
     await client.close()
-    assert channel.connects == 1 and client._channel is None
+    assert channel.connects == 1 and not client._transport.connected
 
 
 # -- the stream deadline, per item ----------------------------------------------------
