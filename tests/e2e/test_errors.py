@@ -271,7 +271,7 @@ async def test_malformed_argument_bytes_are_a_serialization_error_from_the_worke
 
 
 def test_statuses_without_a_trailer_map_to_the_matching_error() -> None:
-    from snakebridge._client import _error_from_grpc
+    from snakebridge._transport import _error_from_grpc
 
     cases = {
         Status.CANCELLED: errors.CallCancelled,
