@@ -513,7 +513,9 @@ class Client(_Runtime):
         try:
             await self.connect()
         except BaseException:
-            await self.close()
+            # Closes the channel, not the client: the caller never had it, so entering
+            # again (a retry loop on one Client) tries afresh, as it always did.
+            await self._shut(for_good=False)
             raise
         return self
 
@@ -539,12 +541,15 @@ class Client(_Runtime):
         Never raises for a broken connection: after the server died there is nothing
         left to close, which is what closing asks for.
         """
+        await self._shut(for_good=True)
+
+    async def _shut(self, *, for_good: bool) -> None:
         try:
             if self._auto_session is not None and self._transport.connected:
                 session, self._auto_session = self._auto_session, None
                 await asyncio.shield(self._release_quietly(session))
         finally:
-            self._transport.close()
+            self._transport.close(for_good=for_good)
 
     async def _release_quietly(self, session_id: str) -> None:
         try:

@@ -246,10 +246,11 @@ class Transport:
         self._channel = channel
         return channel
 
-    def close(self) -> None:
-        """Close the channel and refuse every later RPC. Never raises for a broken
-        connection: after the server died there is nothing left to close."""
-        self._closed = True
+    def close(self, *, for_good: bool = True) -> None:
+        """Close the channel; ``for_good`` also refuses every later RPC (else the next
+        one opens a new channel). Never raises for a broken connection: after the server
+        died there is nothing left to close."""
+        self._closed = self._closed or for_good
         channel, self._channel = self._channel, None
         if channel is None:
             return

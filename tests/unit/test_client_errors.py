@@ -422,3 +422,17 @@ async def test_an_unused_client_makes_its_channel_on_first_use() -> None:
         await client.call("math", "sqrt", [4])  # nobody listens on port 1
     assert client._transport.connected
     await client.close()
+
+
+async def test_a_failed_async_with_leaves_the_client_free_to_try_again() -> None:
+    # `async with` closes the channel when connect() fails, not the client: the caller
+    # never got it, so a retry on the same object connects afresh.
+    client = snakebridge.Client(ADDRESS)  # nobody listens on port 1
+    for _ in range(2):
+        with pytest.raises(errors.ConnectionFailed):
+            async with client:
+                pass
+        assert not client._transport.connected and not client._transport.closed
+    await client.close()
+    with pytest.raises(errors.ClientClosed):
+        await client.call("math", "sqrt", [4])
