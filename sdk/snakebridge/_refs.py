@@ -1,16 +1,25 @@
-"""Handles to objects that live in a worker."""
+"""Handles to objects that live in a worker. Runs in the client process.
+
+Imports nothing of the client: a ref reaches its ``Client`` through the two methods
+``RefOwner`` names, so ``_client`` (which makes refs) sits above this module, not beside it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .errors import RefNotFound
 from .wire.codec import RefPayload
 
-if TYPE_CHECKING:
-    from ._client import Client
+
+class RefOwner(Protocol):
+    """What a ref needs of the ``Client`` that made it."""
+
+    async def release_ref(self, *refs: Ref, timeout: float | None = None) -> int: ...
+
+    def stream(self, module_or_ref: Ref, /) -> AsyncIterable[Any]: ...
 
 
 class Ref:
@@ -26,7 +35,7 @@ class Ref:
 
     __slots__ = ("_client", "_released", "id", "pool", "session_id", "type_name")
 
-    def __init__(self, payload: RefPayload, client: Client | None = None) -> None:
+    def __init__(self, payload: RefPayload, client: RefOwner | None = None) -> None:
         self.id = payload.id
         self.session_id = payload.session_id
         self.pool = payload.pool

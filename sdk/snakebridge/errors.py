@@ -19,10 +19,12 @@
     ├── PolicyError                  the sandbox policy refused the call (PERMISSION_DENIED)
     ├── ProtocolMismatch             the two sides speak other versions (FAILED_PRECONDITION)
     ├── ConnectionFailed             the server cannot be reached        (UNAVAILABLE)
+    ├── ClientClosed                 this Client was closed, then used   (FAILED_PRECONDITION)
     └── Unauthenticated              missing or wrong token              (UNAUTHENTICATED)
 
 Each class maps to exactly one gRPC status (``grpc_status``); the server sends the class
 name in the ``snakebridge-error-bin`` trailer so the SDK raises the precise class.
+``ClientClosed`` never travels: only the SDK raises it, before any RPC.
 """
 
 from __future__ import annotations
@@ -60,6 +62,7 @@ __all__ = [
     "BridgeError",
     "CallCancelled",
     "CallTimeout",
+    "ClientClosed",
     "ConnectionFailed",
     "GrpcStatus",
     "HelperNotFound",
@@ -258,6 +261,18 @@ class ConnectionFailed(BridgeError):
     grpc_status = GrpcStatus.UNAVAILABLE
 
 
+class ClientClosed(BridgeError):
+    """This ``Client`` was closed (``await client.close()``, or its ``async with`` block
+    was left) and then used again.
+
+    Raised by every RPC made through it afterwards, and by iterating a stream started on
+    it, before anything is sent: a closed client never reconnects. The call did not run.
+    Make a new ``Client`` (a ``Client`` that was never connected connects on first use).
+    """
+
+    grpc_status = GrpcStatus.FAILED_PRECONDITION
+
+
 class Unauthenticated(BridgeError):
     """The server requires a token and this client sent none or a wrong one.
 
@@ -267,6 +282,8 @@ class Unauthenticated(BridgeError):
     grpc_status = GrpcStatus.UNAUTHENTICATED
 
 
+#: The classes an error trailer may name. ``ClientClosed`` is not one: only the SDK raises
+#: it, so a server that sent it would be lying about the client's state.
 _BY_NAME: dict[str, type[BridgeError]] = {
     cls.__name__: cls
     for cls in (

@@ -14,9 +14,10 @@ from grpclib.exceptions import GRPCError
 
 import snakebridge
 from snakebridge import errors
+from snakebridge._client import Invocation
 from snakebridge._generated.snakebridge import v1 as pb
 from snakebridge.wire import codec
-from snakebridge.wire.constants import ERROR_TRAILER, SERVICE
+from snakebridge.wire.constants import ERROR_TRAILER, KIND_METHOD, SERVICE
 from snakebridge.wire.messages import CallReplyWire, CallRequestWire
 
 from .conftest import ServerProcess
@@ -90,7 +91,15 @@ async def test_bad_requests_are_rejected_before_reaching_a_worker(server: Server
             await client.call(".math", "sqrt", [1])
         with pytest.raises(errors.BadRequest, match="malformed ref"):
             await client._invoke(
-                3, "", "m", "not-a-ref", [], None, client.current_session(), None, None, False, None
+                Invocation(
+                    kind=KIND_METHOD,
+                    module="",
+                    name="m",
+                    target_ref="not-a-ref",
+                    session_id=client.current_session(),
+                    args=[],
+                    kwargs=None,
+                )
             )
 
 
@@ -262,7 +271,7 @@ async def test_malformed_argument_bytes_are_a_serialization_error_from_the_worke
 
 
 def test_statuses_without_a_trailer_map_to_the_matching_error() -> None:
-    from snakebridge._client import _error_from_grpc
+    from snakebridge._transport import _error_from_grpc
 
     cases = {
         Status.CANCELLED: errors.CallCancelled,

@@ -286,6 +286,29 @@ async def test_closing_the_client_releases_its_auto_session(server: ServerProces
             await other.get_attr(Ref(thing.__snakebridge_ref__(), other), "name")
 
 
+async def test_a_closed_client_raises_client_closed_instead_of_reconnecting(
+    server: ServerProcess,
+) -> None:
+    client = snakebridge.Client(server.address)
+    assert await client.call("math", "sqrt", [16]) == 4.0  # connects on first use
+    async with client:
+        thing = await client.call_class("remote_helpers", "Thing", [])
+    with pytest.raises(snakebridge.errors.ClientClosed):
+        await client.call("math", "sqrt", [16])
+    with pytest.raises(snakebridge.errors.ClientClosed):
+        await client.get_attr(thing, "name")
+    with pytest.raises(snakebridge.errors.ClientClosed):
+        [x async for x in client.stream("builtins", "range", [3])]
+    with pytest.raises(snakebridge.errors.ClientClosed):
+        async with client:
+            pass
+    await client.close()  # again: nothing to do, nothing raised
+    async with snakebridge.Client(server.address) as other:
+        assert await other.call("math", "sqrt", [16]) == 4.0
+        with pytest.raises(RefNotFound):  # closing released the auto session, once
+            await other.get_attr(Ref(thing.__snakebridge_ref__(), other), "name")
+
+
 async def test_describe_reports_versions_pools_and_workers(server: ServerProcess) -> None:
     async with snakebridge.Client(server.address) as client:
         info = await client.describe()

@@ -41,6 +41,8 @@ ADDRESS = "127.0.0.1:1"
 
 
 class _Batch:
+    released_refs = 0  # also passes for a ReleaseSessionReply, which close() awaits
+
     def __init__(self, items: list[Any]) -> None:
         self.result = codec.encode(items)
 
@@ -115,7 +117,7 @@ class ScriptedChannel:
 
 def client_over(channel: Any) -> snakebridge.Client:
     client = snakebridge.Client(ADDRESS)
-    client._channel = channel
+    client._transport._channel = channel
     return client
 
 
@@ -199,7 +201,7 @@ async def test_close_after_a_broken_connection_raises_nothing() -> None:
     client = client_over(channel)
     client.current_session()  # close() releases it: that RPC fails too
     await client.close()
-    assert client._channel is None
+    assert not client._transport.connected
     assert len(channel.streams) == 1  # the release was attempted
 
 
@@ -271,7 +273,7 @@ async def test_close_releasing_the_auto_session_over_a_closing_connection_raises
     client = client_over(channel)
     client.current_session()
     await client.close()
-    assert channel.connects == 1 and client._channel is None
+    assert channel.connects == 1 and not client._transport.connected
 
 
 # -- the stream deadline, per item ----------------------------------------------------
@@ -303,3 +305,134 @@ async def test_a_stream_without_a_timeout_yields_every_buffered_item() -> None:
     assert [x async for x in client.stream("builtins", "range", [200])] == list(range(200))
     timed = [x async for x in client.stream("builtins", "range", [200], timeout=60)]
     assert timed == list(range(200))
+
+
+# -- a closed client ------------------------------------------------------------------
+
+
+def _ref(client: snakebridge.Client, stream: bool = False) -> snakebridge.Ref:
+    payload = codec.RefPayload(stream, "1.1.7", "s", "default", "builtins.list")
+    return (snakebridge.StreamRef if stream else snakebridge.Ref)(payload, client)
+
+
+def _every_rpc(client: snakebridge.Client) -> dict[str, Callable[[], Any]]:
+    """One way into each RPC of the Runtime API (and the lifecycle's own)."""
+
+    async def stream() -> Any:
+        return [x async for x in client.stream("builtins", "range", [1])]
+
+    async def stream_ref() -> Any:
+        return [x async for x in _ref(client, stream=True)]
+
+    return {
+        "call": lambda: client.call("math", "sqrt", [4]),
+        "call_dynamic": lambda: client.call_dynamic("math.sqrt", [4]),
+        "call_class": lambda: client.call_class("collections", "Counter"),
+        "call_method": lambda: client.call_method(_ref(client), "copy"),
+        "get_attr": lambda: client.get_attr(_ref(client), "x"),
+        "set_attr": lambda: client.set_attr(_ref(client), "x", 1),
+        "get_module_attr": lambda: client.get_module_attr("math", "pi"),
+        "call_helper": lambda: client.call_helper("add", [1, 2]),
+        "module": lambda: client.module("math").sqrt(4),
+        "stream": stream,
+        "stream_ref": stream_ref,
+        "stream_next": lambda: client.stream_next(_ref(client, stream=True)),  # type: ignore[arg-type]
+        "stream_len": lambda: client.stream_len(_ref(client)),
+        "session_call": lambda: client.session("s2").call("math", "sqrt", [4]),
+        "release_session": lambda: client.release_session("s"),
+        "release_ref": lambda: client.release_ref(_ref(client)),
+        "ref_release": lambda: _ref(client).release(),
+        "describe": lambda: client.describe(),
+        "helpers": lambda: client.helpers(),
+        "connect": lambda: client.connect(),
+    }
+
+
+RPCS = list(_every_rpc(snakebridge.Client(ADDRESS)))
+
+
+@pytest.mark.parametrize("rpc", RPCS)
+async def test_every_rpc_on_a_closed_client_raises_client_closed(rpc: str) -> None:
+    channel = ScriptedChannel()
+    client = client_over(channel)
+    assert await client.call("math", "sqrt", [4]) == [{"x": 1}]  # the scripted reply
+    await client.close()
+    assert len(channel.streams) == 2  # the call, then close() releasing the auto session
+    with snakebridge.correlation_id("cid-closed"):
+        with pytest.raises(errors.ClientClosed, match="closed Client") as info:
+            await _every_rpc(client)[rpc]()
+    assert info.value.correlation_id == "cid-closed"
+    assert ADDRESS in str(info.value)
+    # Nothing was sent, and no new connection was made behind the caller's back.
+    assert len(channel.streams) == 2
+    assert not client._transport.connected
+
+
+async def test_a_client_closed_before_its_first_rpc_never_connects() -> None:
+    client = snakebridge.Client(ADDRESS)
+    await client.close()
+    with pytest.raises(errors.ClientClosed):
+        await client.call("math", "sqrt", [4])
+    assert not client._transport.connected
+
+
+async def test_leaving_async_with_closes_the_client_for_good() -> None:
+    client = client_over(ScriptedChannel())
+    client.connect = _connected  # type: ignore[method-assign]  # the fake has no Describe
+    async with client:
+        assert await client.call("math", "sqrt", [4]) == [{"x": 1}]
+    with pytest.raises(errors.ClientClosed):
+        await client.call("math", "sqrt", [4])
+    del client.connect  # the real one: its Describe RPC is refused too
+    with pytest.raises(errors.ClientClosed):
+        async with client:
+            pass
+    await client.close()  # closing again is quiet
+
+
+async def _connected() -> None:
+    pass
+
+
+async def test_a_stream_started_before_close_and_iterated_after_raises_client_closed() -> None:
+    channel = ScriptedChannel()
+    client = client_over(channel)
+    items = client.stream("builtins", "range", [1])
+    await client.close()
+    sent = len(channel.streams)  # close() released the auto session the stream made
+    with pytest.raises(errors.ClientClosed):
+        await items.__anext__()
+    assert len(channel.streams) == sent
+
+
+async def test_an_explicit_session_exits_quietly_after_its_client_closed() -> None:
+    # Session.__aexit__ releases on a best-effort basis, like close() releasing the auto
+    # session: a closed client has nothing left to release through.
+    client = client_over(ScriptedChannel())
+    async with client.session("s3") as session:
+        await client.close()
+    assert session.id == "s3"
+
+
+async def test_an_unused_client_makes_its_channel_on_first_use() -> None:
+    # The lazy channel stays: neither connect() nor `async with` is needed first.
+    client = snakebridge.Client(ADDRESS)
+    assert not client._transport.connected
+    with pytest.raises(errors.ConnectionFailed):
+        await client.call("math", "sqrt", [4])  # nobody listens on port 1
+    assert client._transport.connected
+    await client.close()
+
+
+async def test_a_failed_async_with_leaves_the_client_free_to_try_again() -> None:
+    # `async with` closes the channel when connect() fails, not the client: the caller
+    # never got it, so a retry on the same object connects afresh.
+    client = snakebridge.Client(ADDRESS)  # nobody listens on port 1
+    for _ in range(2):
+        with pytest.raises(errors.ConnectionFailed):
+            async with client:
+                pass
+        assert not client._transport.connected and not client._transport.closed
+    await client.close()
+    with pytest.raises(errors.ClientClosed):
+        await client.call("math", "sqrt", [4])

@@ -14,7 +14,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import snakebridge
 from snakebridge import _correlation
-from snakebridge._client import Client, _error_from_trailers
+from snakebridge._client import Client
+from snakebridge._transport import _error_from_trailers
 from snakebridge.errors import LimitExceeded, remote_error
 from snakebridge.wire.constants import CORRELATION_METADATA, ERROR_TRAILER
 from snakebridge_server.cli import build_config
