@@ -310,9 +310,14 @@ async def test_a_stream_without_a_timeout_yields_every_buffered_item() -> None:
 # -- a closed client ------------------------------------------------------------------
 
 
-def _ref(client: snakebridge.Client, stream: bool = False) -> snakebridge.Ref:
-    payload = codec.RefPayload(stream, "1.1.7", "s", "default", "builtins.list")
-    return (snakebridge.StreamRef if stream else snakebridge.Ref)(payload, client)
+def _ref(client: snakebridge.Client) -> snakebridge.Ref:
+    payload = codec.RefPayload(False, "1.1.7", "s", "default", "builtins.list")
+    return snakebridge.Ref(payload, client)
+
+
+def _stream_ref(client: snakebridge.Client) -> snakebridge.StreamRef:
+    payload = codec.RefPayload(True, "1.1.7", "s", "default", "builtins.list")
+    return snakebridge.StreamRef(payload, client)
 
 
 def _every_rpc(client: snakebridge.Client) -> dict[str, Callable[[], Any]]:
@@ -322,7 +327,7 @@ def _every_rpc(client: snakebridge.Client) -> dict[str, Callable[[], Any]]:
         return [x async for x in client.stream("builtins", "range", [1])]
 
     async def stream_ref() -> Any:
-        return [x async for x in _ref(client, stream=True)]
+        return [x async for x in _stream_ref(client)]
 
     return {
         "call": lambda: client.call("math", "sqrt", [4]),
@@ -336,7 +341,7 @@ def _every_rpc(client: snakebridge.Client) -> dict[str, Callable[[], Any]]:
         "module": lambda: client.module("math").sqrt(4),
         "stream": stream,
         "stream_ref": stream_ref,
-        "stream_next": lambda: client.stream_next(_ref(client, stream=True)),  # type: ignore[arg-type]
+        "stream_next": lambda: client.stream_next(_stream_ref(client)),
         "stream_len": lambda: client.stream_len(_ref(client)),
         "session_call": lambda: client.session("s2").call("math", "sqrt", [4]),
         "release_session": lambda: client.release_session("s"),

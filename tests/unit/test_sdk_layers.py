@@ -109,7 +109,7 @@ def test_only_the_transport_imports_grpclib_and_h2() -> None:
 
 def test_an_invocation_takes_its_fields_by_keyword_only() -> None:
     with pytest.raises(TypeError):
-        Invocation(KIND_METHOD, "", "m", "s", [], None)  # type: ignore[misc]
+        Invocation(KIND_METHOD, "", "m", "s", [], None)  # type: ignore[call-arg]  # positional on purpose: refused
     invocation = Invocation(
         kind=KIND_METHOD, module="", name="m", session_id="s", args=[], kwargs=None
     )
