@@ -497,6 +497,15 @@ class Client(_Runtime):
         self._client = self
         self.server_version: str | None = None
 
+    @classmethod
+    def _with_transport(cls, transport: Transport, **options: Any) -> Client:
+        """A client whose RPCs go through ``transport`` rather than a connection to an
+        address: ``snakebridge_server.testing`` hands it an in-memory channel. ``options``
+        are ``Client``'s keyword arguments."""
+        client = cls(transport.address, **options)
+        client._transport = transport
+        return client
+
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
 
