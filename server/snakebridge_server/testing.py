@@ -118,21 +118,30 @@ Script = Callable[[FakeCall], Awaitable[Any]]
 
 
 class _FakeProcess:
-    """The worker end of the socketpair: reads frames, answers them in order."""
+    """The worker end of the socketpair: reads frames, answers them strictly in order."""
 
     def __init__(self, worker: FakeWorker, sock: socket.socket, script: Script) -> None:
         self.worker = worker
         self.sock = sock
         self.script = script
+        self.received = 0  # request frames read from the channel
         self.running = 0  # the call id of the script being run, 0 when idle
         self.last_done = 0
         self.cancelled: set[int] = set()  # queued calls cancelled before they ran
-        self._task: asyncio.Task[Any] | None = None
         self.dead = False
+        self._inbox: asyncio.Queue[list[Any] | None] = asyncio.Queue()
+        self._arrival = asyncio.Event()
+        self._task: asyncio.Task[Any] | None = None
 
     def send(self, message: list[Any]) -> None:
-        """Write a frame now (a worker's replies are small: the socket takes them whole)."""
+        """Write a frame now, so that a reply sent just before an exit is in the socket
+        when the server learns of the exit (replies here are small: the socket takes
+        them whole)."""
         self.sock.sendall(pack_frame(message))
+
+    async def wait_received(self, count: int) -> None:
+        while self.received < count:
+            await self._arrival.wait()
 
     def interrupt(self, call_id: int) -> None:
         """The ctrl socket's CANCEL plus SIGUSR1: interrupt it if running, skip it if queued."""
@@ -148,6 +157,7 @@ class _FakeProcess:
         self.dead = True
         if self._task is not None:
             self._task.cancel()
+        self._inbox.put_nowait(None)
         # Shut down, not closed: the server reads what was sent, then EOF; the socket is
         # closed when ``serve`` ends (a closed fd would stay registered with the loop).
         with contextlib.suppress(OSError):
@@ -158,30 +168,43 @@ class _FakeProcess:
         worker.exited.set()
 
     async def serve(self) -> None:
-        loop = asyncio.get_running_loop()
         spec = self.worker.spec
+        reader = asyncio.get_running_loop().create_task(self._read(spec.max_frame))
         try:
             self.send(Ready(0, sys.version.split()[0], spec.sandbox.level, ["fake"], []).pack())
-            decoder = FrameDecoder(spec.max_frame)
             while not self.dead:
-                try:
-                    data = await loop.sock_recv(self.sock, 1 << 16)
-                except OSError:
-                    data = b""
-                if not data:
+                message = await self._inbox.get()
+                if message is None:
                     return  # the server closed the channel: exit quietly
-                for body in decoder.feed(data):
-                    reply, after = await self._answer(unpack_message(body))
-                    if self.dead:
-                        return
-                    self.last_done = reply.call_id
-                    self.send(reply.pack())
-                    if after:
-                        self.exit(0)
-                        return
+                reply, exit_after = await self._answer(message)
+                if self.dead:
+                    return
+                self.last_done = reply.call_id
+                self.send(reply.pack())
+                if exit_after:
+                    self.exit(0)
         finally:
             self.exit(0)
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
             self.sock.close()
+
+    async def _read(self, max_frame: int) -> None:
+        loop = asyncio.get_running_loop()
+        decoder = FrameDecoder(max_frame)
+        while True:
+            try:
+                data = await loop.sock_recv(self.sock, 1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                self._inbox.put_nowait(None)
+                return
+            for body in decoder.feed(data):
+                self._inbox.put_nowait(unpack_message(body))
+                self.received += 1
+            self._arrival.set()
+            self._arrival = asyncio.Event()
 
     async def _answer(self, message: list[Any]) -> tuple[Reply, bool]:
         op, call_id = message[0], message[1]
@@ -281,6 +304,17 @@ class FakeWorker(WorkerHandle):
         """The worker process dies now (as if killed by a signal)."""
         if self._process is not None:
             self._process.exit(code)
+
+    @property
+    def frames_received(self) -> int:
+        """Request frames its process has read so far (calls, releases, ...)."""
+        return self._process.received if self._process is not None else 0
+
+    async def wait_received(self, count: int) -> None:
+        """Until its process has read ``count`` request frames: a call routed to it has
+        arrived, though it may wait behind the running one."""
+        assert self._process is not None
+        await self._process.wait_received(count)
 
     async def _wait_exited(self, timeout: float) -> None:
         with contextlib.suppress(TimeoutError):
