@@ -37,7 +37,10 @@ leftover replies, kill timers) runs unchanged; only ``start`` (no spawn), ``canc
 signal) and waiting for the exit differ. The fake process answers frames strictly in
 order, as a worker does. Releases, session releases and stream closes are answered as by
 a worker holding no refs; streams are not supported (answered ``BadRequest``).
-``FakeWorker.exit()`` kills it from outside, as if the process died.
+``FakeWorker.exit()`` kills it from outside, as if the process died;
+``FakeWorker.wait_received(n)`` waits until its process has read ``n`` request frames (a
+call routed to it has arrived). Unlike a worker, a fake exits as soon as the server closes
+its channel, even in the middle of a call, so a test's teardown never waits for a kill.
 """
 
 from __future__ import annotations
@@ -198,7 +201,9 @@ class _FakeProcess:
             except OSError:
                 data = b""
             if not data:
-                self._inbox.put_nowait(None)
+                # Closed by the server: exit now, even mid-call (a worker would finish the
+                # call first and be killed after a timeout: seconds of a test's teardown).
+                self.exit(0)
                 return
             for body in decoder.feed(data):
                 self._inbox.put_nowait(unpack_message(body))

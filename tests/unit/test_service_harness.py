@@ -49,9 +49,7 @@ async def test_malformed_requests_are_refused_before_any_worker_runs() -> None:
     from snakebridge._client import Invocation
 
     async with serve_in_memory(_echo) as (client, _, _, workers):
-        bad_kind = Invocation(
-            kind=99, module="m", name="f", session_id="s", args=[], kwargs=None
-        )
+        bad_kind = Invocation(kind=99, module="m", name="f", session_id="s", args=[], kwargs=None)
         with pytest.raises(BadRequest, match="unknown call kind 99"):
             await client._invoke(bad_kind)
         with pytest.raises(BadRequest, match="limited to 1024 characters"):
@@ -156,7 +154,7 @@ async def test_drain_waits_for_running_calls_and_refuses_new_ones() -> None:
         await asyncio.sleep(0)  # one step: the drain task has begun (it flags at once)
         assert service.draining
         with pytest.raises(PoolUnavailable, match="shutting down"):
-            await client.call("m", "fast")
+            await client.call("m", "fast", timeout=10.0)  # if served: behind "slow"
         assert not drain.done()  # still waiting for the running call
         release.set()
         assert await running == "slow"
