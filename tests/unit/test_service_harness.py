@@ -13,6 +13,7 @@ from snakebridge.errors import (
     BadRequest,
     CallCancelled,
     CallTimeout,
+    ClientClosed,
     PolicyError,
     PoolUnavailable,
     RemoteError,
@@ -40,6 +41,14 @@ async def test_a_call_reaches_a_fake_worker_and_its_result_the_client() -> None:
         assert [(c.session_id, c.worker) for c in worker.calls] == [("s1", worker)]
         assert client.server_version is not None  # connect() went through Describe
         assert bridge.sessions.get("s1") is not None
+
+
+async def test_a_closed_client_refuses_rpcs_and_leaves_the_channel_to_the_harness() -> None:
+    async with serve_in_memory(_echo) as (client, _, _, _):
+        await client.close()
+        with pytest.raises(ClientClosed):
+            await client.call("m", "f")
+    # Leaving closed the in-memory channel: grpclib's ChannelFor fails on one closed under it.
 
 
 # -- validation and policy ----------------------------------------------------------------
