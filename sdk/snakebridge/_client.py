@@ -498,12 +498,13 @@ class Client(_Runtime):
         self.server_version: str | None = None
 
     @classmethod
-    def _with_transport(cls, transport: Transport, **options: Any) -> Client:
-        """A client whose RPCs go through ``transport`` rather than a connection to an
-        address: ``snakebridge_server.testing`` hands it an in-memory channel. ``options``
-        are ``Client``'s keyword arguments."""
-        client = cls(transport.address, **options)
-        client._transport = transport
+    def _with_channel(cls, channel: Any, address: str, **options: Any) -> Client:
+        """A client whose RPCs go through ``channel``, a grpclib ``Channel`` opened and
+        closed by its owner (``grpclib.testing.ChannelFor`` in the in-memory harness,
+        ``snakebridge_server.testing``, its only user), not a connection to ``address``.
+        ``options`` are ``Client``'s keyword arguments."""
+        client = cls(address, **options)
+        client._transport = Transport(address, None, channel=channel)
         return client
 
     def __repr__(self) -> str:

@@ -57,7 +57,6 @@ from typing import Any, NamedTuple
 from grpclib.testing import ChannelFor
 
 from snakebridge import Client
-from snakebridge._transport import Transport
 from snakebridge.wire import codec
 
 from .bridge import Bridge
@@ -366,9 +365,7 @@ async def serve_in_memory(
     try:
         service = BridgeService(bridge)
         async with ChannelFor([service]) as channel:
-            client = Client._with_transport(
-                Transport("in-memory", None, channel=channel), timeout=timeout
-            )
+            client = Client._with_channel(channel, "in-memory", timeout=timeout)
             try:
                 await client.connect()
                 yield InMemoryServer(client, bridge, service, workers)
