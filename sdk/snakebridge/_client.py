@@ -497,6 +497,16 @@ class Client(_Runtime):
         self._client = self
         self.server_version: str | None = None
 
+    @classmethod
+    def _with_channel(cls, channel: Any, address: str, **options: Any) -> Client:
+        """A client whose RPCs go through ``channel``, a grpclib ``Channel`` opened and
+        closed by its owner (``grpclib.testing.ChannelFor`` in the in-memory harness,
+        ``snakebridge_server.testing``, its only user), not a connection to ``address``.
+        ``options`` are ``Client``'s keyword arguments."""
+        client = cls(address, **options)
+        client._transport = Transport(address, None, channel=channel)
+        return client
+
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
 

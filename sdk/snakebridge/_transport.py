@@ -205,14 +205,20 @@ class Transport:
     ``ClientClosed`` before anything is sent, so a closed client never reconnects.
     """
 
-    __slots__ = ("_channel", "_closed", "_host", "_path", "_port", "_ssl", "address")
+    __slots__ = ("_channel", "_closed", "_host", "_lent", "_path", "_port", "_ssl", "address")
 
-    def __init__(self, address: str, ssl: _ssl.SSLContext | None) -> None:
+    def __init__(
+        self, address: str, ssl: _ssl.SSLContext | None, *, channel: Channel | None = None
+    ) -> None:
+        """``channel``: one opened elsewhere (``grpclib.testing.ChannelFor``, for the
+        in-memory harness ``snakebridge_server.testing``), used instead of connecting to
+        ``address``; its owner closes it, so ``close()`` only stops using it."""
         self.address = address
         self._host, self._port, self._path = parse_address(address)
         if ssl is not None:
             ssl.set_alpn_protocols(["h2"])  # gRPC is HTTP/2; TLS servers may insist on ALPN
         self._ssl = ssl
+        self._lent = channel
         self._channel: Channel | None = None
         self._closed = False
 
@@ -235,6 +241,9 @@ class Transport:
                 ClientClosed(f"{method} on a closed Client ({self.address}); make a new one"),
                 cid,
             )
+        if self._lent is not None:
+            self._channel = self._lent
+            return self._lent
         # grpclib's connection window equals one stream's (4 MiB), so one stream the app
         # is not reading would stall every other reply on this client. Each stream stays
         # bounded by its own 4 MiB window.
@@ -252,7 +261,7 @@ class Transport:
         died there is nothing left to close."""
         self._closed = self._closed or for_good
         channel, self._channel = self._channel, None
-        if channel is None:
+        if channel is None or channel is self._lent:
             return
         try:
             channel.close()

@@ -52,7 +52,7 @@ from .sandbox.policy import CallPolicy
 from .sandbox.spawn import make_scratch_root
 from .sessions import Session, SessionTable
 from .supervisor.handle import NeverStarted, StreamReply, WorkerHandle
-from .supervisor.pool import Pool, SupervisionPolicy
+from .supervisor.pool import Pool, SupervisionPolicy, WorkerFactory
 from .supervisor.spawn import WorkerSpec
 
 log = logging.getLogger("snakebridge.bridge")
@@ -122,7 +122,11 @@ def validate_call(req: CallRequestWire, *, iterate_ref: bool = False) -> None:
 
 
 class Bridge:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(
+        self, config: ServerConfig, *, worker_factory: WorkerFactory = WorkerHandle
+    ) -> None:
+        """``worker_factory`` makes each worker's handle: ``WorkerHandle`` (a process)
+        unless a test injects fakes (``snakebridge_server.testing``)."""
         self.config = config
         self.boot = secrets.token_hex(4)
         self.sessions = SessionTable(
@@ -157,6 +161,7 @@ class Bridge:
                 on_worker_lost=self.sessions.worker_gone,
                 refs_of=self.sessions.refs_on,
                 policy=SupervisionPolicy.of(pc),
+                worker_factory=worker_factory,
             )
             uid_offset += pc.workers
         self._sweeper: asyncio.Task[None] | None = None

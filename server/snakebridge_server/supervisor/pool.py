@@ -289,7 +289,9 @@ class Pool:
             os.environ, level=self.spec.sandbox.level, scratch="", extra=dict(self.spec.env)
         )
         try:
-            await check_runtime(self.spec.python, env)
+            # Only worker processes run an interpreter; injected fakes have none to probe.
+            if self._worker_factory is WorkerHandle:
+                await check_runtime(self.spec.python, env)
         except WorkerStartError as exc:
             raise WorkerStartError(f"pool {self.name}: {exc}") from None
         try:
