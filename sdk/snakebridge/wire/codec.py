@@ -525,7 +525,10 @@ class _Decoder:
                 max_array_len=max_array,
                 max_map_len=max_map,
             )
-        return msgpack.unpackb(  # the same, without the hooks: C speed for small inputs
+        # The same, without the counting hooks: C speed for small inputs. Spelled out twice
+        # on purpose: one call with the hooks passed as **kwargs made a small call's decode
+        # 0.96 -> 2.34 µs, and this runs for every argument list and result.
+        return msgpack.unpackb(
             data,
             ext_hook=self.uncounted_ext,
             raw=False,
