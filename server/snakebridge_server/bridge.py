@@ -199,6 +199,8 @@ class Bridge:
             scratch_root=self.scratch_root,
             log_level=config.log_level,
             output_rate=config.worker_output_rate,
+            concurrency=pc.concurrency,
+            threads=pc.threads,
         )
 
     async def start(self) -> None:

@@ -135,6 +135,12 @@ class PoolConfig:
         (), "expose only these helper names (comma list)", each(_public_name), unique
     )
     max_queued: int = setting(4096, "calls queued per pool before PoolSaturated", at_least(1))
+    concurrency: int = setting(
+        1, "calls one worker runs at once (coroutines; sync ones with threads)", in_range(1, 1024)
+    )
+    threads: bool = setting(
+        False, "with concurrency > 1, run sync functions in a thread pool of that size"
+    )
     call_timeout: float = setting(300.0, "default per-call timeout, seconds", positive_seconds)
     max_call_timeout: float = setting(3600.0, "largest per-call timeout, seconds", positive_seconds)
     # -- sandbox (docs/sandbox.md) --

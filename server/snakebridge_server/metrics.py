@@ -77,6 +77,7 @@ class PoolGauges:
     live: int
     size: int
     restarts: Mapping[str, int] = field(default_factory=dict)  # reason -> count
+    workers: Sequence[tuple[str, int]] = ()  # (slot, requests in flight) of each worker
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,7 +209,7 @@ def _render_gauges(out: Exposition, gauges: Gauges) -> None:
     per_pool(
         "snakebridge_queue_depth",
         "gauge",
-        "Requests waiting behind the one each worker is running",
+        "Requests waiting behind the ones each worker is running",
         ((p.name, p.queue_depth) for p in pools),
     )
     per_pool(
@@ -223,6 +224,14 @@ def _render_gauges(out: Exposition, gauges: Gauges) -> None:
         "Workers the pool is configured to run",
         ((p.name, p.size) for p in pools),
     )
+    out.family(
+        "snakebridge_worker_in_flight",
+        "gauge",
+        "Requests on one worker, running or queued (up to the pool's concurrency run at once)",
+    )
+    for p in pools:
+        for slot, n in p.workers:
+            out.sample("snakebridge_worker_in_flight", ("pool", "slot"), (p.name, slot), n)
     out.family(
         "snakebridge_worker_restarts_total",
         "counter",
@@ -244,12 +253,15 @@ class _Loaded(Protocol):
     def in_flight(self) -> int: ...
 
 
-def queue_depth(workers: Iterable[_Loaded | None], retiring: Iterable[_Loaded] = ()) -> int:
-    """Requests queued behind the running one: a worker runs one request at a time."""
+def queue_depth(
+    workers: Iterable[_Loaded | None], retiring: Iterable[_Loaded] = (), concurrency: int = 1
+) -> int:
+    """Requests queued behind the ones running: a worker runs ``concurrency`` requests
+    at a time (the pool's setting)."""
     depth = 0
     for w in (*workers, *retiring):
-        if w is not None and w.in_flight > 1:
-            depth += w.in_flight - 1
+        if w is not None and w.in_flight > concurrency:
+            depth += w.in_flight - concurrency
     return depth
 
 

@@ -188,10 +188,11 @@ class BridgeService:
             PoolGauges(
                 name=p.name,
                 in_flight=p.in_flight,
-                queue_depth=queue_depth(p.workers, p.retiring),
+                queue_depth=queue_depth(p.workers, p.retiring, p.spec.concurrency),
                 live=p.live,
                 size=p.size,
                 restarts=dict(p.restarts),
+                workers=[(str(w.key.slot), w.in_flight) for w in p.workers if w is not None],
             )
             for p in bridge.pools.values()
         ]
