@@ -75,3 +75,10 @@ class Counter:
 
 def make_counter() -> Counter:
     return Counter()
+
+
+async def agen(n: int) -> object:
+    """An async generator function (streamed)."""
+    for i in range(n):
+        await asyncio.sleep(0)
+        yield i

@@ -139,12 +139,24 @@ async def test_an_uninterruptible_thread_gets_its_worker_replaced(make_server: A
 
 
 async def test_refs_streams_and_metrics_with_concurrency(make_server: Any) -> None:
-    srv = make_server("--workers", "2", "--concurrency", "4", "--metrics", "127.0.0.1:0")
+    srv = make_server("--workers", "1", "--concurrency", "4", "--metrics", "127.0.0.1:0")
     async with snakebridge.Client(srv.address) as client:
         counters = await _gather(*(client.call(H, "make_counter") for _ in range(6)))
         bumped = await _gather(*(client.call_method(c, "bump") for c in counters for _ in range(3)))
         assert sorted(bumped) == sorted([1, 2, 3] * 6)
         assert [n async for n in client.stream("builtins", "range", [5])] == [0, 1, 2, 3, 4]
+
+        async def drain() -> list[int]:
+            return [n async for n in client.stream(H, "agen", [50])]
+
+        # Async generators stream too, while coroutine calls overlap beside them.
+        streamed = await _gather(
+            drain(),
+            drain(),
+            *(client.call(H, "rendezvous", [2, "s"], timeout=30) for _ in range(2)),
+        )
+        assert streamed[0] == streamed[1] == list(range(50)), streamed
+        assert isinstance(streamed[2], int) and isinstance(streamed[3], int), streamed
         info = (await client.describe()).pools[0]
         assert all(w.in_flight == 0 for w in info.workers)
     line = srv.wait_for_log(r"metrics on http://\S+/metrics")
