@@ -29,7 +29,7 @@ from snakebridge.errors import (
     remote_error,
 )
 from snakebridge.wire.constants import (
-    AFFINITY_STRICT,
+    AFFINITIES,
     KIND_CLASS,
     KIND_FUNCTION,
     KIND_GET_ATTR,
@@ -113,8 +113,8 @@ def validate_call(req: CallRequestWire, *, iterate_ref: bool = False) -> None:
         raise BadRequest(f"a {KIND_NAMES[kind]} call needs a name")
     if kind in (KIND_FUNCTION, KIND_CLASS) and not (req.module or "." in req.name):
         raise BadRequest("a call needs a module, or a dotted name such as 'os.path.join'")
-    if req.affinity not in ("", AFFINITY_STRICT):
-        raise BadRequest(f"affinity must be '' or 'strict', not {req.affinity!r}")
+    if req.affinity not in AFFINITIES:
+        raise BadRequest(f"affinity must be one of {AFFINITIES}, not {req.affinity!r}")
     if req.timeout < 0 or req.timeout != req.timeout:
         raise BadRequest("timeout must be a positive number of seconds (0 = server default)")
     if kind != KIND_SET_ATTR and kind != KIND_HELPER and req.module.startswith("."):
@@ -320,7 +320,7 @@ class Bridge:
     @staticmethod
     async def _pick(pool: Pool, session: Session, affinity: str) -> WorkerHandle:
         try:
-            return await pool.pick(session.last_worker, affinity == AFFINITY_STRICT)
+            return await pool.pick(session.last_worker, affinity=affinity)
         except SessionLost:
             # Said once: the next strict call starts the session afresh on a live worker.
             session.last_worker = None

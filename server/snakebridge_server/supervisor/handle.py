@@ -262,6 +262,11 @@ class WorkerHandle:
         return self._router.load + len(self.open_streams)
 
     @property
+    def concurrency(self) -> int:
+        """Calls this worker runs at once (its pool's setting)."""
+        return self.spec.concurrency
+
+    @property
     def refs_held(self) -> int:
         """Refs of live sessions this worker holds, as the server's session table counts
         them (never negative)."""
