@@ -82,3 +82,19 @@ async def agen(n: int) -> object:
     for i in range(n):
         await asyncio.sleep(0)
         yield i
+
+
+def die_until(path: str, times: int) -> int:
+    """Kill this worker the first ``times`` calls (counted in the file at ``path``);
+    then return how many calls there were."""
+    try:
+        with open(path) as f:
+            count = int(f.read() or 0)
+    except FileNotFoundError:
+        count = 0
+    count += 1
+    with open(path, "w") as f:
+        f.write(str(count))
+    if count <= times:
+        os._exit(3)
+    return count
