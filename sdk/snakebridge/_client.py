@@ -20,9 +20,10 @@ from typing import Any, Final, TypeVar
 
 from . import _correlation
 from ._defaults import CallDefaults, check_affinity, retry_delay
+from ._gc_release import GcReleaser
 from ._refs import Ref, StreamRef
 from ._transport import CallMetadata, Transport
-from .errors import BridgeError, ProtocolMismatch
+from .errors import BridgeError, LimitExceeded, ProtocolMismatch
 from .wire import codec
 from .wire.constants import (
     CORRELATION_METADATA,
@@ -469,7 +470,10 @@ class Client(_Runtime):
     the memory a result or stream batch may decode into, in bytes: past it the call raises
     ``SerializationError`` before the memory is spent. None (the default) applies the
     limits the server applies to arguments: 32 MiB plus 16 bytes per received byte, at
-    most 1 GiB (docs/wire.md, section 3.5). Use as ``async with Client(...) as client:``;
+    most 1 GiB (docs/wire.md, section 3.5). With ``release_on_gc`` (the default), a
+    ``Ref`` or ``StreamRef`` Python garbage-collects is released on the server within
+    about a second, in batches, by a background task of the client (``False``: refs live
+    until released or their session ends). Use as ``async with Client(...) as client:``;
     leaving releases the auto session and closes the client. A client opens its connection
     on first use (``connect()``, which ``async with`` calls, also checks the protocol
     version); once closed, every RPC through it raises ``ClientClosed``: it never
@@ -485,6 +489,7 @@ class Client(_Runtime):
         timeout: float | None = None,
         correlation_id: str | None = None,
         max_decoded_size: int | None = None,
+        release_on_gc: bool = True,
     ) -> None:
         self.address = address or os.environ.get(_ADDRESS_ENV) or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
         # An explicit size replaces the ratio: how results are shaped is the remote
@@ -505,6 +510,9 @@ class Client(_Runtime):
             "snakebridge_call_defaults", default=None
         )
         self._auto_session: str | None = None
+        # Refs this client garbage-collects are released remotely, in batches, by a
+        # background task it owns (``_gc_release``); None: left to their sessions.
+        self._gc = GcReleaser(self._release_collected) if release_on_gc else None
         self._client = self
         self.server_version: str | None = None
 
@@ -565,6 +573,8 @@ class Client(_Runtime):
         await self._shut(for_good=True)
 
     async def _shut(self, *, for_good: bool) -> None:
+        if self._gc is not None:
+            await self._gc.close()
         try:
             if self._auto_session is not None and self._transport.connected:
                 session, self._auto_session = self._auto_session, None
@@ -714,7 +724,16 @@ class Client(_Runtime):
         return _check_timeout(timeout)
 
     def _make_ref(self, payload: codec.RefPayload) -> Ref:
-        return (StreamRef if payload.stream else Ref)(payload, self)
+        ref = (StreamRef if payload.stream else Ref)(payload, self)
+        return ref if self._gc is None else self._gc.adopt(ref)
+
+    async def _release_collected(self, session_id: str, ref_ids: list[str]) -> int:
+        """One ``ReleaseRef`` for refs the client garbage-collected (``_gc_release``)."""
+        req = pb.ReleaseRefRequest(
+            protocol_version=PROTOCOL_VERSION, ref_ids=ref_ids, session_id=session_id
+        )
+        reply = await self._unary("ReleaseRef", req, pb.ReleaseRefRequest, pb.ReleaseRefReply, 10.0)
+        return int(reply.released)
 
     def _decode(self, data: bytes) -> Any:
         return codec.decode(data, limits=self._limits, ref_factory=self._make_ref)
@@ -724,7 +743,18 @@ class Client(_Runtime):
         req = self._request(invocation)
         if invocation.idempotent:
             return self._decode((await self._retrying(req)).result)
-        reply = await self._unary("Call", req, CallRequestWire, CallReplyWire, req.timeout or None)
+        try:
+            reply = await self._unary(
+                "Call", req, CallRequestWire, CallReplyWire, req.timeout or None
+            )
+        except LimitExceeded:
+            # Over a ref cap while refs we dropped wait to be released: release them now
+            # and try once more.
+            if self._gc is None or not await self._gc.flush():
+                raise
+            reply = await self._unary(
+                "Call", req, CallRequestWire, CallReplyWire, req.timeout or None
+            )
         return self._decode(reply.result)
 
     async def _retrying(self, req: CallRequestWire) -> CallReplyWire:
