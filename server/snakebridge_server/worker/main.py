@@ -46,6 +46,7 @@ from snakebridge.wire.constants import (
     KIND_SET_ATTR,
 )
 from snakebridge.wire.text import clip
+from snakebridge.wire.values import loaded_type
 
 from ..channel import (
     CANCEL,
@@ -530,7 +531,17 @@ class Worker:
         owns it (the ``session_id`` a client wrote into the ref payload means nothing)."""
         if not args:
             return None
-        return codec.decode(args, ref_factory=lambda payload: self._lookup(payload, session_id))
+        return codec.decode(
+            args,
+            ref_factory=lambda payload: self._lookup(payload, session_id),
+            resolve_type=self._resolve_type,
+        )
+
+    def _resolve_type(self, name: str) -> type | None:
+        """The class of an enum member or record in the arguments, if its module is loaded
+        and the call policy lets calls reach it (building a record calls its class)."""
+        cls = loaded_type(name)
+        return None if cls is None else self._vetted(cls, callee=True)
 
     def _lookup(self, payload: RefPayload, session_id: str) -> Any:
         # The server never decodes args, so a malformed id inside them is first seen here:
