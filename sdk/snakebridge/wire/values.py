@@ -99,12 +99,14 @@ TypeResolver = Callable[[str], "type | None"]
 
 
 def enum_member(cls: type | None, name: Any, value: Any, type_str: str) -> Any:
-    """The member of ``cls`` named ``name`` (a composite flag: by ``value``), else a
-    ``RemoteEnum``."""
+    """The member of ``cls`` named ``name``, else the one of that ``value`` (a composite
+    flag), else a ``RemoteEnum``."""
     if cls is not None and issubclass(cls, enum.Enum):
+        if isinstance(name, str) and name in cls.__members__:
+            return cls.__members__[name]
         try:
-            return cls[name] if isinstance(name, str) and name else cls(value)
-        except (KeyError, ValueError, TypeError):
+            return cls(value)  # a composite flag ("R|W") or a renamed member
+        except (ValueError, TypeError):
             pass
     return RemoteEnum(type_str, name if isinstance(name, str) else "", value)
 
