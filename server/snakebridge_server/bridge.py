@@ -46,6 +46,7 @@ from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import PoolConfig, ServerConfig
 from .frames import Call, Ok, StreamOpen
 from .helper_sources import is_helper_file, source_module_name
+from .logs import note_routed_pool
 from .refids import WorkerKey, owner_of, parse_ref_id
 from .sandbox import SandboxSpec
 from .sandbox.policy import CallPolicy
@@ -308,6 +309,7 @@ class Bridge:
                 worker = pool.owner(owner)  # SessionLost once the owner has died
             else:
                 worker = await self._pick(pool, session, affinity)
+            note_routed_pool(pool.name)
             try:
                 result = await run(worker)
             except NeverStarted:
