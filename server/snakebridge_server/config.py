@@ -224,11 +224,22 @@ def _sandbox_not_below_min(pc: PoolConfig) -> Problem:
     return None
 
 
+def _threads_within_max_threads(pc: PoolConfig) -> Problem:
+    # A worker's own threads (main, streams) need room beside the pool of ``concurrency``.
+    if pc.threads and pc.concurrency > 1 and pc.concurrency + 8 > pc.max_threads:
+        return "concurrency", (
+            f"{pc.concurrency} threads (threads = true) do not fit max_threads "
+            f"{pc.max_threads}: raise max_threads to at least {pc.concurrency + 8}"
+        )
+    return None
+
+
 POOL_SETTINGS: Final = bind(PoolConfig, "pool")
 POOL_RULES: Final[tuple[Callable[[PoolConfig], Problem], ...]] = (
     _helper_allow_needs_helpers,
     _call_timeout_within_max,
     _sandbox_not_below_min,
+    _threads_within_max_threads,
 )
 
 

@@ -108,3 +108,13 @@ def test_when_the_worker_dies_sent_calls_may_have_run_held_ones_never_started() 
 def test_concurrency_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         ConcurrentReplyRouter(0)
+
+
+def test_a_thread_pool_must_fit_the_thread_limit() -> None:
+    from snakebridge_server.config import PoolConfig
+    from snakebridge_server.settings import ConfigError
+
+    PoolConfig(concurrency=100, threads=True, max_threads=256)
+    PoolConfig(concurrency=1000)  # coroutines: no threads needed
+    with pytest.raises(ConfigError, match="raise max_threads to at least 508"):
+        PoolConfig(concurrency=500, threads=True, max_threads=256)
