@@ -163,3 +163,17 @@ async def test_refs_streams_and_metrics_with_concurrency(make_server: Any) -> No
     url = line.split("metrics on ", 1)[1].split()[0]
     text = await anyio.to_thread.run_sync(_get, url)
     assert 'snakebridge_worker_in_flight{pool="default",slot="0"} 0' in text
+
+
+async def test_a_sync_call_on_the_loop_is_interrupted_and_the_worker_serves_on(
+    make_server: Any,
+) -> None:
+    srv = make_server("--workers", "1", "--concurrency", "4", "--cancel-grace", "5")
+    async with snakebridge.Client(srv.address) as client:
+        before = await _worker_pids(client)
+        with pytest.raises(errors.CallTimeout):
+            await client.call(H, "block", [60], timeout=0.5)
+        # Interrupted (SIGUSR1), not killed: the same worker answers at once.
+        assert await client.call(H, "pid", timeout=4) == before[0]
+        assert await _worker_pids(client) == before
+    assert "killing it" not in srv.log
