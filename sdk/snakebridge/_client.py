@@ -794,13 +794,15 @@ class Client(_Runtime):
             if kwargs is not None and not all(isinstance(k, str) for k in kwargs):
                 raise TypeError("kwargs keys must be strings")
             encoded = codec.encode([list(args), dict(kwargs or {})], ref_ids=ref_ids)
-        pool = invocation.pool
+        pool, timeout = invocation.pool, invocation.timeout
         defaults = self._defaults.get()
-        if defaults is not None:
+        if defaults is not None:  # inside a ``defaults()`` block
             pool = pool or defaults.pool
             affinity = defaults.affinity if affinity is None else affinity
-        check_affinity(affinity or None)
-        timeout = self._effective_timeout(invocation.timeout)
+            timeout = defaults.timeout if timeout is None else timeout
+        if affinity:
+            check_affinity(affinity)
+        timeout = _check_timeout(self.timeout if timeout is None else timeout)
         return CallRequestWire(
             protocol_version=PROTOCOL_VERSION,
             kind=invocation.kind,
