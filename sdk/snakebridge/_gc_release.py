@@ -45,6 +45,7 @@ class GcReleaser:
         """``release(session_id, ref_ids)`` sends one ``ReleaseRef``."""
         self._release = release
         self._queue: deque[tuple[str, str]] = deque()
+        self._queued: set[str] = set()  # the ref ids in ``_queue``
         self._lock = threading.Lock()  # finalizers run in whatever thread collects
         self._live: weakref.WeakValueDictionary[str, Ref] = weakref.WeakValueDictionary()
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -83,6 +84,7 @@ class GcReleaser:
                 self.dropped += 1
                 return
             self._queue.append((session_id, ref_id))
+            self._queued.add(ref_id)
         loop, wake = self._loop, self._wake
         if loop is None or wake is None:
             return
@@ -90,13 +92,17 @@ class GcReleaser:
             loop.call_soon_threadsafe(wake.set)
 
     def _forget_queued(self, ref_id: str) -> None:
+        if ref_id not in self._queued:  # the common case, without the lock
+            return
         with self._lock:
-            if any(r == ref_id for _, r in self._queue):
+            if ref_id in self._queued:
+                self._queued.discard(ref_id)
                 self._queue = deque(item for item in self._queue if item[1] != ref_id)
 
     def _take(self) -> dict[str, list[str]]:
         with self._lock:
             taken, self._queue = self._queue, deque()
+            self._queued = set()
         by_session: dict[str, list[str]] = {}
         for session_id, ref_id in taken:
             if ref_id not in self._live:  # not decoded again since
