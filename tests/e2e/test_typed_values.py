@@ -63,3 +63,26 @@ async def test_what_cannot_travel_by_value_or_is_unknown(make_server: Any, typed
         # Without the preload the worker does not know typed.Money: it gets a record.
         echoed = await client.call("builtins", "repr", [typed.Money(3)])
         assert "RemoteRecord(type_name='typed.Money', kind='registered'" in echoed
+
+
+async def test_a_typed_value_cannot_reach_a_class_the_policy_denies(make_server: Any) -> None:
+    """The attack: name a class of a denied module that the worker has loaded (its own
+    runtime imports ``signal`` and ``inspect``) and have the worker build it while
+    decoding the arguments. The worker checks the class like a call to it."""
+    srv = make_server("--workers", "1")
+    async with snakebridge.Client(srv.address) as client:
+        member = snakebridge.RemoteEnum("signal:Signals", "SIGKILL", 9)
+        with pytest.raises(snakebridge.errors.PolicyError, match=r"signal\.Signals"):
+            await client.call("builtins", "repr", [member])
+        record = snakebridge.RemoteRecord(
+            "inspect:ArgInfo",
+            "namedtuple",
+            {"args": [], "varargs": None, "keywords": None, "locals": {}},
+        )
+        with pytest.raises(snakebridge.errors.PolicyError, match="inspect"):
+            await client.call("builtins", "repr", [record])
+    # At sandbox level none (no policy) the same value is the member: the check is
+    # what refused it above.
+    srv_none = make_server("--workers", "1", "--sandbox", "none")
+    async with snakebridge.Client(srv_none.address) as client:
+        assert await client.call("builtins", "repr", [member]) == "<Signals.SIGKILL: 9>"
