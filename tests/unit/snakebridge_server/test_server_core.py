@@ -1,8 +1,8 @@
-"""Pure, synchronous server logic: ref ids, sessions, routing, framing, configuration."""
+"""Pure, synchronous server logic: ref ids, sessions, worker channel framing, configuration
+(the routing choices are in supervisor/test_pool_choice.py, the worker's tables in
+worker/test_worker_tables.py)."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import msgpack
 import pytest
@@ -21,9 +21,6 @@ from snakebridge_server.cli import build_config
 from snakebridge_server.config import ConfigError, ServerConfig
 from snakebridge_server.refids import WorkerKey, owner_of, parse_ref_id
 from snakebridge_server.sessions import SessionTable
-from snakebridge_server.supervisor.pool import choose_worker, restart_delay
-from snakebridge_server.worker.names import resolve
-from snakebridge_server.worker.refs import RefTable
 
 BOOT = "b00t"
 W0 = WorkerKey("default", 0, 1)
@@ -146,42 +143,6 @@ def test_dead_worker_refs_stop_counting_against_caps() -> None:
     assert s.last_worker == W0  # kept: a strict-affinity call must learn its worker died
 
 
-# -- routing --------------------------------------------------------------------------
-
-
-@dataclass
-class FakeWorker:
-    key: WorkerKey
-    alive: bool = True
-    in_flight: int = 0
-
-
-def test_least_loaded_live_worker_is_chosen() -> None:
-    a, b = FakeWorker(W0, in_flight=3), FakeWorker(W1, in_flight=1)
-    assert choose_worker([a, b], previous=None, strict=False) is b
-    b.alive = False
-    assert choose_worker([a, b], previous=None, strict=False) is a
-    assert choose_worker([None, FakeWorker(W1, alive=False)], previous=None, strict=False) is None
-
-
-def test_strict_affinity_returns_the_previous_worker_even_when_busier() -> None:
-    a, b = FakeWorker(W0, in_flight=9), FakeWorker(W1)
-    assert choose_worker([a, b], previous=W0, strict=True) is a
-    assert choose_worker([a, b], previous=W0, strict=False) is b
-
-
-def test_strict_affinity_to_a_dead_worker_is_session_lost() -> None:
-    a = FakeWorker(WorkerKey("default", 0, 2))  # slot 0 was replaced
-    with pytest.raises(SessionLost):
-        choose_worker([a], previous=W0, strict=True)
-
-
-def test_restart_backoff_grows_with_recent_crashes_and_is_capped() -> None:
-    delays = [restart_delay(n) for n in range(1, 12)]
-    assert delays[0] == 0.0
-    assert delays == sorted(delays) and delays[-1] == 5.0
-
-
 # -- worker channel framing ---------------------------------------------------------------
 
 
@@ -232,54 +193,6 @@ def test_oversized_frame_is_refused_from_its_header() -> None:
 def test_malformed_channel_message_is_rejected() -> None:
     with pytest.raises(ValueError):
         unpack_message(msgpack.packb({"not": "a list"}))
-
-
-# -- worker-side pieces that need no process ----------------------------------------------
-
-
-def test_ref_table_dedups_per_session_and_releases_by_session() -> None:
-    t = RefTable("b.default.0.1.", "default", max_refs=10)
-    obj = object()
-    r1, new1 = t.add(obj, "s", stream=False)
-    r2, new2 = t.add(obj, "s", stream=False)
-    r3, _ = t.add(obj, "other", stream=False)
-    assert (r1.id, new1, new2) == (r2.id, True, False)
-    assert r3.id != r1.id
-    assert t.get(r1.id, "s") is obj
-    assert t.release_session("s") == 1 and len(t) == 1
-
-
-def test_ref_table_tells_lost_from_released() -> None:
-    t = RefTable("b.default.0.2.", "default", max_refs=10)
-    ref, _ = t.add(object(), "s", stream=False)
-    assert t.release([ref.id], "s") == {"s": 1}
-    from snakebridge.errors import RefNotFound
-
-    with pytest.raises(RefNotFound):
-        t.get(ref.id, "s")
-    with pytest.raises(SessionLost):  # minted by incarnation 1 of the same slot
-        t.get(f"b.default.0.1.{TOKEN}", "s")
-
-
-def test_ref_table_cap_is_limit_exceeded() -> None:
-    t = RefTable("b.default.0.1.", "default", max_refs=1)
-    t.add(object(), "s", stream=False)
-    with pytest.raises(LimitExceeded):
-        t.add(object(), "s", stream=False)
-
-
-def test_resolve_walks_dotted_names_and_imports_submodules() -> None:
-    import os.path
-    import pathlib
-
-    assert resolve("os", "path.join") is os.path.join
-    assert resolve("pathlib", "Path.home") == pathlib.Path.home
-    assert resolve("", "os.path.join") is os.path.join
-    assert resolve("xml", "etree.ElementTree").__name__ == "xml.etree.ElementTree"
-    with pytest.raises(AttributeError):
-        resolve("math", "nope")
-    with pytest.raises(BadRequest):
-        resolve("", "no_such_module_xyz.f")
 
 
 # -- configuration ----------------------------------------------------------------------
