@@ -4,6 +4,8 @@ worker/test_worker_tables.py)."""
 
 from __future__ import annotations
 
+import itertools
+
 import msgpack
 import pytest
 from hypothesis import given, settings
@@ -159,15 +161,31 @@ _BLOBS = st.sampled_from([b"", b"small", bytes(range(256)) * 1024, b"\x07" * (30
 _FIELDS = st.one_of(st.integers(-5, 2**40), st.text(max_size=20), _BLOBS, st.none())
 
 
+def _edges(messages: list[list[object]]) -> list[int]:
+    """Stream offsets where the decoder changes what it reads: each frame's start, the end
+    of its 4-byte length and of its array head, and both ends of every part (a big blob's
+    body starts and ends on a part edge), plus the end of the stream."""
+    edges, pos = [], 0
+    for message in messages:
+        edges += [pos, pos + 4, pos + 5]
+        for part in pack_frame_parts(message):
+            pos += len(part)
+            edges.append(pos)
+    return edges
+
+
+# Where the chunks end matters only relative to the frame structure: a cut in the middle of
+# a 256 KiB body takes the same path as any other cut there. So cuts are drawn near every
+# edge (within 8 bytes), anywhere at random, and as runs of one-byte feeds across chosen
+# edges; the old form (cycling step sizes) spent up to 8 s feeding bodies 1-8 bytes at a
+# time and reached an edge with a tiny feed only by chance.
 @settings(max_examples=40, deadline=None)
 @given(
     messages=st.lists(st.lists(_FIELDS, min_size=1, max_size=20), min_size=1, max_size=4),
-    cuts=st.lists(
-        st.one_of(st.integers(1, 8), st.integers(4096, 400 * 1024)), min_size=2, max_size=30
-    ),
+    data=st.data(),
 )
 def test_big_blobs_frame_as_parts_and_reassemble_from_any_chunking(
-    messages: list[list[object]], cuts: list[int]
+    messages: list[list[object]], data: st.DataObject
 ) -> None:
     """A large argument or result is written as its own buffer (no msgpack copy) and
     collected into a frame-sized buffer: the bytes are pack_frame's, the messages come
@@ -175,11 +193,16 @@ def test_big_blobs_frame_as_parts_and_reassemble_from_any_chunking(
     for message in messages:
         assert b"".join(pack_frame_parts(message)) == pack_frame(message)
     stream = b"".join(b"".join(pack_frame_parts(m)) for m in messages)
-    dec, frames, pos, i = FrameDecoder(), [], 0, 0
-    while pos < len(stream):
-        step = cuts[i % len(cuts)]
-        frames += dec.feed(stream[pos : pos + step])
-        pos, i = pos + step, i + 1
+    edges = _edges(messages)
+    near_an_edge = st.sampled_from(edges).flatmap(lambda e: st.integers(e - 8, e + 8))
+    anywhere = st.integers(0, len(stream))
+    cuts = set(data.draw(st.lists(st.one_of(near_an_edge, anywhere), max_size=60)))
+    for edge in data.draw(st.lists(st.sampled_from(edges), max_size=4)):
+        cuts.update(range(edge - 8, edge + 9))  # one byte at a time across this edge
+    bounds = [0, *sorted(c for c in cuts if 0 < c < len(stream)), len(stream)]
+    dec, frames = FrameDecoder(), []
+    for start, end in itertools.pairwise(bounds):
+        frames += dec.feed(stream[start:end])
     assert [unpack_message(f) for f in frames] == messages
     assert dec.buffered == 0
 
