@@ -63,14 +63,20 @@ class Background:
         await self._ready.wait()
 
     def start_soon(
-        self, fn: Callable[..., Awaitable[Any]], *args: Any, name: str
+        self,
+        fn: Callable[..., Awaitable[Any]],
+        *args: Any,
+        name: str,
+        scope: anyio.CancelScope | None = None,
     ) -> anyio.CancelScope:
-        """Run ``fn(*args)`` in the group. The returned scope cancels this child alone."""
+        """Run ``fn(*args)`` in the group. The returned scope (``scope`` if given: made
+        by the caller, so the child can be told which is its own) cancels this child alone."""
         if self._closed:
             raise RuntimeError(
                 f"background tasks of {self.name} already closed: cannot start {name}"
             )
-        scope = anyio.CancelScope()
+        if scope is None:
+            scope = anyio.CancelScope()
         if self._group is None:
             self._ensure_host()
             self._pending.append((fn, args, name, scope))
