@@ -46,6 +46,7 @@ class Background:
         self._ready = asyncio.Event()
         self._finished = asyncio.Event()
         self._closed = False
+        self._children = 0  # asked for and not finished (pending ones included)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._group else "idle"
@@ -77,6 +78,7 @@ class Background:
             )
         if scope is None:
             scope = anyio.CancelScope()
+        self._children += 1
         if self._group is None:
             self._ensure_host()
             self._pending.append((fn, args, name, scope))
@@ -87,12 +89,17 @@ class Background:
     async def aclose(self) -> None:
         """Cancel every child and wait until each has finished."""
         self._closed = True
+        self._children -= len(self._pending)
         self._pending.clear()  # never started: nothing of theirs ran, nothing to undo
         if self._host is None:
             return
         if self._group is not None:
             self._group.cancel_scope.cancel()
-        await self._finished.wait()
+        if self._children:
+            await self._finished.wait()
+        # With no child left, the host ends by itself at its next step and there is
+        # nothing to wait for: closing then takes no loop iteration, as cancelling a set
+        # of finished tasks did (a worker's close waits on this after its exit).
 
     def _ensure_host(self) -> None:
         if self._host is None:
@@ -124,8 +131,10 @@ class Background:
         name: str,
         scope: anyio.CancelScope,
     ) -> None:
-        with scope:
-            try:
+        try:
+            with scope:
                 await fn(*args)
-            except Exception:
-                log.exception("%s: background task %s failed", self.name, name)
+        except Exception:
+            log.exception("%s: background task %s failed", self.name, name)
+        finally:
+            self._children -= 1
