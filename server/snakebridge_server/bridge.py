@@ -24,6 +24,7 @@ from snakebridge.errors import (
     LimitExceeded,
     PoolUnavailable,
     ProtocolMismatch,
+    RemoteError,
     SessionLost,
     WorkerCrashed,
     remote_error,
@@ -292,6 +293,8 @@ class Bridge:
                         raise
                     log.info("retrying idempotent call after a crash: %s", exc)
                     worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
+        except RemoteError:
+            raise  # the user's own TimeoutError (a remote one subclasses it) is not ours
         except TimeoutError:
             raise CallTimeout(f"call did not finish within {timeout:g}s") from None
         finally:
@@ -393,6 +396,8 @@ class Bridge:
                     try:
                         async with asyncio.timeout(pull_timeout):
                             return await w.stream_open(frame, self.sessions.ref_budget(session))
+                    except RemoteError:
+                        raise
                     except TimeoutError:
                         raise CallTimeout(
                             f"the iterator produced nothing for {pull_timeout:g}s"
@@ -417,8 +422,8 @@ class Bridge:
                         raise remote_error(*reply.error)
                     assert prefetch is not None
                     reply, prefetch = await prefetch, None
-        except CallTimeout:
-            raise  # a pull's own timeout, with its own message
+        except (CallTimeout, RemoteError):
+            raise  # a pull's own timeout, with its own message; the user's TimeoutError
         except TimeoutError:
             raise CallTimeout("the stream did not finish within its timeout") from None
         finally:
@@ -441,6 +446,8 @@ class Bridge:
                     self.sessions.ref_budget(session),
                     self._stream_limits(first=False),
                 )
+        except RemoteError:
+            raise
         except TimeoutError:
             raise CallTimeout(f"the iterator produced nothing for {timeout:g}s") from None
 
@@ -466,6 +473,8 @@ class Bridge:
                 # Queued behind a crash, it is routed again: to SessionLost (owner is dead).
                 worker, reply = await self._on_worker(pool, key, session, "", next_on)
             new_refs = reply.new_refs
+        except RemoteError:
+            raise
         except TimeoutError:
             raise CallTimeout(
                 f"StreamNext did not finish within {self._timeout(pool, timeout):g}s"
