@@ -31,6 +31,7 @@ __all__ = [
     "__version__",
     "correlation_id",
     "errors",
+    "remote_type",
 ]
 
 if TYPE_CHECKING:
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
         RemoteError,
         SessionLost,
         WorkerCrashed,
+        remote_type,
     )
 
 _LAZY = {
@@ -61,6 +63,7 @@ _LAZY = {
     "SessionLost": ".errors",
     "WorkerCrashed": ".errors",
     "correlation_id": "._correlation",
+    "remote_type": ".errors",
 }
 
 

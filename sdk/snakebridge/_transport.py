@@ -38,6 +38,7 @@ from .errors import (
     CallTimeout,
     ClientClosed,
     ConnectionFailed,
+    RemoteError,
     Unauthenticated,
 )
 from .wire import trailer
@@ -162,7 +163,7 @@ class RpcErrors:
     anything else (an SDK bug shows as itself).
     """
 
-    __slots__ = ("_cid", "_method", "_timeout_message", "_transport", "stream")
+    __slots__ = ("_cid", "_method", "_timeout_message", "_transport", "pending", "stream")
 
     def __init__(
         self, transport: Transport, method: str, cid: str | None, timeout_message: str
@@ -173,20 +174,28 @@ class RpcErrors:
         self._timeout_message = timeout_message
         #: The grpclib stream, once opened: its trailers name the error class.
         self.stream: Any = None
+        #: A RemoteError to raise after the ``with`` block (``raise_pending``).
+        self.pending: RemoteError | None = None
 
     def __enter__(self) -> RpcErrors:
         return self
 
     def __exit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    ) -> bool | None:
         if exc is None or isinstance(exc, BridgeError) or not isinstance(exc, Exception):
-            return
+            return None
         error: BridgeError
         if isinstance(exc, GRPCError):
             # Also raised on the way out (e.g. the server refused a request it did not
             # read and reset the stream while we were still sending it).
-            raise _error_from_grpc(exc, _trailers_of(self.stream), self._cid) from None
+            error = _error_from_grpc(exc, _trailers_of(self.stream), self._cid)
+            if isinstance(error, RemoteError):
+                # Raised here, it would get the GRPCError as __context__ over the remote
+                # chain it carries: the caller raises it after the with block instead.
+                self.pending = error
+                return True
+            raise error from None
         if is_transport_failure(exc):
             error = self._transport.connection_failed(self._method, exc)
         elif isinstance(exc, TimeoutError):
@@ -194,8 +203,14 @@ class RpcErrors:
         elif isinstance(exc, ProtocolError):
             error = BridgeError(f"{self._method}: gRPC protocol error: {exc}")
         else:
-            return
+            return None
         raise _tagged(error, self._cid) from exc
+
+    def raise_pending(self) -> None:
+        """Raise the remote error ``__exit__`` held back, outside any ``except``."""
+        if self.pending is not None:
+            error, self.pending = self.pending, None
+            raise error
 
 
 class Transport:
@@ -306,6 +321,7 @@ class Transport:
                 await stream.send_message(request, end=True)
                 reply = await stream.recv_message()
                 await stream.recv_trailing_metadata()
+        rpc.raise_pending()
         if reply is None:
             raise BridgeError(f"{method}: the server sent no reply message")
         return reply
@@ -357,3 +373,4 @@ class Transport:
                                 raise TimeoutError
                             yield item
                 await stream.recv_trailing_metadata()
+        rpc.raise_pending()

@@ -26,7 +26,6 @@ from snakebridge.errors import (
     ProtocolMismatch,
     SessionLost,
     WorkerCrashed,
-    remote_error,
 )
 from snakebridge.wire.constants import (
     AFFINITY_STRICT,
@@ -51,7 +50,7 @@ from .sandbox import SandboxSpec
 from .sandbox.policy import CallPolicy
 from .sandbox.spawn import make_scratch_root
 from .sessions import Session, SessionTable
-from .supervisor.handle import NeverStarted, StreamReply, WorkerHandle
+from .supervisor.handle import NeverStarted, StreamReply, WorkerHandle, remote_error_of
 from .supervisor.pool import Pool, SupervisionPolicy, WorkerFactory
 from .supervisor.spawn import WorkerSpec
 
@@ -400,7 +399,7 @@ class Bridge:
                         return
                     if reply.state == STREAM_ERROR:
                         assert reply.error is not None
-                        raise remote_error(*reply.error)
+                        raise remote_error_of(reply.error)
                     assert prefetch is not None
                     reply, prefetch = await prefetch, None
         except CallTimeout:

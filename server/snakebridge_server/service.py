@@ -25,6 +25,7 @@ from snakebridge.errors import (
     BridgeError,
     CallCancelled,
     PoolUnavailable,
+    RemoteError,
 )
 from snakebridge.wire import trailer
 from snakebridge.wire.constants import (
@@ -62,10 +63,18 @@ def error_trailer(exc: BridgeError) -> dict[str, bytes]:
     return trailer.pack(exc, info.correlation_id if info is not None else None)
 
 
+def status_message(exc: BridgeError) -> str:
+    """The human-readable ``grpc-message``: a remote error's type and message (its
+    ``str()`` is the message alone), any other error's message."""
+    if isinstance(exc, RemoteError) and exc.type_name:
+        return f"{exc.type_name}: {exc.message}"
+    return str(exc)
+
+
 async def send_error(stream: Stream[Any, Any], exc: BridgeError) -> None:
     await stream.send_trailing_metadata(
         status=Status(int(exc.grpc_status)),
-        status_message=clip(str(exc), _MAX_STATUS_MESSAGE),
+        status_message=clip(status_message(exc), _MAX_STATUS_MESSAGE),
         metadata=error_trailer(exc),
     )
 

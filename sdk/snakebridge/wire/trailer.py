@@ -2,8 +2,10 @@
 
 A failed RPC ends with its gRPC status and, in the trailing metadata key
 ``ERROR_TRAILER``, a msgpack map: ``code`` (a public error class name), ``message``,
-``correlation_id`` when known, and for a ``RemoteError`` the remote ``type`` and
-``traceback``. The server packs it (``pack``); the SDK unpacks it (``unpack``). Pure.
+``correlation_id`` when known, and for a ``RemoteError`` the remote exception's
+description (``wire.remote``: ``type``, ``traceback``, and the optional ``mro``, ``args``,
+OSError fields, ``notes`` and chain). The server packs it (``pack``); the SDK unpacks it
+(``unpack``). Pure.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any, Final
 
 import msgpack
 
-from ..errors import BridgeError, RemoteError, error_class, remote_error
+from ..errors import BridgeError, RemoteError, error_class
+from . import remote
 from .constants import ERROR_TRAILER
 from .text import clip
 
@@ -34,14 +37,16 @@ def public_name(exc: BridgeError) -> str:
 
 def pack(exc: BridgeError, correlation_id: str | None = None) -> dict[str, bytes]:
     """The trailing metadata that carries ``exc`` (server side)."""
-    details: dict[str, str] = {
+    details: dict[str, Any] = {
         "code": public_name(exc),
         "message": clip(exc.message, MAX_MESSAGE),
     }
     if correlation_id is not None:
         details["correlation_id"] = correlation_id
-    if isinstance(exc, RemoteError):
-        # Remote<Builtin> subclasses are rebuilt by the client from the type name.
+    if isinstance(exc, RemoteError) and exc.detail is not None:
+        # Bounded when it came in from the worker; the client rebuilds the classes.
+        details.update({k: v for k, v in exc.detail.items() if k != "message"})
+    elif isinstance(exc, RemoteError):
         details.update(
             type=exc.type_name[:MAX_TYPE_NAME],
             traceback=clip(exc.traceback, MAX_TRACEBACK, keep_end=True),
@@ -60,8 +65,11 @@ def unpack(trailers: Mapping[str, Any] | None) -> BridgeError | None:
         code = details["code"]
         message = details.get("message", "")
         error: BridgeError
-        if code == "RemoteError":
-            error = remote_error(details.get("type", ""), message, details.get("traceback", ""))
+        described = remote.bounded(details) if code == "RemoteError" else None
+        if described is not None:
+            error = remote.build(described)
+        elif code == "RemoteError":
+            error = remote.build({"type": "", "message": message})
         else:
             error = error_class(code)(message)
         cid = details.get("correlation_id")

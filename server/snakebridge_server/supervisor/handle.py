@@ -31,8 +31,8 @@ from snakebridge.errors import (
     RemoteError,
     WorkerCrashed,
     error_class,
-    remote_error,
 )
+from snakebridge.wire import remote
 
 from ..channel import (
     CANCEL,
@@ -194,17 +194,23 @@ class _Channel(asyncio.Protocol):
 
 
 def _error_from(err: Err) -> BridgeError:
-    _, code, type_name, text, tb = err
+    _, code, type_name, text, tb, detail = err
     if code == "RemoteError":
-        error = remote_error(type_name, text, tb)
-        if isinstance(error, (StopIteration, StopAsyncIteration)):
-            # Awaiting a future that holds a StopIteration returns its message as the
-            # result: the caller took the error text for a reply (an INTERNAL error).
-            # The plain class carries it; the client rebuilds the builtin subclass from
-            # the type name.
-            return RemoteError(text, type_name=type_name, traceback=tb)
-        return error
+        return remote_error_of([type_name, text, tb, detail])
     return error_class(code)(text)
+
+
+def remote_error_of(error: list[Any]) -> RemoteError:
+    """The ``RemoteError`` a worker described as ``[type, message, traceback, detail]``
+    (``frames.split_description``), bounded: the worker's user code could have written
+    the frame. Never a real ``StopIteration``: awaiting a future that holds one returns
+    its message as the result (the client rebuilds the class from the description)."""
+    type_name, text, tb, *rest = error
+    extra = remote.unpack_extra(rest[0]) if rest else {}
+    described = remote.bounded({**extra, "type": type_name, "message": text, "traceback": tb})
+    if described is None:
+        raise ValueError(f"a remote error of type {type_name!r}")
+    return remote.build(described, decode_args=False)
 
 
 class WorkerHandle:
