@@ -8,7 +8,9 @@ its wire message in one place (``Client._request``).
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import secrets
 import ssl as _ssl
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Generator, Mapping, Sequence
@@ -31,6 +33,7 @@ from .wire.constants import (
     KIND_HELPER,
     KIND_METHOD,
     KIND_MODULE_ATTR,
+    KIND_NAMES,
     PROTOCOL_VERSION,
 )
 from .wire.messages import CallReplyWire, CallRequestWire, StreamBatchWire, StreamRequestWire
@@ -335,6 +338,13 @@ class _Runtime:
         return ModuleProxy(self, name, "", options)
 
 
+def _what(req: CallRequestWire) -> str:
+    """How a timeout names the call: ``call math.sqrt``, ``method most_common``."""
+    kind = "call" if req.kind == KIND_FUNCTION else KIND_NAMES.get(req.kind, "call")
+    target = f"{req.module}.{req.name}" if req.module and req.name else req.module or req.name
+    return f"{kind} {target}"
+
+
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
@@ -488,8 +498,10 @@ class Client(_Runtime):
             else codec.Limits(max_decoded_size=max_decoded_size, max_expansion=0)
         )
         #: Sent with every RPC unless a ``snakebridge.correlation_id()`` block says
-        #: otherwise; None lets the server make one per RPC.
+        #: otherwise; None: the client makes one per RPC.
         self.correlation_id = _correlation.check_correlation_id(correlation_id)
+        self._cid_prefix = f"sbc-{secrets.token_hex(4)}-"
+        self._cid_counter = itertools.count(1)
         self._transport = Transport(self.address, ssl)
         self._metadata = {"authorization": f"Bearer {token}"} if token else None
         self.timeout = _check_timeout(timeout)
@@ -510,11 +522,17 @@ class Client(_Runtime):
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
 
-    def _call_metadata(self) -> CallMetadata:
-        """The metadata of one RPC, and the correlation id in it."""
+    def _call_metadata(self, deadline: bool = False) -> CallMetadata:
+        """The metadata of one RPC, and the correlation id in it: the caller's; else,
+        for an RPC with a client-side ``deadline``, one this client makes
+        (``sbc-<random>-<n>``), so that a timeout raised on the client names the id the
+        server logged; else none (the server makes one: an extra header costs about
+        20-40 µs of hpack per RPC, measured on a 2-core VM)."""
         cid = _correlation.current() or self.correlation_id
         if cid is None:
-            return self._metadata, None
+            if not deadline:
+                return self._metadata, None
+            cid = f"{self._cid_prefix}{next(self._cid_counter)}"
         return {**(self._metadata or {}), CORRELATION_METADATA: cid}, cid
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -673,7 +691,15 @@ class Client(_Runtime):
     async def _invoke(self, invocation: Invocation) -> Any:
         """Send one ``Call`` and decode its result."""
         req = self._request(invocation)
-        reply = await self._unary("Call", req, CallRequestWire, CallReplyWire, req.timeout or None)
+        reply = await self._transport.unary(
+            "Call",
+            req,
+            CallRequestWire,
+            CallReplyWire,
+            req.timeout or None,
+            self._call_metadata(bool(req.timeout)),
+            _what(req),
+        )
         return self._decode(reply.result)
 
     def _request(self, invocation: Invocation) -> CallRequestWire:
@@ -720,8 +746,9 @@ class Client(_Runtime):
             StreamRequestWire,
             StreamBatchWire,
             timeout,
-            self._call_metadata,
+            lambda: self._call_metadata(bool(timeout)),
             items_of,
+            f"the stream of {_what(call)}",
         )
 
     def _unary(
@@ -731,5 +758,5 @@ class Client(_Runtime):
         """One unary RPC with this client's metadata (a plain function returning the
         transport's coroutine: no extra frame per call)."""
         return self._transport.unary(
-            method, request, req_type, reply_type, timeout, self._call_metadata()
+            method, request, req_type, reply_type, timeout, self._call_metadata(bool(timeout))
         )

@@ -70,12 +70,23 @@ def parse_address(address: str) -> tuple[str | None, int | None, str | None]:
         if not path.startswith("/"):
             raise ValueError(f"unix socket address must be absolute: {address!r}")
         return None, None, path
+    scheme, sep, _ = address.partition("://")
+    if sep:
+        raise ValueError(
+            f"bad address {address!r}: a {scheme}:// URL is not an address; use HOST:PORT "
+            "(e.g. 127.0.0.1:50051) or unix:///abs/path.sock, and pass ssl= for TLS"
+        )
     host, sep, port = address.rpartition(":")
     if not sep:
         return address, DEFAULT_PORT, None
     if not port.isdigit():
         raise ValueError(f"bad address {address!r}: expected HOST:PORT or unix:///path")
     return host.strip("[]") or DEFAULT_HOST, int(port), None
+
+
+def _timed_out(what: str, timeout: float | None) -> str:
+    limit = f" ({timeout:g}s)" if timeout is not None else ""
+    return f"{what} did not finish within its timeout{limit}"
 
 
 def _error_from_grpc(
@@ -114,6 +125,18 @@ _TRANSPORT_ERRORS: Final = (StreamTerminatedError, OSError, EOFError, H2Error)
 #: ``AttributeError: 'Connection' object has no attribute '_transport'``. Its asserts
 #: and h2's internals fail the same way on a dead connection.
 _TRANSPORT_MODULES: Final = ("grpclib.", "h2.", "hpack.", "hyperframe.")
+
+
+def _received_goaway(channel: Any) -> bool:
+    """Whether the server sent this channel's connection a GOAWAY. grpclib 0.4.9 private:
+    ``Channel._protocol`` (an ``H2Protocol``) ``.connection._connection`` is the h2
+    ``H2Connection``, whose state machine becomes CLOSED only on a GOAWAY sent or
+    received, and grpclib's client never sends one. A grpclib that moves them loses the
+    finer message, never the error."""
+    protocol = getattr(channel, "_protocol", None)
+    h2 = getattr(getattr(protocol, "connection", None), "_connection", None)
+    state = getattr(getattr(h2, "state_machine", None), "state", None)
+    return getattr(state, "name", "") == "CLOSED"
 
 
 def is_transport_failure(exc: BaseException) -> bool:
@@ -291,7 +314,13 @@ class Transport:
         if closed:
             raw = f"the connection closed ({raw})"
         message = f"{method} to {self.address} failed: {raw}"
-        if self._ssl is None and closed:
+        if closed and ("GOAWAY" in raw or _received_goaway(self._channel)):
+            # The server spoke HTTP/2 and sent GOAWAY: not a TLS server dropping us.
+            message += (
+                "; the server ended the connection (HTTP/2 GOAWAY): it may be at its "
+                "--max-connections limit, shutting down, or closing an idle connection; retry"
+            )
+        elif self._ssl is None and closed:
             # A TLS server drops a plaintext client's HTTP/2 preface without a word.
             message += " (if the server serves TLS, pass Client(..., ssl=ssl_context))"
         return ConnectionFailed(message)
@@ -304,11 +333,14 @@ class Transport:
         reply_type: type[_Reply],
         timeout: float | None,
         metadata: CallMetadata,
+        what: str = "",
     ) -> _Reply:
-        """One unary RPC: ``request`` in, the reply message out, failures mapped."""
+        """One unary RPC: ``request`` in, the reply message out, failures mapped.
+        ``what`` names the call in a timeout's message (default: the method)."""
         headers, cid = metadata
         channel = self._ensure_channel(method, cid)
-        with RpcErrors(self, method, cid, f"{method} did not finish within {timeout}s") as rpc:
+        message = _timed_out(what or method, timeout)
+        with RpcErrors(self, method, cid, message) as rpc:
             rpc.stream = stream = channel.request(
                 SERVICE + method,
                 Cardinality.UNARY_UNARY,
@@ -335,6 +367,7 @@ class Transport:
         timeout: float | None,
         metadata: Callable[[], CallMetadata],
         items_of: Callable[[_Reply], Iterable[Any]],
+        what: str = "the stream",
     ) -> AsyncIterator[Any]:
         """One server-streaming RPC, as the items ``items_of`` finds in each reply.
 
@@ -344,7 +377,8 @@ class Transport:
         """
         headers, cid = metadata()
         channel = self._ensure_channel(method, cid)
-        with RpcErrors(self, method, cid, "the stream did not finish within its timeout") as rpc:
+        message = _timed_out(what, timeout)
+        with RpcErrors(self, method, cid, message) as rpc:
             rpc.stream = stream = channel.request(
                 SERVICE + method,
                 Cardinality.UNARY_STREAM,

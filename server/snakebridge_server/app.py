@@ -28,7 +28,7 @@ from .logs import configure as configure_logging
 from .metrics_http import MetricsServer
 from .reflection import with_reflection
 from .sandbox.report import sandbox_report
-from .service import BridgeService
+from .service import BridgeService, size_advice
 from .supervisor.spawn import WorkerStartError
 from .tls import server_ssl_context
 
@@ -85,6 +85,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             read_timeout=config.handshake_timeout,
             max_watches=config.max_health_watches,
             watch_duration=config.idle_timeout,
+            bridge_advice=size_advice(config.max_message_size),
         )
         server = GrpcServer(
             requests.services(with_reflection([service, Health(checks)])),

@@ -374,7 +374,11 @@ class _Protocol(H2Protocol):
 # -- per request ---------------------------------------------------------------------------
 
 
-async def read_message(stream: Stream[Any, Any], limit: int) -> Any:
+async def read_message(
+    stream: Stream[Any, Any],
+    limit: int,
+    advice: str = "pass big values by ref or raise --max-message-size",
+) -> Any:
     """The next request message, or None at the end of the request stream; refuses one
     longer than ``limit`` bytes from its length prefix, having read nothing of its body.
 
@@ -392,8 +396,7 @@ async def read_message(stream: Stream[Any, Any], limit: int) -> Any:
         raise BadRequest("compressed messages are not supported")
     if length > limit:
         raise LimitExceeded(
-            f"the request message is {length} bytes, over the {limit}-byte limit; "
-            "pass big values by ref or raise --max-message-size"
+            f"the request message is {length} bytes, over the {limit}-byte limit; {advice}"
         )
     body = await h2.recv_data(length)
     if len(body) < length:

@@ -27,7 +27,7 @@ from snakebridge.errors import (
     PoolUnavailable,
     RemoteError,
 )
-from snakebridge.wire import trailer
+from snakebridge.wire import codec, trailer
 from snakebridge.wire.constants import (
     CORRELATION_METADATA,
     KIND_GET_ATTR,
@@ -61,6 +61,17 @@ _ENVELOPE = 4 * 1024 * 1024  # names, ids and up to 10,000 arg_refs (see bridge.
 def error_trailer(exc: BridgeError) -> dict[str, bytes]:
     info = CALL.get()
     return trailer.pack(exc, info.correlation_id if info is not None else None)
+
+
+def size_advice(max_message_size: int) -> str:
+    """What a client whose message is too large can do: raising ``--max-message-size``
+    only helps below the codec's decode limit (64 MiB), its maximum."""
+    if max_message_size < codec.DEFAULT_LIMITS.max_size:
+        return "pass big values by ref or raise --max-message-size"
+    return (
+        f"pass big values by ref or in pieces ({max_message_size} bytes, the most "
+        "--max-message-size allows, is already the limit)"
+    )
 
 
 def status_message(exc: BridgeError) -> str:

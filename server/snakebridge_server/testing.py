@@ -73,7 +73,7 @@ from .config import PoolConfig, ServerConfig
 from .frames import Call, Err, Ok, Ready, Reply
 from .refids import WorkerKey
 from .service import BridgeService
-from .supervisor.handle import WorkerHandle, WorkerState, _Channel
+from .supervisor.handle import WorkerHandle, WorkerState, _Channel, exit_reason
 from .supervisor.spawn import WorkerSpec
 
 __all__ = [
@@ -166,7 +166,7 @@ class _FakeProcess:
             self.sock.shutdown(socket.SHUT_RDWR)
         worker = self.worker
         if worker.state != WorkerState.DEAD:  # as WorkerHandle._reap
-            worker._fail(f"worker process exited with code {code}")
+            worker._fail(exit_reason(code))
         worker.exited.set()
 
     async def serve(self) -> None:

@@ -116,7 +116,7 @@ async def test_a_crash_during_a_call_is_worker_crashed_and_the_worker_is_replace
         return call.worker.key.incarnation
 
     async with serve_in_memory(script) as (client, bridge, _, workers):
-        with pytest.raises(WorkerCrashed, match="exited with code -11"):
+        with pytest.raises(WorkerCrashed, match=r"killed by SIGSEGV \(signal 11\)"):
             await client.call("m", "crash")
         assert await client.call("m", "where") == 2  # waited for the replacement
         assert [w.key.incarnation for w in workers] == [1, 2]

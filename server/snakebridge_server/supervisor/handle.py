@@ -190,7 +190,57 @@ class _Channel(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
             self.ready.set_exception(WorkerStartError("worker closed its channel during start"))
-        self.handle._fail("worker process exited")
+        handle = self.handle
+        code = exit_status(handle.pid)
+        if code is not None or handle._proc is None:
+            handle._fail(exit_reason(code))
+            return
+        # The kernel closes a dying process's files before it can be waited for: give
+        # _reap a moment to say how it ended (a signal), then fail without knowing.
+        handle._lost_timer = asyncio.get_running_loop().call_later(
+            _EXIT_STATUS_WAIT, handle._fail, "worker process exited (its channel closed)"
+        )
+
+
+_EXIT_STATUS_WAIT: Final = 0.5
+_SIGNAL_HINTS: Final = {
+    "SIGKILL": "; the kernel's OOM killer, or another process, sent it",
+    "SIGSEGV": "; a crash in native code (a C extension)",
+    "SIGBUS": "; a crash in native code (a C extension)",
+    "SIGABRT": "; native code aborted",
+    "SIGXCPU": "; the CPU time limit",
+}
+
+
+def exit_status(pid: int) -> int | None:
+    """How process ``pid`` ended, as ``returncode`` says it (``-N`` for signal N), if it
+    has; the child stays waitable (``WNOWAIT``), so asyncio still reaps it."""
+    if pid <= 0:
+        return None
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except (ChildProcessError, OSError):
+        return None
+    if info is None:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return info.si_status
+    return -info.si_status
+
+
+def exit_reason(code: int | None) -> str:
+    """What a worker's death is reported as, naming the signal that killed it. Pure."""
+    if code is None:
+        return "worker process exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return (
+            f"worker process exited: killed by {name} (signal {-code}){_SIGNAL_HINTS.get(name, '')}"
+        )
+    return f"worker process exited with code {code}"
 
 
 def _error_from(err: Err) -> BridgeError:
@@ -252,6 +302,7 @@ class WorkerHandle:
         self.scratch = ""
         self._output_done = asyncio.Event()
         self._drop_report: asyncio.TimerHandle | None = None  # "N lines not logged"
+        self._lost_timer: asyncio.TimerHandle | None = None  # channel closed, exit unknown
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.key} pid={self.pid} {self.state} in_flight={self.in_flight}>"
@@ -447,7 +498,7 @@ class WorkerHandle:
         assert self._proc is not None
         code = await self._proc.wait()
         if self.state != DEAD:
-            self._fail(f"worker process exited with code {code}")
+            self._fail(exit_reason(code))
         self._remove_scratch()
         self.exited.set()
 
@@ -627,6 +678,8 @@ class WorkerHandle:
         previous = self.state
         self.state = DEAD
         self.death_reason = reason
+        if self._lost_timer is not None:
+            self._lost_timer.cancel()
         for timer in self._kill_timers.values():
             timer.cancel()
         self._kill_timers.clear()
