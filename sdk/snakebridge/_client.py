@@ -38,6 +38,7 @@ from .wire.constants import (
 )
 from .wire.messages import CallReplyWire, CallRequestWire, StreamBatchWire, StreamRequestWire
 from .wire.pb import v1 as pb
+from .wire.text import call_label
 
 __all__ = ["Client", "ModuleProxy", "RemoteStream", "Session"]
 
@@ -340,9 +341,7 @@ class _Runtime:
 
 def _what(req: CallRequestWire) -> str:
     """How a timeout names the call: ``call math.sqrt``, ``method most_common``."""
-    kind = "call" if req.kind == KIND_FUNCTION else KIND_NAMES.get(req.kind, "call")
-    target = f"{req.module}.{req.name}" if req.module and req.name else req.module or req.name
-    return f"{kind} {target}"
+    return call_label(KIND_NAMES.get(req.kind, ""), req.module, req.name)
 
 
 def _check_timeout(timeout: float | None) -> float | None:

@@ -44,6 +44,7 @@ from .errors import (
 from .wire import trailer
 from .wire.constants import DEFAULT_HOST, DEFAULT_PORT, SERVICE
 from .wire.h2_repr import use_cheap_data_frame_repr
+from .wire.text import timed_out
 
 use_cheap_data_frame_repr()
 
@@ -82,11 +83,6 @@ def parse_address(address: str) -> tuple[str | None, int | None, str | None]:
     if not port.isdigit():
         raise ValueError(f"bad address {address!r}: expected HOST:PORT or unix:///path")
     return host.strip("[]") or DEFAULT_HOST, int(port), None
-
-
-def _timed_out(what: str, timeout: float | None) -> str:
-    limit = f" ({timeout:g}s)" if timeout is not None else ""
-    return f"{what} did not finish within its timeout{limit}"
 
 
 def _error_from_grpc(
@@ -339,7 +335,7 @@ class Transport:
         ``what`` names the call in a timeout's message (default: the method)."""
         headers, cid = metadata
         channel = self._ensure_channel(method, cid)
-        message = _timed_out(what or method, timeout)
+        message = timed_out(what or method, timeout)
         with RpcErrors(self, method, cid, message) as rpc:
             rpc.stream = stream = channel.request(
                 SERVICE + method,
@@ -377,7 +373,7 @@ class Transport:
         """
         headers, cid = metadata()
         channel = self._ensure_channel(method, cid)
-        message = _timed_out(what, timeout)
+        message = timed_out(what, timeout)
         with RpcErrors(self, method, cid, message) as rpc:
             rpc.stream = stream = channel.request(
                 SERVICE + method,

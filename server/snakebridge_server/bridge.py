@@ -40,6 +40,7 @@ from snakebridge.wire.constants import (
     PROTOCOL_VERSION,
 )
 from snakebridge.wire.messages import CallRequestWire
+from snakebridge.wire.text import call_label, timed_out
 
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import PoolConfig, ServerConfig
@@ -279,7 +280,8 @@ class Bridge:
                     log.info("retrying idempotent call after a crash: %s", exc)
                     worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
         except TimeoutError:
-            raise CallTimeout(f"call did not finish within {timeout:g}s") from None
+            what = call_label(KIND_NAMES.get(req.kind, ""), req.module, req.name)
+            raise CallTimeout(timed_out(what, timeout)) from None
         finally:
             self.sessions.end_call(
                 session,

@@ -411,10 +411,14 @@ async def read_message(
     return message
 
 
-async def recv_bounded(stream: Stream[Any, Any], limit: int) -> Any:
-    """The request's message, refusing one longer than ``limit`` bytes; ``BadRequest``
-    when the request carried none."""
-    message = await read_message(stream, limit)
+async def recv_bounded(
+    stream: Stream[Any, Any],
+    limit: int,
+    advice: str = "pass big values by ref or raise --max-message-size",
+) -> Any:
+    """The request's message, refusing one longer than ``limit`` bytes (the refusal ends
+    with ``advice``); ``BadRequest`` when the request carried none."""
+    message = await read_message(stream, limit, advice)
     if message is None:
         raise BadRequest("the request carried no message")
     return message

@@ -109,6 +109,7 @@ class BridgeService:
         self._shut_down: set[asyncio.Task[Any]] = set()  # stragglers cancelled by drain()
         # Argument bytes plus the request's own (bounded) fields.
         self.max_request = bridge.config.max_message_size + _ENVELOPE
+        self.size_advice = size_advice(bridge.config.max_message_size)
         self.metrics = Metrics() if bridge.config.metrics else None
         # Ids the server makes for calls that come without one: unique per run, cheap.
         self._cid_prefix = f"sb-{secrets.token_hex(4)}-"
@@ -155,7 +156,7 @@ class BridgeService:
             try:
                 if bad_cid:
                     raise BadRequest(f"{CORRELATION_METADATA} must be 1-128 printable ASCII")
-                request = await recv_bounded(stream, self.max_request)
+                request = await recv_bounded(stream, self.max_request, self.size_advice)
                 if unary:
                     await stream.send_message(await fn(request))
                 else:

@@ -101,3 +101,15 @@ def huge_message(n: int) -> None:
 def fails_in_stream() -> Iterator[int]:
     yield 1
     json.loads("{")
+
+
+def sleep(seconds: float) -> None:
+    import time
+
+    time.sleep(seconds)
+
+
+def kill_self(signal_name: str) -> None:
+    import signal
+
+    os.kill(os.getpid(), getattr(signal, signal_name))
