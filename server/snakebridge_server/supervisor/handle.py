@@ -63,6 +63,7 @@ from ..logs import current_correlation_id
 from ..refids import WorkerKey
 from ..sandbox import SandboxSpec
 from ..sandbox.policy import level_at_least
+from ..sandbox.report import root_reason
 from ..sandbox.spawn import sandbox_uid, unreadable_by_others, worker_env
 from .output import OutputPump
 from .router import FalseFrame, ReplyRouter
@@ -301,6 +302,8 @@ class WorkerHandle:
         self.helper_info: list[tuple[str, str, str]] = []  # (name, signature, doc), from READY
         self.scratch = ""
         self._lost_timer: asyncio.TimerHandle | None = None  # channel closed, exit unknown
+        #: A sandboxed worker of a root server left running as root (no uid of its own).
+        self.runs_as_root = False
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.key} pid={self.pid} {self.state} in_flight={self.in_flight}>"
@@ -355,7 +358,8 @@ class WorkerHandle:
             )
             # The worker switches to ``sandbox.uid`` itself, first thing (uvloop's
             # subprocess_exec has no user=/group=).
-            sandbox, _ = await self._prepare_sandbox(env)
+            sandbox, uid = await self._prepare_sandbox(env)
+            self.runs_as_root = sandbox.level != "none" and uid == 0 and os.geteuid() == 0
             if sandbox.scratch:
                 env["HOME"] = env["TMPDIR"] = sandbox.scratch
             argv = worker_argv(
@@ -407,6 +411,11 @@ class WorkerHandle:
                 raise WorkerStartError(
                     f"worker {self.key} reached sandbox level {self.sandbox_level!r}, below "
                     f"min_sandbox {self.spec.min_sandbox!r}: {'; '.join(self.sandbox_layers)}"
+                )
+            if self.runs_as_root and self.spec.min_sandbox != "none":
+                raise WorkerStartError(
+                    f"worker {self.key} runs as root (uid 0), which min_sandbox "
+                    f"{self.spec.min_sandbox!r} does not accept: {root_reason(self.sandbox_layers)}"
                 )
         except BaseException as exc:
             if isinstance(exc, WorkerStartError):
