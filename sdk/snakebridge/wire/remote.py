@@ -26,16 +26,25 @@ from . import codec
 from .text import clip
 
 #: Bounds on what travels, per description; a link of the chain gets the smaller ones.
+#: Every field at its bound, for the top and each link, packs into about 36 KiB
+#: (``tests/unit/test_remote_errors.py``), under the trailer's cap (``trailer``), which
+#: keeps the header under hpack's 64 KiB header-list limit once base64-encoded.
 MAX_TYPE_NAME: Final = 512
-MAX_MRO: Final = 16
+MAX_MRO: Final = 12
+MAX_LINK_MRO: Final = 4
+MAX_MRO_NAME: Final = 128
 MAX_MESSAGE: Final = 8 * 1024
-MAX_LINK_MESSAGE: Final = 1024
-MAX_TRACEBACK: Final = 16 * 1024
-MAX_LINK_TRACEBACK: Final = 4 * 1024
-MAX_ARGS: Final = 2048  # encoded bytes
-MAX_NOTES: Final = 8
-MAX_NOTE: Final = 1024
-MAX_FILENAME: Final = 1024
+MAX_LINK_MESSAGE: Final = 256
+MAX_TRACEBACK: Final = 12 * 1024
+MAX_LINK_TRACEBACK: Final = 1024
+MAX_ARGS: Final = 1024  # encoded bytes
+MAX_LINK_ARGS: Final = 128
+MAX_NOTES: Final = 4
+MAX_LINK_NOTES: Final = 2
+MAX_NOTE: Final = 512
+MAX_LINK_NOTE: Final = 256
+MAX_FILENAME: Final = 512
+MAX_LINK_NAME: Final = 256  # a link's type name and file names
 MAX_STRERROR: Final = 256
 MAX_CHAIN: Final = 3  # chained exceptions below the one raised
 TRACEBACK_FRAMES: Final = 20
@@ -70,18 +79,20 @@ def _describe(
     except BaseException:  # a broken __str__ must not break error reporting
         message = f"<unprintable {type(exc).__name__}>"
     out: dict[str, Any] = {
-        "type": qualified(type(exc))[:MAX_TYPE_NAME],
+        "type": qualified(type(exc))[: MAX_TYPE_NAME if top else MAX_LINK_NAME],
         "message": clip(message, MAX_MESSAGE if top else MAX_LINK_MESSAGE),
         "traceback": clip(
             _own_traceback(exc), MAX_TRACEBACK if top else MAX_LINK_TRACEBACK, keep_end=True
         ),
-        "mro": [qualified(c)[:MAX_TYPE_NAME] for c in type(exc).__mro__[:-1]][:MAX_MRO],
+        "mro": [qualified(c)[:MAX_MRO_NAME] for c in type(exc).__mro__[:-1]][
+            : MAX_MRO if top else MAX_LINK_MRO
+        ],
     }
-    args = _encoded_args(exc)
+    args = _encoded_args(exc, MAX_ARGS if top else MAX_LINK_ARGS)
     if args is not None:
         out["args"] = args
     if isinstance(exc, OSError):
-        out.update(_os_fields(exc))
+        out.update(_os_fields(exc, MAX_FILENAME if top else MAX_LINK_NAME))
     notes = [n for n in getattr(exc, "__notes__", None) or () if isinstance(n, str)]
     if explain is not None:
         try:
@@ -92,7 +103,8 @@ def _describe(
             notes.append(extra)
     if notes:
         # The worker's own note last: it survives the cut.
-        out["notes"] = [clip(n, MAX_NOTE) for n in notes[-MAX_NOTES:]]
+        count, size = (MAX_NOTES, MAX_NOTE) if top else (MAX_LINK_NOTES, MAX_LINK_NOTE)
+        out["notes"] = [clip(n, size) for n in notes[-count:]]
     link, key = _link_of(exc)
     if link is not None and depth < MAX_CHAIN and id(link) not in seen:
         seen.add(id(link))
@@ -120,7 +132,7 @@ def _own_traceback(exc: BaseException) -> str:
         return f"<traceback of {type(exc).__name__} could not be formatted>"
 
 
-def _encoded_args(exc: BaseException) -> bytes | None:
+def _encoded_args(exc: BaseException, limit: int) -> bytes | None:
     args = exc.args
     try:
         if sum(sys.getsizeof(a) for a in args) > _SHALLOW_ARGS:
@@ -130,10 +142,10 @@ def _encoded_args(exc: BaseException) -> bytes | None:
         return None
     except Exception:  # user objects' __sizeof__ and the like: args stay local
         return None
-    return data if len(data) <= MAX_ARGS else None
+    return data if len(data) <= limit else None
 
 
-def _os_fields(exc: OSError) -> dict[str, Any]:
+def _os_fields(exc: OSError, name_limit: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if type(exc.errno) is int:
         out["errno"] = exc.errno
@@ -144,7 +156,7 @@ def _os_fields(exc: OSError) -> dict[str, Any]:
         if isinstance(value, bytes):
             value = value.decode("utf-8", "backslashreplace")
         if isinstance(value, str):
-            out[key] = value[:MAX_FILENAME]
+            out[key] = value[:name_limit]
     return out
 
 
@@ -189,7 +201,7 @@ def bounded(raw: Any, depth: int = 0) -> dict[str, Any] | None:
         return None
     top = depth == 0
     out: dict[str, Any] = {
-        "type": raw["type"][:MAX_TYPE_NAME],
+        "type": raw["type"][: MAX_TYPE_NAME if top else MAX_LINK_NAME],
         "message": _text(raw.get("message"), MAX_MESSAGE if top else MAX_LINK_MESSAGE),
         "traceback": _text(
             raw.get("traceback"), MAX_TRACEBACK if top else MAX_LINK_TRACEBACK, keep_end=True
@@ -197,20 +209,21 @@ def bounded(raw: Any, depth: int = 0) -> dict[str, Any] | None:
     }
     mro = raw.get("mro")
     if isinstance(mro, list):
-        out["mro"] = [n[:MAX_TYPE_NAME] for n in mro[:MAX_MRO] if isinstance(n, str) and n]
+        most = MAX_MRO if top else MAX_LINK_MRO
+        out["mro"] = [n[:MAX_MRO_NAME] for n in mro[:most] if isinstance(n, str) and n]
     args = raw.get("args")
-    if isinstance(args, bytes) and len(args) <= MAX_ARGS:
+    if isinstance(args, bytes) and len(args) <= (MAX_ARGS if top else MAX_LINK_ARGS):
         out["args"] = args
     if type(raw.get("errno")) is int and -(2**31) <= raw["errno"] < 2**31:
         out["errno"] = raw["errno"]
-    for key, cap in (("strerror", MAX_STRERROR), ("filename", MAX_FILENAME)):
+    name_cap = MAX_FILENAME if top else MAX_LINK_NAME
+    for key, cap in (("strerror", MAX_STRERROR), ("filename", name_cap), ("filename2", name_cap)):
         if isinstance(raw.get(key), str):
             out[key] = raw[key][:cap]
-    if isinstance(raw.get("filename2"), str):
-        out["filename2"] = raw["filename2"][:MAX_FILENAME]
     notes = raw.get("notes")
     if isinstance(notes, list):
-        kept = [_text(n, MAX_NOTE) for n in notes[-MAX_NOTES:] if isinstance(n, str)]
+        count, size = (MAX_NOTES, MAX_NOTE) if top else (MAX_LINK_NOTES, MAX_LINK_NOTE)
+        kept = [_text(n, size) for n in notes[-count:] if isinstance(n, str)]
         if kept:
             out["notes"] = kept
     if depth < MAX_CHAIN:

@@ -23,8 +23,12 @@ from .text import clip
 # hpack's cost grows with the square of a header's size: keep the trailer small. A little
 # above the worker's own cuts, so text it already clipped is not clipped twice.
 MAX_MESSAGE: Final = 8 * 1024 + 64
-MAX_TRACEBACK: Final = 16 * 1024 + 64
+MAX_TRACEBACK: Final = remote.MAX_TRACEBACK + 64
 MAX_TYPE_NAME: Final = 512
+#: The packed trailer at most: base64 makes it 4/3 larger, and hpack's decoder (the
+#: client's) refuses a header list over 64 KiB. A remote error at every bound of
+#: ``wire.remote`` packs into about 26 KiB.
+MAX_TRAILER: Final = 40 * 1024
 
 
 def public_name(exc: BridgeError) -> str:
@@ -51,7 +55,12 @@ def pack(exc: BridgeError, correlation_id: str | None = None) -> dict[str, bytes
             type=exc.type_name[:MAX_TYPE_NAME],
             traceback=clip(exc.traceback, MAX_TRACEBACK, keep_end=True),
         )
-    return {ERROR_TRAILER: msgpack.packb(details, use_bin_type=True)}
+    packed: bytes = msgpack.packb(details, use_bin_type=True)
+    if len(packed) > MAX_TRAILER:  # never at the bounds of wire.remote; a last guard
+        for key in ("cause", "context", "notes", "args", "mro"):
+            details.pop(key, None)
+        packed = msgpack.packb(details, use_bin_type=True)
+    return {ERROR_TRAILER: packed}
 
 
 def unpack(trailers: Mapping[str, Any] | None) -> BridgeError | None:
