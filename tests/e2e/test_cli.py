@@ -104,3 +104,18 @@ def test_min_sandbox_standard_refuses_workers_left_as_root() -> None:
     )
     assert started.returncode == 1
     assert "does not accept" in started.stderr
+
+
+def test_min_sandbox_standard_accepts_workers_with_a_uid_of_their_own() -> None:
+    """The other side of the rule: a root server whose runtime others can read gives
+    each worker its own uid, and --min-sandbox standard starts it without a warning."""
+    from .test_sandbox_escapes import DEBIAN_PYTHON, _debian_worker_env  # skips if unusable
+
+    env = {**os.environ, **_debian_worker_env()}
+    done = run_bridge_server(
+        "check", "--workers", "1", "--listen", "127.0.0.1:0", "--python", DEBIAN_PYTHON,
+        "--min-sandbox", "standard",
+        env=env,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "WARNING" not in done.stdout and "uid: 61000" in done.stdout
