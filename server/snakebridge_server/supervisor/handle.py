@@ -193,7 +193,8 @@ class _Channel(asyncio.Protocol):
             self.ready.set_exception(WorkerStartError("worker closed its channel during start"))
         handle = self.handle
         code = exit_status(handle.pid)
-        if code is not None or handle._proc is None:
+        if code is not None or handle._proc is None or handle.state == WorkerState.CLOSING:
+            # Known already, or closed by us (recycling, shutdown): nothing to wait for.
             handle._fail(exit_reason(code))
             return
         # The kernel closes a dying process's files before it can be waited for: give
