@@ -1,12 +1,11 @@
-"""Remote exceptions as data (``snakebridge.wire.remote``, ``errors.remote_type``) and the
-other pure parts of the error messages: no server, no loop."""
+"""Remote exceptions as data (``snakebridge.wire.remote``, ``wire.trailer``,
+``errors.remote_type``), the way a worker describes them, a server forwards them and a
+client rebuilds them: no server, no loop."""
 
 from __future__ import annotations
 
 import errno
 import json
-import os
-import socket
 import sys
 from typing import Any
 
@@ -15,13 +14,9 @@ import pytest
 
 import snakebridge
 from snakebridge import errors
-from snakebridge._transport import parse_address
-from snakebridge.wire import codec, remote, trailer
-from snakebridge.wire.text import call_label, timed_out
-from snakebridge_server.sandbox.explain import SandboxFacts
-from snakebridge_server.sandbox.policy import CallPolicy
-from snakebridge_server.service import size_advice, status_message
-from snakebridge_server.supervisor.handle import exit_reason, remote_error_of
+from snakebridge.wire import remote, trailer
+from snakebridge_server.service import status_message
+from snakebridge_server.supervisor.handle import remote_error_of
 
 
 def _raised(fn: Any, *args: Any) -> BaseException:
@@ -159,7 +154,7 @@ def test_the_remote_traceback_is_the_first_note() -> None:
     err = _round_trip(_raised(json.loads, "{"))
     note = err.__notes__[0]
     assert note.startswith("Remote traceback (most recent call last):")
-    assert "json/decoder.py" in note and "test_remote_errors.py" in note
+    assert "json/decoder.py" in note and f"{__name__.rpartition('.')[2]}.py" in note
     noted = ValueError("x")
     noted.add_note("from the library")
     assert _round_trip(noted).__notes__[1:] == ["from the library"]
@@ -255,125 +250,3 @@ def test_a_trailer_of_the_previous_release_still_works() -> None:
 def test_the_status_message_keeps_the_type_and_str_does_not() -> None:
     err = _round_trip(KeyError("k"))
     assert str(err) == "'k'" and status_message(err) == "builtins.KeyError: 'k'"
-
-
-# -- sandbox notes -------------------------------------------------------------------------
-
-
-FACTS = SandboxFacts(
-    pool="default",
-    level="standard",
-    read_paths=("/usr/lib", "/srv/data"),
-    write_paths=("/tmp/scratch",),
-    landlock=True,
-    seccomp=True,
-    max_memory=2 << 30,
-)
-
-
-def test_landlock_notes_name_the_allowlist_and_its_setting() -> None:
-    outside = FACTS.explain(PermissionError(errno.EACCES, "Permission denied", "/etc/hosts"))
-    assert outside is not None and outside.startswith("sandbox (Landlock):")
-    assert "--sandbox-read-paths /etc/hosts" in outside
-    read_only = FACTS.explain(PermissionError(errno.EACCES, "Permission denied", "/srv/data/x"))
-    assert read_only is not None and "but not write it" in read_only
-    assert "--sandbox-write-paths /srv/data/x" in read_only
-    # Inside the write allowlist: the file's own mode refused, not the sandbox.
-    assert FACTS.explain(PermissionError(errno.EACCES, "denied", "/tmp/scratch/f")) is None
-    assert FACTS.explain(FileNotFoundError(errno.ENOENT, "missing", "/etc/hosts")) is None
-
-
-def _raise_in_module(module: str, exc: BaseException) -> BaseException:
-    """``exc`` raised by a function whose frame belongs to ``module``."""
-    namespace: dict[str, Any] = {"__name__": module, "exc": exc}
-    exec("def raiser():\n    raise exc\n", namespace)
-    return _raised(namespace["raiser"])
-
-
-def test_seccomp_notes_need_the_refusal_to_come_from_a_socket() -> None:
-    def eperm() -> PermissionError:
-        return PermissionError(errno.EPERM, "Operation not permitted")
-
-    note = FACTS.explain(_raise_in_module("socket", eperm()))
-    assert note is not None and note.startswith("sandbox (seccomp):") and "sockets" in note
-    processes = FACTS.explain(_raise_in_module("subprocess", eperm()))
-    assert processes is not None and "start processes" in processes
-    assert FACTS.explain(_raise_in_module("mylib", eperm())) is None  # not provably seccomp
-    no_filter = SandboxFacts(pool="p", level="standard", landlock=True, seccomp=False)
-    assert no_filter.explain(_raise_in_module("socket", eperm())) is None
-    dns = FACTS.explain(socket.gaierror(socket.EAI_NONAME, "Name or service not known"))
-    assert dns is not None and "no network" in dns
-
-
-def test_environment_notes_only_for_names_the_allowlist_removes() -> None:
-    removed = _raised(os.environ.__getitem__, "SNAKEBRIDGE_SURELY_UNSET_VAR")
-    note = FACTS.explain(removed)
-    assert note is not None and "'SNAKEBRIDGE_SURELY_UNSET_VAR' is not on it" in note
-    assert FACTS.explain(_raised(os.environ.__getitem__, "LC_SURELY_UNSET")) is None
-    assert FACTS.explain(_raised({}.__getitem__, "DATABASE_URL")) is None  # not os.environ
-
-
-def test_memory_error_names_max_memory_and_level_none_says_nothing() -> None:
-    note = FACTS.explain(MemoryError())
-    assert note is not None and "2 GiB" in note and "--max-memory" in note
-    off = SandboxFacts(pool="p", level="none")
-    assert off.explain(MemoryError()) is None
-    assert off.explain(PermissionError(errno.EACCES, "denied", "/etc/hosts")) is None
-
-
-def test_the_note_travels_to_the_client() -> None:
-    exc = PermissionError(errno.EACCES, "Permission denied", "/etc/hosts")
-    err = _round_trip(exc, explain=FACTS.explain)
-    assert err.__notes__[-1].startswith("sandbox (Landlock):")
-
-
-# -- other messages ------------------------------------------------------------------------
-
-
-def test_exit_reason_names_the_signal() -> None:
-    assert exit_reason(-9).startswith("worker process exited: killed by SIGKILL (signal 9)")
-    assert "OOM killer" in exit_reason(-9)
-    assert "native code" in exit_reason(-11)
-    assert exit_reason(3) == "worker process exited with code 3"
-    assert exit_reason(None) == "worker process exited"
-    assert "signal 99" in exit_reason(-99)
-
-
-def test_timeouts_name_the_call() -> None:
-    assert call_label("function", "math", "sqrt") == "call math.sqrt"
-    assert call_label("method", "", "most_common") == "method most_common"
-    assert (
-        timed_out("call math.sqrt", 0.5)
-        == "call math.sqrt did not finish within its timeout (0.5s)"
-    )
-    assert timed_out("the stream", None) == "the stream did not finish within its timeout"
-
-
-@pytest.mark.parametrize("address", ["http://h:1", "https://h:443", "grpc://h:1"])
-def test_urls_are_not_addresses(address: str) -> None:
-    assert parse_address("unix:///run/x.sock") == (None, None, "/run/x.sock")
-    with pytest.raises(ValueError, match="is not an address; use HOST:PORT"):
-        parse_address(address)
-
-
-def test_size_advice_says_raise_only_below_the_maximum() -> None:
-    assert "raise --max-message-size" in size_advice(1 << 20)
-    top = size_advice(codec.DEFAULT_LIMITS.max_size)
-    assert "raise" not in top and "already the limit" in top
-
-
-def test_an_unsupported_dtype_is_named() -> None:
-    np = pytest.importorskip("numpy")
-    with pytest.raises(errors.SerializationError, match="with dtype object"):
-        codec.encode(np.array([1, "a"], dtype=object))
-    with pytest.raises(errors.SerializationError, match="with 33 dimensions"):
-        codec.encode(np.zeros((1,) * 33))
-
-
-def test_a_refused_dunder_suggests_the_public_call() -> None:
-    policy = CallPolicy.build("standard")
-    with pytest.raises(errors.PolicyError, match=r"client.call\('operator', 'getitem'"):
-        policy.check_attr("__getitem__")
-    with pytest.raises(errors.PolicyError) as other:
-        policy.check_attr("__dict__")
-    assert "client.call" not in str(other.value)
