@@ -34,6 +34,7 @@ __all__ = [
     "correlation_id",
     "errors",
     "register_type",
+    "remote_type",
     "unregister_type",
 ]
 
@@ -49,6 +50,7 @@ if TYPE_CHECKING:
         RemoteError,
         SessionLost,
         WorkerCrashed,
+        remote_type,
     )
     from .wire.values import RemoteEnum, RemoteRecord, register_type, unregister_type
 
@@ -70,6 +72,7 @@ _LAZY = {
     "RemoteRecord": ".wire.values",
     "register_type": ".wire.values",
     "unregister_type": ".wire.values",
+    "remote_type": ".errors",
 }
 
 

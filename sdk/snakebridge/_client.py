@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import itertools
 import os
+import secrets
 import ssl as _ssl
 import uuid
 from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Mapping, Sequence
@@ -34,10 +36,12 @@ from .wire.constants import (
     KIND_HELPER,
     KIND_METHOD,
     KIND_MODULE_ATTR,
+    KIND_NAMES,
     PROTOCOL_VERSION,
 )
 from .wire.messages import CallReplyWire, CallRequestWire, StreamBatchWire, StreamRequestWire
 from .wire.pb import v1 as pb
+from .wire.text import call_label
 
 __all__ = ["Client", "ModuleProxy", "RemoteStream", "Session"]
 
@@ -343,6 +347,11 @@ class _Runtime:
         return ModuleProxy(self, name, "", options)
 
 
+def _what(req: CallRequestWire) -> str:
+    """How a timeout names the call: ``call math.sqrt``, ``method most_common``."""
+    return call_label(KIND_NAMES.get(req.kind, ""), req.module, req.name)
+
+
 def _check_timeout(timeout: float | None) -> float | None:
     if timeout is not None and not timeout > 0:
         raise ValueError(f"timeout must be a positive number of seconds or None, not {timeout!r}")
@@ -500,8 +509,10 @@ class Client(_Runtime):
             else codec.Limits(max_decoded_size=max_decoded_size, max_expansion=0)
         )
         #: Sent with every RPC unless a ``snakebridge.correlation_id()`` block says
-        #: otherwise; None lets the server make one per RPC.
+        #: otherwise; None: the client makes one per RPC.
         self.correlation_id = _correlation.check_correlation_id(correlation_id)
+        self._cid_prefix = f"sbc-{secrets.token_hex(4)}-"
+        self._cid_counter = itertools.count(1)
         self._transport = Transport(self.address, ssl)
         self._metadata = {"authorization": f"Bearer {token}"} if token else None
         self.timeout = _check_timeout(timeout)
@@ -530,11 +541,17 @@ class Client(_Runtime):
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
 
-    def _call_metadata(self) -> CallMetadata:
-        """The metadata of one RPC, and the correlation id in it."""
+    def _call_metadata(self, deadline: bool = False) -> CallMetadata:
+        """The metadata of one RPC, and the correlation id in it: the caller's; else,
+        for an RPC with a client-side ``deadline``, one this client makes
+        (``sbc-<random>-<n>``), so that a timeout raised on the client names the id the
+        server logged; else none (the server makes one: an extra header costs about
+        20-40 µs of hpack per RPC, measured on a 2-core VM)."""
         cid = _correlation.current() or self.correlation_id
         if cid is None:
-            return self._metadata, None
+            if not deadline:
+                return self._metadata, None
+            cid = f"{self._cid_prefix}{next(self._cid_counter)}"
         return {**(self._metadata or {}), CORRELATION_METADATA: cid}, cid
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -746,7 +763,7 @@ class Client(_Runtime):
             return self._decode((await self._retrying(req)).result)
         try:
             reply = await self._unary(
-                "Call", req, CallRequestWire, CallReplyWire, req.timeout or None
+                "Call", req, CallRequestWire, CallReplyWire, req.timeout or None, _what(req)
             )
         except LimitExceeded:
             # Over a ref cap while refs we dropped wait to be released: release them now
@@ -754,7 +771,7 @@ class Client(_Runtime):
             if self._gc is None or not await self._gc.flush():
                 raise
             reply = await self._unary(
-                "Call", req, CallRequestWire, CallReplyWire, req.timeout or None
+                "Call", req, CallRequestWire, CallReplyWire, req.timeout or None, _what(req)
             )
         return self._decode(reply.result)
 
@@ -767,7 +784,7 @@ class Client(_Runtime):
         while True:
             try:
                 return await self._unary(
-                    "Call", req, CallRequestWire, CallReplyWire, req.timeout or None
+                    "Call", req, CallRequestWire, CallReplyWire, req.timeout or None, _what(req)
                 )
             except BridgeError as exc:
                 attempt += 1
@@ -831,16 +848,24 @@ class Client(_Runtime):
             StreamRequestWire,
             StreamBatchWire,
             timeout,
-            self._call_metadata,
+            lambda: self._call_metadata(bool(timeout)),
             items_of,
+            f"the stream of {_what(call)}",
         )
 
     def _unary(
         self, method: str, request: Any, req_type: type[Any], reply_type: type[_T],
-        timeout: float | None,
+        timeout: float | None, what: str = "",
     ) -> Coroutine[Any, Any, _T]:  # fmt: skip
         """One unary RPC with this client's metadata (a plain function returning the
-        transport's coroutine: no extra frame per call)."""
+        transport's coroutine: no extra frame per call); ``what`` names the call in a
+        timeout's message."""
         return self._transport.unary(
-            method, request, req_type, reply_type, timeout, self._call_metadata()
+            method,
+            request,
+            req_type,
+            reply_type,
+            timeout,
+            self._call_metadata(bool(timeout)),
+            what,
         )

@@ -38,11 +38,13 @@ from .errors import (
     CallTimeout,
     ClientClosed,
     ConnectionFailed,
+    RemoteError,
     Unauthenticated,
 )
 from .wire import trailer
 from .wire.constants import DEFAULT_HOST, DEFAULT_PORT, SERVICE
 from .wire.h2_repr import use_cheap_data_frame_repr
+from .wire.text import timed_out
 
 use_cheap_data_frame_repr()
 
@@ -69,6 +71,12 @@ def parse_address(address: str) -> tuple[str | None, int | None, str | None]:
         if not path.startswith("/"):
             raise ValueError(f"unix socket address must be absolute: {address!r}")
         return None, None, path
+    scheme, sep, _ = address.partition("://")
+    if sep:
+        raise ValueError(
+            f"bad address {address!r}: a {scheme}:// URL is not an address; use HOST:PORT "
+            "(e.g. 127.0.0.1:50051) or unix:///abs/path.sock, and pass ssl= for TLS"
+        )
     host, sep, port = address.rpartition(":")
     if not sep:
         return address, DEFAULT_PORT, None
@@ -113,6 +121,18 @@ _TRANSPORT_ERRORS: Final = (StreamTerminatedError, OSError, EOFError, H2Error)
 #: ``AttributeError: 'Connection' object has no attribute '_transport'``. Its asserts
 #: and h2's internals fail the same way on a dead connection.
 _TRANSPORT_MODULES: Final = ("grpclib.", "h2.", "hpack.", "hyperframe.")
+
+
+def _received_goaway(channel: Any) -> bool:
+    """Whether the server sent this channel's connection a GOAWAY. grpclib 0.4.9 private:
+    ``Channel._protocol`` (an ``H2Protocol``) ``.connection._connection`` is the h2
+    ``H2Connection``, whose state machine becomes CLOSED only on a GOAWAY sent or
+    received, and grpclib's client never sends one. A grpclib that moves them loses the
+    finer message, never the error."""
+    protocol = getattr(channel, "_protocol", None)
+    h2 = getattr(getattr(protocol, "connection", None), "_connection", None)
+    state = getattr(getattr(h2, "state_machine", None), "state", None)
+    return getattr(state, "name", "") == "CLOSED"
 
 
 def is_transport_failure(exc: BaseException) -> bool:
@@ -162,7 +182,7 @@ class RpcErrors:
     anything else (an SDK bug shows as itself).
     """
 
-    __slots__ = ("_cid", "_method", "_timeout_message", "_transport", "stream")
+    __slots__ = ("_cid", "_method", "_timeout_message", "_transport", "pending", "stream")
 
     def __init__(
         self, transport: Transport, method: str, cid: str | None, timeout_message: str
@@ -173,20 +193,28 @@ class RpcErrors:
         self._timeout_message = timeout_message
         #: The grpclib stream, once opened: its trailers name the error class.
         self.stream: Any = None
+        #: A RemoteError to raise after the ``with`` block (``raise_pending``).
+        self.pending: RemoteError | None = None
 
     def __enter__(self) -> RpcErrors:
         return self
 
     def __exit__(
         self, et: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    ) -> bool | None:
         if exc is None or isinstance(exc, BridgeError) or not isinstance(exc, Exception):
-            return
+            return None
         error: BridgeError
         if isinstance(exc, GRPCError):
             # Also raised on the way out (e.g. the server refused a request it did not
             # read and reset the stream while we were still sending it).
-            raise _error_from_grpc(exc, _trailers_of(self.stream), self._cid) from None
+            error = _error_from_grpc(exc, _trailers_of(self.stream), self._cid)
+            if isinstance(error, RemoteError):
+                # Raised here, it would get the GRPCError as __context__ over the remote
+                # chain it carries: the caller raises it after the with block instead.
+                self.pending = error
+                return True
+            raise error from None
         if is_transport_failure(exc):
             error = self._transport.connection_failed(self._method, exc)
         elif isinstance(exc, TimeoutError):
@@ -194,8 +222,14 @@ class RpcErrors:
         elif isinstance(exc, ProtocolError):
             error = BridgeError(f"{self._method}: gRPC protocol error: {exc}")
         else:
-            return
+            return None
         raise _tagged(error, self._cid) from exc
+
+    def raise_pending(self) -> None:
+        """Raise the remote error ``__exit__`` held back, outside any ``except``."""
+        if self.pending is not None:
+            error, self.pending = self.pending, None
+            raise error
 
 
 class Transport:
@@ -276,7 +310,13 @@ class Transport:
         if closed:
             raw = f"the connection closed ({raw})"
         message = f"{method} to {self.address} failed: {raw}"
-        if self._ssl is None and closed:
+        if closed and ("GOAWAY" in raw or _received_goaway(self._channel)):
+            # The server spoke HTTP/2 and sent GOAWAY: not a TLS server dropping us.
+            message += (
+                "; the server ended the connection (HTTP/2 GOAWAY): it may be at its "
+                "--max-connections limit, shutting down, or closing an idle connection; retry"
+            )
+        elif self._ssl is None and closed:
             # A TLS server drops a plaintext client's HTTP/2 preface without a word.
             message += " (if the server serves TLS, pass Client(..., ssl=ssl_context))"
         return ConnectionFailed(message)
@@ -289,11 +329,14 @@ class Transport:
         reply_type: type[_Reply],
         timeout: float | None,
         metadata: CallMetadata,
+        what: str = "",
     ) -> _Reply:
-        """One unary RPC: ``request`` in, the reply message out, failures mapped."""
+        """One unary RPC: ``request`` in, the reply message out, failures mapped.
+        ``what`` names the call in a timeout's message (default: the method)."""
         headers, cid = metadata
         channel = self._ensure_channel(method, cid)
-        with RpcErrors(self, method, cid, f"{method} did not finish within {timeout}s") as rpc:
+        message = timed_out(what or method, timeout)
+        with RpcErrors(self, method, cid, message) as rpc:
             rpc.stream = stream = channel.request(
                 SERVICE + method,
                 Cardinality.UNARY_UNARY,
@@ -306,6 +349,7 @@ class Transport:
                 await stream.send_message(request, end=True)
                 reply = await stream.recv_message()
                 await stream.recv_trailing_metadata()
+        rpc.raise_pending()
         if reply is None:
             raise BridgeError(f"{method}: the server sent no reply message")
         return reply
@@ -319,6 +363,7 @@ class Transport:
         timeout: float | None,
         metadata: Callable[[], CallMetadata],
         items_of: Callable[[_Reply], Iterable[Any]],
+        what: str = "the stream",
     ) -> AsyncIterator[Any]:
         """One server-streaming RPC, as the items ``items_of`` finds in each reply.
 
@@ -328,7 +373,8 @@ class Transport:
         """
         headers, cid = metadata()
         channel = self._ensure_channel(method, cid)
-        with RpcErrors(self, method, cid, "the stream did not finish within its timeout") as rpc:
+        message = timed_out(what, timeout)
+        with RpcErrors(self, method, cid, message) as rpc:
             rpc.stream = stream = channel.request(
                 SERVICE + method,
                 Cardinality.UNARY_STREAM,
@@ -357,3 +403,4 @@ class Transport:
                                 raise TimeoutError
                             yield item
                 await stream.recv_trailing_metadata()
+        rpc.raise_pending()

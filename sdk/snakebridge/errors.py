@@ -4,7 +4,8 @@
 
     BridgeError                      base of everything below            (gRPC INTERNAL)
     ├── RemoteError                  the Python code raised              (UNKNOWN)
-    │     └── Remote<Builtin>        also inherits the builtin, e.g. RemoteZeroDivisionError
+    │     ├── Remote<Builtin>        also inherits the builtin, e.g. RemoteZeroDivisionError
+    │     └── remote_type(name)      a class per remote type name, for ``except``
     ├── BadRequest                   the request itself is malformed     (INVALID_ARGUMENT)
     ├── SerializationError           a value cannot be encoded/decoded   (INVALID_ARGUMENT)
     ├── RefNotFound                  the ref was released or never existed (NOT_FOUND)
@@ -79,6 +80,7 @@ __all__ = [
     "WorkerCrashed",
     "error_class",
     "remote_error",
+    "remote_type",
 ]
 
 
@@ -105,28 +107,57 @@ class BridgeError(Exception):
 class RemoteError(BridgeError):
     """The Python code run in the worker raised an exception.
 
-    ``type_name`` is the remote exception's qualified type (``"builtins.ValueError"``),
-    ``message`` its ``str()``, ``traceback`` the formatted remote traceback. For builtin
-    exception types the raised object is also an instance of that builtin, so
-    ``except ZeroDivisionError:`` works. Fix the call or handle the exception.
+    ``remote_type`` is the remote exception's qualified type
+    (``"json.decoder.JSONDecodeError"``; ``type_name`` is the same), ``remote_mro`` the
+    qualified names of its classes, most derived first, ``message`` its ``str()`` (also
+    ``str(err)``), ``traceback`` the formatted remote traceback, which is also attached as
+    an exception note. The raised object is an instance of every builtin exception class
+    the remote type derives from (``except ValueError:`` catches a remote
+    ``JSONDecodeError``) and of every ``remote_type(name)`` class named in its mro. Fix
+    the call or handle the exception.
     """
 
     grpc_status = GrpcStatus.UNKNOWN
 
-    def __init__(self, message: str = "", *, type_name: str = "", traceback: str = "") -> None:
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        type_name: str = "",
+        traceback: str = "",
+        mro: tuple[str, ...] = (),
+    ) -> None:
         BridgeError.__init__(self, message)
         self.type_name = type_name
         self.traceback = traceback
+        self.remote_mro: tuple[str, ...] = tuple(mro) or ((type_name,) if type_name else ())
+        #: The bounded description it was built from (``wire.remote``), which a server
+        #: forwards to its client; None when built from a type name and message alone.
+        self.detail: dict[str, Any] | None = None
+
+    @property
+    def remote_type(self) -> str:
+        """The remote exception's qualified type name, e.g. ``"builtins.ValueError"``."""
+        return self.type_name
 
     def __str__(self) -> str:
-        return f"{self.type_name}: {self.message}" if self.type_name else self.message
+        return self.message
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.message!r}, remote_type={self.type_name!r})"
 
     def __reduce__(self) -> Any:  # copy.copy() must rebuild the keyword-only fields
         return (
-            type(self),
-            (self.message,),
-            {"type_name": self.type_name, "traceback": self.traceback},
+            _rebuild,
+            (type(self), self.message, self.type_name, self.traceback, self.remote_mro),
+            dict(vars(self)),
         )
+
+
+def _rebuild(
+    cls: type[RemoteError], message: str, type_name: str, traceback: str, mro: tuple[str, ...]
+) -> RemoteError:
+    return _instance(cls, message, type_name, traceback, mro)
 
 
 class BadRequest(BridgeError):
@@ -307,7 +338,17 @@ _BY_NAME: dict[str, type[BridgeError]] = {
     )
 }
 
-_REMOTE_SUBCLASSES: dict[str, type[RemoteError]] = {}
+#: ``Remote<Builtin>`` classes by builtin name; one class per other remote type name,
+#: made when ``remote_type`` asks for it or an error of that type (or a subclass) arrives;
+#: the classes errors are built with, by remote mro. The last two are bounded, since a
+#: server can send any names: past ``_MAX_TYPES`` names, only ``remote_type`` adds more.
+_REMOTE_BUILTINS: dict[str, type[RemoteError]] = {}
+_TYPES: dict[str, type[RemoteError]] = {}
+_CONCRETE: dict[tuple[str, ...], type[RemoteError]] = {}
+_MAX_TYPES = 4096
+_MAX_CONCRETE = 256
+_MAX_TYPE_NAME = 512
+_EVERY_REMOTE_ERROR_IS = frozenset({"builtins.Exception", "builtins.BaseException"})
 
 
 def error_class(name: str) -> type[BridgeError]:
@@ -315,44 +356,125 @@ def error_class(name: str) -> type[BridgeError]:
     return _BY_NAME.get(name, BridgeError)
 
 
-def _remote_class(type_name: str) -> type[RemoteError]:
-    cls = _REMOTE_SUBCLASSES.get(type_name)
+def _remote_builtin(type_name: str) -> type[RemoteError] | None:
+    """``Remote<Builtin>`` for ``"builtins.<Builtin>"``, an ``Exception`` subclass; None
+    for anything else."""
+    cls = _REMOTE_BUILTINS.get(type_name)
     if cls is not None:
         return cls
-    cls = RemoteError
     module, _, qualname = type_name.rpartition(".")
-    if module == "builtins":
-        builtin = getattr(builtins, qualname, None)
-        # Only Exception subclasses: a remote KeyboardInterrupt must not look local. Nor
-        # the iteration-protocol signals: a StopIteration raised out of a coroutine turns
-        # into RuntimeError, and a StopAsyncIteration would end the caller's own loop.
-        if (
-            isinstance(builtin, type)
-            and issubclass(builtin, Exception)
-            and not issubclass(builtin, StopIteration | StopAsyncIteration)
-        ):
-            cls = type(f"Remote{qualname}", (RemoteError, builtin), {"__module__": __name__})
-            _REMOTE_SUBCLASSES[type_name] = cls
+    if module != "builtins":
+        return None
+    builtin = getattr(builtins, qualname, None)
+    # Only Exception subclasses: a remote KeyboardInterrupt must not look local. Nor
+    # the iteration-protocol signals: a StopIteration raised out of a coroutine turns
+    # into RuntimeError, and a StopAsyncIteration would end the caller's own loop.
+    if not (
+        isinstance(builtin, type)
+        and issubclass(builtin, Exception)
+        and not issubclass(builtin, StopIteration | StopAsyncIteration)
+    ):
+        return None
+    cls = type(f"Remote{qualname}", (RemoteError, builtin), {"__module__": __name__})
+    _REMOTE_BUILTINS[type_name] = cls
     return cls
 
 
-def remote_error(type_name: str, message: str, traceback: str = "") -> RemoteError:
-    """Build the ``RemoteError`` (or builtin-inheriting subclass) for a remote exception.
+def remote_type(name: str) -> type[RemoteError]:
+    """A class that catches remote exceptions of the type called ``name`` (its qualified
+    name, ``module.QualName``, as ``RemoteError.remote_type`` shows it) and of its
+    subclasses, without importing that type's module on the client::
 
-    Some builtins refuse to be built this way: MemoryError's ``__new__`` rejects the
-    subclass, UnicodeDecodeError's constructor wants its five arguments, ExceptionGroup
-    its list. Those fall back to ``BaseException.__new__``, then to a plain RemoteError;
-    an error reply must never fail to become an exception.
+        try:
+            await client.call("numpy.linalg", "inv", [matrix])
+        except snakebridge.remote_type("numpy.linalg.LinAlgError") as err:
+            ...
+
+    The same name always gives the same class. For a builtin (``"builtins.ValueError"``)
+    it is ``RemoteValueError``, which is also a ``ValueError``.
     """
-    cls = _remote_class(type_name)
+    if not isinstance(name, str) or not name or len(name) > _MAX_TYPE_NAME:
+        raise ValueError(f"a remote type is a qualified name of 1 to {_MAX_TYPE_NAME} characters")
+    builtin = _remote_builtin(name)
+    if builtin is not None:
+        return builtin
+    cls = _TYPES.get(name)
+    if cls is None:
+        cls = _TYPES[name] = _named_class(name, (RemoteError,))
+    return cls
+
+
+def _named_class(name: str, bases: tuple[type, ...]) -> type[RemoteError]:
+    # Printed by an uncaught traceback as "snakebridge.remote.<remote qualified name>".
+    namespace = {"__module__": "snakebridge.remote", "__qualname__": name}
+    return type(name.rpartition(".")[2] or name, bases, namespace)
+
+
+def _concrete_class(mro: tuple[str, ...]) -> type[RemoteError]:
+    """The class of a remote error whose type has the classes ``mro`` (most derived
+    first): a subclass of the ``remote_type`` class of each name there and of the most
+    derived builtins it has (those whose layouts combine: a ``KeyError`` that is also an
+    ``AttributeError`` keeps the first)."""
+    cls = _CONCRETE.get(mro)
+    if cls is not None:
+        return cls
+    top = mro[0] if mro else ""
+    own: list[type[RemoteError]] = []
+    remote_builtins: list[type[RemoteError]] = []
+    for name in mro:
+        if name in _EVERY_REMOTE_ERROR_IS:
+            continue
+        found = _remote_builtin(name)
+        if found is not None:
+            if not any(issubclass(b, found) for b in remote_builtins):
+                remote_builtins.append(found)
+        elif not name.startswith("builtins.") and (name in _TYPES or len(_TYPES) < _MAX_TYPES):
+            own.append(remote_type(name))
+    if not own and remote_builtins and top in _REMOTE_BUILTINS:
+        cls = remote_builtins[0]  # a builtin itself: Remote<Builtin>
+    elif not own and not remote_builtins:
+        cls = RemoteError  # KeyboardInterrupt, SystemExit, StopIteration...
+    elif len(own) == 1 and not remote_builtins and own[0] is _TYPES.get(top):
+        cls = own[0]
+    else:
+        cls = RemoteError
+        for keep in range(len(remote_builtins), -1, -1):
+            try:
+                cls = _named_class(top, (*own, *remote_builtins[:keep]))
+                break
+            except TypeError:  # instance layouts that cannot combine
+                continue
+    if len(_CONCRETE) >= _MAX_CONCRETE:
+        _CONCRETE.clear()
+    _CONCRETE[mro] = cls
+    return cls
+
+
+def _instance(
+    cls: type[RemoteError], message: str, type_name: str, traceback: str, mro: tuple[str, ...]
+) -> RemoteError:
+    # Some builtins refuse to be built this way: MemoryError's __new__ rejects the
+    # subclass, UnicodeDecodeError's constructor wants its five arguments, ExceptionGroup
+    # its list. Those fall back to BaseException.__new__, then to a plain RemoteError; an
+    # error reply must never fail to become an exception.
     for make in (cls.__new__, BaseException.__new__):
         try:
             err = make(cls)
-            RemoteError.__init__(err, message, type_name=type_name, traceback=traceback)
+            RemoteError.__init__(err, message, type_name=type_name, traceback=traceback, mro=mro)
         except TypeError:
             continue
         err.args = (message,)
         return err
     err = RemoteError.__new__(RemoteError)
-    RemoteError.__init__(err, message, type_name=type_name, traceback=traceback)
+    RemoteError.__init__(err, message, type_name=type_name, traceback=traceback, mro=mro)
     return err
+
+
+def remote_error(
+    type_name: str, message: str, traceback: str = "", *, mro: tuple[str, ...] = ()
+) -> RemoteError:
+    """Build the ``RemoteError`` for a remote exception of type ``type_name`` whose classes
+    are ``mro`` (qualified names, most derived first; ``(type_name,)`` when not given).
+    ``args`` is ``(message,)``; ``wire.remote.build`` sets the rest of what travelled."""
+    mro = tuple(mro) or ((type_name,) if type_name else ())
+    return _instance(_concrete_class(mro), message, type_name, traceback, mro)

@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import stat
 import sys
 from typing import Any
@@ -27,8 +28,8 @@ from .grpc_server import GrpcServer
 from .logs import configure as configure_logging
 from .metrics_http import MetricsServer
 from .reflection import with_reflection
-from .sandbox.report import sandbox_report
-from .service import BridgeService
+from .sandbox.report import root_warning, sandbox_report
+from .service import BridgeService, size_advice
 from .supervisor.spawn import WorkerStartError
 from .tls import server_ssl_context
 
@@ -85,6 +86,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             read_timeout=config.handshake_timeout,
             max_watches=config.max_health_watches,
             watch_duration=config.idle_timeout,
+            bridge_advice=size_advice(config.max_message_size),
         )
         server = GrpcServer(
             requests.services(with_reflection([service, Health(checks)])),
@@ -121,6 +123,9 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         for pool in bridge.pools.values():
             level, layers = sandbox_report(pool.workers)
             log.info("pool %s: sandbox level %s (%s)", pool.name, level, "; ".join(layers))
+            warning = root_warning(pool.workers)
+            if warning is not None:
+                log.warning("pool %s: %s", pool.name, warning)
         serving.set(True)
         for pool in bridge.pools.values():
             pool_status[pool.name].set(pool.healthy)
@@ -174,6 +179,43 @@ def _remove_stale_socket(path: str) -> None:
     os.unlink(path)
 
 
+def address_in_use(config: ServerConfig) -> str | None:
+    """Why the server could not listen where ``config`` says (another process holds the
+    address), or None. A port of 0 is always free."""
+    if config.uds:
+        try:
+            mode = os.lstat(config.uds).st_mode
+        except FileNotFoundError:
+            return None
+        if not stat.S_ISSOCK(mode):
+            return f"--uds {config.uds} exists and is not a socket"
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(config.uds)
+            except OSError:
+                return None  # a socket left behind: the server replaces it
+        return f"--uds {config.uds}: a server is already listening there"
+    places = [(config.host, config.port, "--listen")]
+    if config.metrics:
+        places.append((*parse_listen(config.metrics), "--metrics"))
+    for host, port, flag in places:
+        if port == 0:
+            continue
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        except OSError as exc:
+            return f"{flag} {host}:{port}: {exc}"
+        for family, kind, proto, _, address in infos:
+            with socket.socket(family, kind, proto) as probe:
+                # As asyncio's server does: only a live listener makes bind() fail.
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(address)
+                except OSError as exc:
+                    return f"{flag} {host}:{port}: {exc.strerror or exc}"
+    return None
+
+
 async def check_pools(config: ServerConfig) -> list[str]:
     """Start every pool once, report each one's sandbox, stop them. Raises what a real
     start would raise (``WorkerStartError`` for a worker that cannot start or reaches a
@@ -187,6 +229,9 @@ async def check_pools(config: ServerConfig) -> list[str]:
             lines.append(f"pool {pool.name}: {pool.live}/{pool.size} workers started")
             lines.append(f"pool {pool.name}: sandbox level {level}")
             lines.extend(f"  {layer}" for layer in layers)
+            warning = root_warning(pool.workers)
+            if warning is not None:
+                lines.append(f"pool {pool.name}: WARNING: {warning}")
         return lines
     finally:
         await bridge.close()
@@ -194,6 +239,10 @@ async def check_pools(config: ServerConfig) -> list[str]:
 
 def check(config: ServerConfig) -> int:
     """``bridge-server check``: 0 when the config is valid and every pool starts."""
+    taken = address_in_use(config)
+    if taken is not None:
+        print(f"bridge-server check: FAILED: {taken}", file=sys.stderr)
+        return 1
     try:
         with _runner(config) as runner:
             lines = runner.run(check_pools(config))

@@ -77,9 +77,12 @@ class RequestGuard:
         read_timeout: float,
         max_watches: int,
         watch_duration: float,  # 0: no limit
+        bridge_advice: str = "pass big values by ref or raise --max-message-size",
     ) -> None:
+        """``bridge_advice`` ends the refusal of a bridge request over ``bridge_limit``."""
         self.bridge_prefix = bridge_prefix
         self.bridge_limit = bridge_limit
+        self.bridge_advice = bridge_advice
         self.open_prefixes = open_prefixes
         self.read_timeout = read_timeout
         self.max_watches = max_watches
@@ -105,16 +108,17 @@ class RequestGuard:
 
     def _wrap(self, path: str, handler: Handler) -> Handler:
         limit = self.limit_of(path)
+        advice = self.bridge_advice if path.startswith(self.bridge_prefix) else "send less"
         func = handler.func
         watch = path == WATCH_METHOD
         timeout = self.read_timeout if path.startswith(self.open_prefixes) else None
 
         async def recv(stream: Stream[Any, Any]) -> Any:
             if timeout is None:
-                return await read_message(stream, limit)
+                return await read_message(stream, limit, advice)
             try:
                 async with asyncio.timeout(timeout):
-                    return await read_message(stream, limit)
+                    return await read_message(stream, limit, advice)
             except TimeoutError:
                 raise GRPCError(
                     Status.DEADLINE_EXCEEDED,

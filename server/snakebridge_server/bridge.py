@@ -27,7 +27,6 @@ from snakebridge.errors import (
     RemoteError,
     SessionLost,
     WorkerCrashed,
-    remote_error,
 )
 from snakebridge.wire.constants import (
     AFFINITIES,
@@ -42,6 +41,7 @@ from snakebridge.wire.constants import (
     PROTOCOL_VERSION,
 )
 from snakebridge.wire.messages import CallRequestWire
+from snakebridge.wire.text import call_label, timed_out
 
 from .background import Background
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
@@ -57,7 +57,7 @@ from .sandbox.report import sandbox_report
 from .sandbox.spawn import make_scratch_root
 from .sessions import Session, SessionTable
 from .snapshot import BridgeSnapshot, PoolSnapshot, WorkerSnapshot
-from .supervisor.handle import NeverStarted, StreamReply, WorkerHandle
+from .supervisor.handle import NeverStarted, StreamReply, WorkerHandle, remote_error_of
 from .supervisor.pool import Pool, SupervisionPolicy, WorkerFactory
 from .supervisor.spawn import WorkerSpec
 
@@ -296,7 +296,8 @@ class Bridge:
         except RemoteError:
             raise  # the user's own TimeoutError (a remote one subclasses it) is not ours
         except TimeoutError:
-            raise CallTimeout(f"call did not finish within {timeout:g}s") from None
+            what = call_label(KIND_NAMES.get(req.kind, ""), req.module, req.name)
+            raise CallTimeout(timed_out(what, timeout)) from None
         finally:
             self.sessions.end_call(
                 session,
@@ -419,7 +420,7 @@ class Bridge:
                         return
                     if reply.state == STREAM_ERROR:
                         assert reply.error is not None
-                        raise remote_error(*reply.error)
+                        raise remote_error_of(reply.error)
                     assert prefetch is not None
                     reply, prefetch = await prefetch, None
         except (CallTimeout, RemoteError):

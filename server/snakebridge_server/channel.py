@@ -23,7 +23,7 @@ server -> worker
 worker -> server
   [R_READY, pid, python_version]                       once, first frame
   [R_OK, call_id, value, new_refs]                     value: codec bytes or a count
-  [R_ERR, call_id, code, type_name, message, traceback]
+  [R_ERR, call_id, code, type_name, message, traceback, detail]
 
 The server trusts nothing a worker sends (its user code can write to the channel too):
 ``FrameDecoder`` refuses a frame over ``max_frame`` from its header and, given
@@ -54,7 +54,9 @@ OP_STREAM_NEXT: Final = 7
 # Stream batch states (the worker's ``worker.streams`` module produces them).
 STREAM_MORE: Final = 0
 STREAM_DONE: Final = 1
-STREAM_ERROR: Final = 2  # error = [type_name, message, traceback] of the iterator's exception
+STREAM_ERROR: Final = (
+    2  # error = [type_name, message, traceback, detail] of the iterator's exception
+)
 
 R_OK: Final = 0
 R_ERR: Final = 1
@@ -224,7 +226,12 @@ def false_reply(message: list[Any], op: int, limit: int) -> str:
             and value[2] in _STATES
             and (
                 value[3] is None
-                or (type(value[3]) is list and all(type(x) is str for x in value[3]))
+                or (
+                    type(value[3]) is list
+                    and len(value[3]) in (3, 4)
+                    and all(type(x) is str for x in value[3][:3])
+                    and (len(value[3]) == 3 or value[3][3] is None or type(value[3][3]) is bytes)
+                )
             )
             and (value[3] is None) == (value[2] != STREAM_ERROR)
             and _released_ok(value[4], limit)

@@ -95,15 +95,52 @@ def _add_flag(group: argparse._ArgumentGroup, s: Setting) -> None:
         group.add_argument(s.flag, dest=s.key, help=s.help)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="bridge-server",
-        description="Serve Python interpreter worker processes over gRPC.",
-        epilog="Every flag can also be set as SNAKEBRIDGE_<FLAG> (e.g. SNAKEBRIDGE_WORKERS=4) "
-        "or as a key of the --config TOML file; flags win over variables, variables over "
-        "the file. 'bridge-server check [FLAGS]' starts every pool once, prints the sandbox "
-        "level each reached and exits non-zero on any problem. See docs/configuration.md.",
-    )
+#: The subcommands, each with its own ``--help``; none given means ``serve``.
+COMMANDS: Final = {
+    "serve": "serve on --listen until SIGINT or SIGTERM (the default)",
+    "check": "check the settings, the listen address and every pool's sandbox, then exit",
+}
+_DESCRIPTIONS: Final = {
+    "serve": "Serve Python interpreter worker processes over gRPC on --listen (or --uds) "
+    "until SIGINT or SIGTERM, then drain.",
+    "check": "Validate the settings, check that the listen address is free, start every "
+    "pool once, print the sandbox level each reached (with a WARNING for workers left "
+    "running as root), and exit non-zero on any problem.",
+}
+_SETTINGS_EPILOG: Final = (
+    "Every flag can also be set as SNAKEBRIDGE_<FLAG> (e.g. SNAKEBRIDGE_WORKERS=4) or as a "
+    "key of the --config TOML file; flags win over variables, variables over the file. "
+    "See docs/configuration.md."
+)
+
+
+def _version() -> str:
+    from snakebridge import __version__
+
+    return f"bridge-server {__version__}"
+
+
+def _parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser of ``bridge-server [FLAGS]`` (``command`` None), which lists the
+    subcommands, or of ``bridge-server COMMAND [FLAGS]``."""
+    if command is None:
+        commands = "\n".join(f"  {name:<7} {text}" for name, text in COMMANDS.items())
+        parser = argparse.ArgumentParser(
+            prog="bridge-server",
+            usage="bridge-server [serve|check] [FLAGS]",
+            description="Serve Python interpreter worker processes over gRPC.\n\n"
+            f"commands:\n{commands}\n\n"
+            "'bridge-server COMMAND --help' shows a command's own help.",
+            epilog=_SETTINGS_EPILOG,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+    else:
+        parser = argparse.ArgumentParser(
+            prog=f"bridge-server {command}",
+            description=_DESCRIPTIONS[command],
+            epilog=_SETTINGS_EPILOG,
+        )
+    parser.add_argument("--version", action="version", version=_version())
     parser.add_argument("--config", help="TOML file of settings and [pools.NAME] tables")
     groups = {
         "server": parser.add_argument_group("server settings"),
@@ -118,7 +155,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> ServerConfig:
+def split_command(args: Sequence[str]) -> tuple[str, list[str]]:
+    """``(command, its flags)`` of a command line: the first word when it names a
+    command, else ``serve``."""
+    if args and args[0] in COMMANDS:
+        return args[0], list(args[1:])
+    return "serve", list(args)
+
+
+def build_config(
+    argv: Sequence[str], environ: dict[str, str] | None = None, command: str | None = None
+) -> ServerConfig:
     """Flags over ``SNAKEBRIDGE_*`` variables over the ``--config`` file over defaults.
 
     Pool settings at the top level are the defaults of every pool; a ``[pools.NAME]``
@@ -127,7 +174,7 @@ def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
     to it), and is a default the other pools' tables may override.
     """
     environ = dict(os.environ if environ is None else environ)
-    ns = _parser().parse_args(list(argv))
+    ns = _parser(command).parse_args(list(argv))
     flagged = _text_layer(ns, environ)
     path = ns.config or environ.get(ENV_PREFIX + "CONFIG") or None
     file_top, file_pools = load_toml(path) if path else ({}, {})
@@ -146,15 +193,17 @@ def build_config(argv: Sequence[str], environ: dict[str, str] | None = None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``bridge-server [FLAGS]`` serves; ``bridge-server check [FLAGS]`` validates the
-    config, starts every pool once, prints the sandbox level each reached and exits
-    non-zero on any problem."""
+    """``bridge-server [serve] [FLAGS]`` serves; ``bridge-server check [FLAGS]`` validates
+    the config, checks the listen address, starts every pool once, prints the sandbox
+    level each reached and exits non-zero on any problem (``COMMANDS``)."""
     from .app import check, run
 
     args = list(sys.argv[1:] if argv is None else argv)
-    checking = bool(args) and args[0] == "check"
+    explicit = bool(args) and args[0] in COMMANDS
+    command, flags = split_command(args)
+    checking = command == "check"
     try:
-        config = build_config(args[1:] if checking else args)
+        config = build_config(flags, command=command if explicit else None)
         if config.token_file:
             from .auth import read_token
 

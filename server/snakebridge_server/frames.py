@@ -216,14 +216,15 @@ USER_CODE_OPS: Final = frozenset({OP_CALL, OP_STREAM_OPEN, OP_STREAM_PULL, OP_ST
 
 class StreamBatch(NamedTuple):
     """The value of an ``Ok`` to ``StreamOpen`` / ``StreamPull``: one batch of a stream.
-    ``error`` is ``[type_name, message, traceback]`` when ``state`` is ``STREAM_ERROR``;
+    ``error`` is ``[type_name, message, traceback, detail]`` when ``state`` is
+    ``STREAM_ERROR`` (``detail`` as in ``Err``);
     ``released`` the ``[[session_id, count]]`` of refs the worker freed itself (an
     exhausted StreamRef releases itself)."""
 
     stream_id: int
     body: bytes
     state: int
-    error: list[str] | None
+    error: list[Any] | None
     released: list[list[Any]]
 
 
@@ -305,20 +306,25 @@ def ok_of(message: list[Any], op: int) -> Ok:
 class Err(NamedTuple):
     """``R_ERR``: the request ``call_id`` failed. ``code`` is a ``snakebridge.errors``
     class name; for ``RemoteError`` (user code raised) ``type_name`` and ``traceback``
-    describe the exception."""
+    describe the exception, and ``detail`` the rest of its description
+    (``snakebridge.wire.remote.pack_extra``: mro, args, OSError fields, notes, chain,
+    msgpack-packed, since the channel carries no maps), or None."""
 
     call_id: int
     code: str
     type_name: str
     message: str
     traceback: str
+    detail: bytes | None = None
 
     def pack(self) -> list[Any]:
         return [R_ERR, *self]
 
     @classmethod
     def unpack(cls, message: list[Any]) -> Err:
-        return cls._make(_fields(message, 5, "R_ERR"))
+        if len(message) == 6:  # written without a detail
+            return cls._make([*_fields(message, 5, "R_ERR"), None])
+        return cls._make(_fields(message, 6, "R_ERR"))
 
     @classmethod
     def of(cls, call_id: int, code: str, message: str) -> Err:

@@ -26,8 +26,9 @@ from snakebridge.errors import (
     BridgeError,
     CallCancelled,
     PoolUnavailable,
+    RemoteError,
 )
-from snakebridge.wire import trailer
+from snakebridge.wire import codec, trailer
 from snakebridge.wire.constants import (
     CORRELATION_METADATA,
     KIND_GET_ATTR,
@@ -63,10 +64,29 @@ def error_trailer(exc: BridgeError) -> dict[str, bytes]:
     return trailer.pack(exc, info.correlation_id if info is not None else None)
 
 
+def size_advice(max_message_size: int) -> str:
+    """What a client whose message is too large can do: raising ``--max-message-size``
+    only helps below the codec's decode limit (64 MiB), its maximum."""
+    if max_message_size < codec.DEFAULT_LIMITS.max_size:
+        return "pass big values by ref or raise --max-message-size"
+    return (
+        f"pass big values by ref or in pieces ({max_message_size} bytes, the most "
+        "--max-message-size allows, is already the limit)"
+    )
+
+
+def status_message(exc: BridgeError) -> str:
+    """The human-readable ``grpc-message``: a remote error's type and message (its
+    ``str()`` is the message alone), any other error's message."""
+    if isinstance(exc, RemoteError) and exc.type_name:
+        return f"{exc.type_name}: {exc.message}"
+    return str(exc)
+
+
 async def send_error(stream: Stream[Any, Any], exc: BridgeError) -> None:
     await stream.send_trailing_metadata(
         status=Status(int(exc.grpc_status)),
-        status_message=clip(str(exc), _MAX_STATUS_MESSAGE),
+        status_message=clip(status_message(exc), _MAX_STATUS_MESSAGE),
         metadata=error_trailer(exc),
     )
 
@@ -90,6 +110,7 @@ class BridgeService:
         self._shut_down: set[asyncio.Task[Any]] = set()  # stragglers cancelled by drain()
         # Argument bytes plus the request's own (bounded) fields.
         self.max_request = bridge.config.max_message_size + _ENVELOPE
+        self.size_advice = size_advice(bridge.config.max_message_size)
         self.metrics = Metrics() if bridge.config.metrics else None
         # Ids the server makes for calls that come without one: unique per run, cheap.
         self._cid_prefix = f"sb-{secrets.token_hex(4)}-"
@@ -136,7 +157,7 @@ class BridgeService:
             try:
                 if bad_cid:
                     raise BadRequest(f"{CORRELATION_METADATA} must be 1-128 printable ASCII")
-                request = await recv_bounded(stream, self.max_request)
+                request = await recv_bounded(stream, self.max_request, self.size_advice)
                 if unary:
                     await stream.send_message(await fn(request))
                 else:

@@ -57,7 +57,7 @@ from typing import Any, NamedTuple
 from grpclib.testing import ChannelFor
 
 from snakebridge import Client
-from snakebridge.wire import codec
+from snakebridge.wire import codec, remote
 
 from .bridge import Bridge
 from .channel import (
@@ -73,7 +73,7 @@ from .config import PoolConfig, ServerConfig
 from .frames import Call, Err, Ok, Ready, Reply
 from .refids import WorkerKey
 from .service import BridgeService
-from .supervisor.handle import WorkerHandle, WorkerState, _Channel
+from .supervisor.handle import WorkerHandle, WorkerState, _Channel, exit_reason
 from .supervisor.spawn import WorkerSpec
 
 __all__ = [
@@ -166,7 +166,7 @@ class _FakeProcess:
             self.sock.shutdown(socket.SHUT_RDWR)
         worker = self.worker
         if worker.state != WorkerState.DEAD:  # as WorkerHandle._reap
-            worker._fail(f"worker process exited with code {code}")
+            worker._fail(exit_reason(code))
         worker.exited.set()
 
     async def serve(self) -> None:
@@ -250,8 +250,9 @@ class _FakeProcess:
             self.exit(exc.code)
             return Err.of(frame.call_id, "WorkerCrashed", "dead"), False  # never sent
         if exc is not None:
-            kind = f"{type(exc).__module__}.{type(exc).__qualname__}"
-            return Err(frame.call_id, "RemoteError", kind, str(exc), ""), False
+            described = remote.describe(exc)  # as the real worker describes it
+            core = (described["type"], described["message"], described["traceback"])
+            return Err(frame.call_id, "RemoteError", *core, remote.pack_extra(described)), False
         return Ok(frame.call_id, codec.encode(task.result()), 0), call._exit_after_reply
 
     async def _run(self, call: FakeCall) -> Any:

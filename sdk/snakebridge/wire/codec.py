@@ -297,8 +297,9 @@ def _box(obj: Any, memo: dict[int, Any], depth: int) -> Any:
 
 
 class _Unsupported(Exception):
-    def __init__(self, obj: Any) -> None:
+    def __init__(self, obj: Any, why: str = "") -> None:
         self.obj = obj
+        self.why = why  # what about the value is unsupported, when its type is not enough
 
 
 class _Encoder:
@@ -337,7 +338,7 @@ class _Encoder:
         except _Unsupported as exc:
             if self.on_unencodable is None:
                 raise SerializationError(
-                    f"cannot encode value of type {_type_name(exc.obj)}; "
+                    f"cannot encode value of type {_type_name(exc.obj)}{exc.why}; "
                     "pass a Ref or a supported type (docs/wire.md)"
                 ) from None
             return self.on_unencodable(exc.obj)
@@ -438,8 +439,10 @@ class _Encoder:
             dtype = obj.dtype
             # Only what the decoder accepts (_DTYPE_RE), so graceful serialization turns
             # the rest into refs instead of producing bytes the peer must reject.
-            if not _DTYPE_RE.match(dtype.str) or obj.ndim > _MAX_NDIM:
-                raise _Unsupported(obj)
+            if not _DTYPE_RE.match(dtype.str):
+                raise _Unsupported(obj, _dtype_why(dtype))
+            if obj.ndim > _MAX_NDIM:
+                raise _Unsupported(obj, f" with {obj.ndim} dimensions (at most {_MAX_NDIM})")
             # ascontiguousarray would turn a 0-d array into shape (1,).
             arr = obj if obj.flags.c_contiguous else obj.copy(order="C")
             # A uint8 view: datetime64/timedelta64 arrays do not export a buffer themselves.
@@ -449,11 +452,18 @@ class _Encoder:
         if isinstance(obj, np.generic):
             dtype = obj.dtype
             if not _DTYPE_RE.match(dtype.str):
-                raise _Unsupported(obj)
+                raise _Unsupported(obj, _dtype_why(dtype))
             # np.str_("").tobytes() is 4 NUL bytes although its itemsize is 0.
             body = obj.tobytes() if dtype.itemsize else b""
             return msgpack.ExtType(EXT_NPSCALAR, _pack([dtype.str, body], _no_default))
         raise _Unsupported(obj)
+
+
+def _dtype_why(dtype: Any) -> str:
+    return (
+        f" with dtype {dtype} (only bool, numeric, datetime, str and bytes dtypes travel "
+        "by value: convert it first, e.g. .astype(str) or .tolist())"
+    )
 
 
 def _nests_deeper_than(value: Any, limit: int) -> bool:

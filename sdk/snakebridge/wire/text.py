@@ -15,3 +15,16 @@ def clip(text: str, limit: int, *, keep_end: bool = False) -> str:
     cut = len(text) - limit
     note = f"...[{cut} characters cut]..."
     return note + text[-limit:].lstrip() if keep_end else text[:limit].rstrip() + note
+
+
+def call_label(kind_name: str, module: str, name: str) -> str:
+    """How error text names a call: ``call math.sqrt``, ``method most_common``."""
+    kind = "call" if kind_name in ("function", "") else kind_name
+    target = f"{module}.{name}" if module and name else module or name
+    return f"{kind} {target}"
+
+
+def timed_out(what: str, timeout: float | None) -> str:
+    """The message of a call or stream that ran out of time, on either side."""
+    limit = f" ({timeout:g}s)" if timeout is not None else ""
+    return f"{what} did not finish within its timeout{limit}"

@@ -296,8 +296,36 @@ class CallPolicy:
             if part.startswith("_"):
                 raise PolicyError(
                     f"{dotted!r}: private and dunder names ({part!r}) are not reachable at "
-                    f"sandbox level {self.level!r}"
+                    f"sandbox level {self.level!r}{_instead(part)}"
                 )
+
+
+#: Dunder methods and the public callable that does the same through the protocol.
+_PUBLIC_FORMS: Final = {
+    "__getitem__": ("operator", "getitem", "[ref, key]"),
+    "__setitem__": ("operator", "setitem", "[ref, key, value]"),
+    "__delitem__": ("operator", "delitem", "[ref, key]"),
+    "__contains__": ("operator", "contains", "[ref, item]"),
+    "__len__": ("builtins", "len", "[ref]"),
+    "__iter__": ("builtins", "iter", "[ref]"),
+    "__next__": ("builtins", "next", "[ref]"),
+    "__call__": ("operator", "call", "[ref, *args]"),
+    "__eq__": ("operator", "eq", "[ref, other]"),
+    "__add__": ("operator", "add", "[ref, other]"),
+    "__mul__": ("operator", "mul", "[ref, other]"),
+    "__str__": ("builtins", "str", "[ref]"),
+    "__repr__": ("builtins", "repr", "[ref]"),
+}
+
+
+def _instead(name: str) -> str:
+    """A hint naming the public call that does what dunder ``name`` does, if there is one:
+    ``df["a"]`` is ``client.call("operator", "getitem", [df, "a"])``."""
+    found = _PUBLIC_FORMS.get(name)
+    if found is None:
+        return ""
+    module, function, args = found
+    return f"; call it through the protocol instead: client.call({module!r}, {function!r}, {args})"
 
 
 def _field_walk(name: str) -> str | None:

@@ -30,8 +30,8 @@ from snakebridge.errors import (
     RemoteError,
     WorkerCrashed,
     error_class,
-    remote_error,
 )
+from snakebridge.wire import remote
 
 from ..background import Background
 from ..channel import (
@@ -64,6 +64,7 @@ from ..logs import current_correlation_id
 from ..refids import WorkerKey
 from ..sandbox import SandboxSpec
 from ..sandbox.policy import level_at_least
+from ..sandbox.report import root_reason
 from ..sandbox.spawn import sandbox_uid, unreadable_by_others, worker_env
 from .output import OutputPump
 from .router import ConcurrentReplyRouter, FalseFrame, ReplyRouter
@@ -193,21 +194,78 @@ class _Channel(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.ready.done():
             self.ready.set_exception(WorkerStartError("worker closed its channel during start"))
-        self.handle._fail("worker process exited")
+        handle = self.handle
+        code = exit_status(handle.pid)
+        if code is not None or handle._proc is None or handle.state == WorkerState.CLOSING:
+            # Known already, or closed by us (recycling, shutdown): nothing to wait for.
+            handle._fail(exit_reason(code))
+            return
+        # The kernel closes a dying process's files before it can be waited for: give
+        # _reap a moment to say how it ended (a signal), then fail without knowing.
+        handle._lost_timer = asyncio.get_running_loop().call_later(
+            _EXIT_STATUS_WAIT, handle._fail, "worker process exited (its channel closed)"
+        )
+
+
+_EXIT_STATUS_WAIT: Final = 0.5
+_SIGNAL_HINTS: Final = {
+    "SIGKILL": "; the kernel's OOM killer, or another process, sent it",
+    "SIGSEGV": "; a crash in native code (a C extension)",
+    "SIGBUS": "; a crash in native code (a C extension)",
+    "SIGABRT": "; native code aborted",
+    "SIGXCPU": "; the CPU time limit",
+}
+
+
+def exit_status(pid: int) -> int | None:
+    """How process ``pid`` ended, as ``returncode`` says it (``-N`` for signal N), if it
+    has; the child stays waitable (``WNOWAIT``), so asyncio still reaps it."""
+    if pid <= 0:
+        return None
+    try:
+        info = os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+    except (ChildProcessError, OSError):
+        return None
+    if info is None:
+        return None
+    if info.si_code == os.CLD_EXITED:
+        return info.si_status
+    return -info.si_status
+
+
+def exit_reason(code: int | None) -> str:
+    """What a worker's death is reported as, naming the signal that killed it. Pure."""
+    if code is None:
+        return "worker process exited"
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return (
+            f"worker process exited: killed by {name} (signal {-code}){_SIGNAL_HINTS.get(name, '')}"
+        )
+    return f"worker process exited with code {code}"
 
 
 def _error_from(err: Err) -> BridgeError:
-    _, code, type_name, text, tb = err
+    _, code, type_name, text, tb, detail = err
     if code == "RemoteError":
-        error = remote_error(type_name, text, tb)
-        if isinstance(error, (StopIteration, StopAsyncIteration)):
-            # Awaiting a future that holds a StopIteration returns its message as the
-            # result: the caller took the error text for a reply (an INTERNAL error).
-            # The plain class carries it; the client rebuilds the builtin subclass from
-            # the type name.
-            return RemoteError(text, type_name=type_name, traceback=tb)
-        return error
+        return remote_error_of([type_name, text, tb, detail])
     return error_class(code)(text)
+
+
+def remote_error_of(error: list[Any]) -> RemoteError:
+    """The ``RemoteError`` a worker described as ``[type, message, traceback, detail]``
+    (``frames.split_description``), bounded: the worker's user code could have written
+    the frame. Never a real ``StopIteration``: awaiting a future that holds one returns
+    its message as the result (the client rebuilds the class from the description)."""
+    type_name, text, tb, *rest = error
+    extra = remote.unpack_extra(rest[0]) if rest else {}
+    described = remote.bounded({**extra, "type": type_name, "message": text, "traceback": tb})
+    if described is None:
+        raise ValueError(f"a remote error of type {type_name!r}")
+    return remote.build(described, decode_args=False)
 
 
 class WorkerHandle:
@@ -253,6 +311,9 @@ class WorkerHandle:
         self.sandbox_layers: list[str] = []
         self.helper_info: list[tuple[str, str, str]] = []  # (name, signature, doc), from READY
         self.scratch = ""
+        self._lost_timer: asyncio.TimerHandle | None = None  # channel closed, exit unknown
+        #: A sandboxed worker of a root server left running as root (no uid of its own).
+        self.runs_as_root = False
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.key} pid={self.pid} {self.state} in_flight={self.in_flight}>"
@@ -312,7 +373,8 @@ class WorkerHandle:
             )
             # The worker switches to ``sandbox.uid`` itself, first thing (uvloop's
             # subprocess_exec has no user=/group=).
-            sandbox, _ = await self._prepare_sandbox(env)
+            sandbox, uid = await self._prepare_sandbox(env)
+            self.runs_as_root = sandbox.level != "none" and uid == 0 and os.geteuid() == 0
             if sandbox.scratch:
                 env["HOME"] = env["TMPDIR"] = sandbox.scratch
             argv = worker_argv(
@@ -368,6 +430,11 @@ class WorkerHandle:
                     f"worker {self.key} reached sandbox level {self.sandbox_level!r}, below "
                     f"min_sandbox {self.spec.min_sandbox!r}: {'; '.join(self.sandbox_layers)}"
                 )
+            if self.runs_as_root and self.spec.min_sandbox != "none":
+                raise WorkerStartError(
+                    f"worker {self.key} runs as root (uid 0), which min_sandbox "
+                    f"{self.spec.min_sandbox!r} does not accept: {root_reason(self.sandbox_layers)}"
+                )
         except BaseException as exc:
             if isinstance(exc, WorkerStartError):
                 # It died on its own: let its last words (a traceback, usually) arrive.
@@ -394,7 +461,7 @@ class WorkerHandle:
         assert self._proc is not None
         code = await self._proc.wait()
         if self.state != DEAD:
-            self._fail(f"worker process exited with code {code}")
+            self._fail(exit_reason(code))
         self._remove_scratch()
         self.exited.set()
 
@@ -602,6 +669,8 @@ class WorkerHandle:
         previous = self.state
         self.state = DEAD
         self.death_reason = reason
+        if self._lost_timer is not None:
+            self._lost_timer.cancel()
         for timer in self._kill_timers.values():
             timer.cancel()
         self._kill_timers.clear()

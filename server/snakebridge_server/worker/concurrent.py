@@ -217,11 +217,11 @@ class ConcurrentServer:
             mint.rollback()
             if call_id in self.cancelling:
                 raise
-            return Err(call_id, "RemoteError", *_describe(asyncio.CancelledError()))
+            return Err(call_id, "RemoteError", *worker.describe(asyncio.CancelledError()))
         except BaseException as exc:
             # As at concurrency 1: whatever user code raises is an error of that call.
             mint.rollback()
-            return Err(call_id, "RemoteError", *_describe(exc))
+            return Err(call_id, "RemoteError", *worker.describe(exc))
         if len(encoded) > worker.max_result:
             mint.rollback()
             raise LimitExceeded(
@@ -280,9 +280,3 @@ def _interrupted(call_id: int, exc: CallInterrupted, cpu: Any) -> Err:
         text = f"the call used more than its {cpu.seconds:g} CPU seconds"
         return Err.of(call_id, "LimitExceeded", text)
     return Err.of(call_id, "CallCancelled", "call interrupted")
-
-
-def _describe(exc: BaseException) -> list[str]:
-    from .main import _describe as describe
-
-    return describe(exc)

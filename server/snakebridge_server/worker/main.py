@@ -34,7 +34,7 @@ from snakebridge.errors import (
     RefNotFound,
     SerializationError,
 )
-from snakebridge.wire import codec
+from snakebridge.wire import codec, remote
 from snakebridge.wire.codec import RefPayload
 from snakebridge.wire.constants import (
     KIND_CLASS,
@@ -45,7 +45,6 @@ from snakebridge.wire.constants import (
     KIND_MODULE_ATTR,
     KIND_SET_ATTR,
 )
-from snakebridge.wire.text import clip
 from snakebridge.wire.values import loaded_type
 
 from ..channel import (
@@ -81,8 +80,9 @@ from ..frames import (
 )
 from ..refids import check_ref_id
 from ..sandbox import SandboxSpec
-from ..sandbox.apply import CpuBudget
+from ..sandbox.apply import CpuBudget, read_paths, write_paths
 from ..sandbox.apply import apply as apply_sandbox
+from ..sandbox.explain import SandboxFacts
 from ..sandbox.policy import CallPolicy
 from .helpers import HelperLoadError, describe_helpers, load_helpers
 from .names import (
@@ -180,6 +180,7 @@ class Confinement:
     layers: tuple[str, ...] = ()
     policy: CallPolicy | None = None  # None: no name policy enforced
     max_call_cpu: float = 0.0  # 0: no per-call CPU budget
+    facts: SandboxFacts | None = None  # to tell sandbox refusals apart (None: no sandbox)
 
 
 _UNCONFINED: Final = Confinement()
@@ -210,6 +211,8 @@ class Worker:
         self.sandbox_layers = list(confinement.layers)
         policy = confinement.policy
         self.policy: CallPolicy | None = policy if policy is not None and policy.enforced else None
+        facts = confinement.facts
+        self.explain = facts.explain if facts is not None else None
         cpu = confinement.max_call_cpu
         self.cpu = CpuBudget(cpu, self._cpu_exceeded) if cpu else None
         # The frame loop's dispatch table: each opcode's frame type and handler.
@@ -222,6 +225,18 @@ class Worker:
             OP_STREAM_CLOSE: (StreamClose, self.stream_close_frame),
             OP_STREAM_NEXT: (StreamNext, self.stream_next),
         }
+
+    def describe(self, exc: BaseException) -> list[Any]:
+        """``[type, message, traceback, detail]`` of an exception user code raised, as an
+        ``Err`` or a stream's error carries it, with a note when the sandbox refused what
+        it did (``sandbox.explain``)."""
+        described = remote.describe(exc, self.explain)
+        return [
+            described["type"],
+            described["message"],
+            described["traceback"],
+            remote.pack_extra(described),
+        ]
 
     # -- cancellation -------------------------------------------------------------------
 
@@ -375,7 +390,7 @@ class Worker:
             # Anything user code raises (sys.exit(), CancelledError, GeneratorExit, ...) is
             # an error of that call, never a reason for the worker to die.
             mint.rollback()
-            return Err(call_id, "RemoteError", *_describe(exc))
+            return Err(call_id, "RemoteError", *self.describe(exc))
         if len(encoded) > self.max_result:
             mint.rollback()
             raise LimitExceeded(
@@ -418,7 +433,7 @@ class Worker:
         except (CallInterrupted, BridgeError):
             raise
         except BaseException as exc:
-            return Err(call_id, "RemoteError", *_describe(exc))
+            return Err(call_id, "RemoteError", *self.describe(exc))
         finally:
             self.current = 0
         stream_id = self._next_stream
@@ -479,7 +494,7 @@ class Worker:
                 released = self.refs.release([stream.owner_ref], session_id)
         if batch.state == ERROR:
             assert batch.error is not None
-            error = _describe(batch.error)
+            error = self.describe(batch.error)
         value = StreamBatch(stream_id, batch.body, batch.state, error, _pairs(released))
         return Ok(call_id, value, len(mint.created))
 
@@ -635,25 +650,6 @@ class CpuExceeded(CallInterrupted):
     """The running call went past its CPU budget (SIGXCPU)."""
 
 
-_MAX_ERROR_MESSAGE = 8 * 1024
-_MAX_TRACEBACK = 16 * 1024
-
-
-def _describe(exc: BaseException) -> list[str]:
-    """[qualified type, message, traceback] of an exception raised by user code, each cut
-    to a bounded size: error text travels in gRPC trailers, which must stay small."""
-    try:
-        message = str(exc)
-    except BaseException:  # a broken __str__ must not break error reporting
-        message = f"<unprintable {type(exc).__name__}>"
-    tb = "".join(traceback.format_exception(exc, limit=-20))
-    return [
-        f"{type(exc).__module__}.{type(exc).__qualname__}"[:512],
-        clip(message, _MAX_ERROR_MESSAGE),
-        clip(tb, _MAX_TRACEBACK, keep_end=True),
-    ]
-
-
 _EXHAUSTED: Final = object()
 
 
@@ -761,11 +757,16 @@ def main(argv: list[str] | None = None) -> None:
     # Before the Worker exists: its helpers are user code and run inside the sandbox too.
     level, layers = apply_sandbox(spec)
     install_logging(args.log_level)  # before helpers, which are user code that may log
+    sandboxed = spec.level != "none"
+    facts = SandboxFacts.of(
+        args.pool, spec.level, layers, read_paths(spec), write_paths(spec), spec.max_memory
+    )
     confinement = Confinement(
         level,
         tuple(layers),
         CallPolicy.build(spec.level, extra_deny=spec.deny_modules),
-        spec.max_call_cpu if spec.level != "none" else 0.0,
+        spec.max_call_cpu if sandboxed else 0.0,
+        facts if sandboxed else None,
     )
     # The operator's preloads, inside the sandbox like everything after it: a module that
     # fails to import fails the worker's start, with its traceback in the server's log.

@@ -170,8 +170,20 @@ def test_an_ok_reply_that_lies_is_refused_with_the_reason() -> None:
 
 def test_error_replies_round_trip() -> None:
     err = Err(5, "RemoteError", "builtins.ValueError", "bad", "Traceback ...")
-    assert err.pack() == [R_ERR, 5, "RemoteError", "builtins.ValueError", "bad", "Traceback ..."]
+    assert err.pack() == [
+        R_ERR,
+        5,
+        "RemoteError",
+        "builtins.ValueError",
+        "bad",
+        "Traceback ...",
+        None,
+    ]
     assert Err.unpack(unpack_reply(_through_the_channel(err.pack()))) == err
+    # A frame written without the detail field (a worker of the previous release).
+    assert Err.unpack(err.pack()[:-1]) == err
+    detailed = err._replace(detail=b"\x81\xa5notes\x91\xa1n")
+    assert Err.unpack(unpack_reply(_through_the_channel(detailed.pack()))) == detailed
     assert Err.of(6, "CallCancelled", "call interrupted").pack() == [
         R_ERR,
         6,
@@ -179,6 +191,7 @@ def test_error_replies_round_trip() -> None:
         "",
         "call interrupted",
         "",
+        None,
     ]
     with pytest.raises(ValueError, match="fields"):
         Err.unpack([R_ERR, 5, "RemoteError"])

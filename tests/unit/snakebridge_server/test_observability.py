@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import math
+import re
 
 import msgpack
 import pytest
@@ -265,6 +266,13 @@ def test_the_context_block_wins_over_the_client_default_and_nests() -> None:
         assert client._call_metadata()[1] == "outer"
     assert _correlation.current() is None
     assert Client("127.0.0.1:1")._call_metadata() == (None, None)  # no cost when unused
+    # With a client-side deadline the client makes one, so that a timeout it raises
+    # itself names the id the server logged.
+    made = Client("127.0.0.1:1")
+    headers, first = made._call_metadata(deadline=True)
+    assert first is not None and re.fullmatch(r"sbc-[0-9a-f]{8}-1", first)
+    assert headers == {CORRELATION_METADATA: first}
+    assert made._call_metadata(deadline=True)[1] == first[:-1] + "2"
 
 
 def test_every_error_trailer_carries_the_correlation_id() -> None:
