@@ -18,7 +18,7 @@ from grpclib.health.service import OVERALL, Health
 from snakebridge.wire.constants import SERVICE
 from snakebridge.wire.h2_repr import use_cheap_data_frame_repr
 
-from .auth import UNAUTHENTICATED_OK, TokenAuth, read_token
+from .auth import UNAUTHENTICATED_OK, Identities, TokenAuth, read_tokens
 from .bounded import RequestGuard
 from .bridge import Bridge
 from .config import ConfigError, ServerConfig, _is_loopback, parse_listen
@@ -68,7 +68,11 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     metrics_server: MetricsServer | None = None
     try:
         await bridge.start()
-        service = BridgeService(bridge)
+        identities = Identities(
+            tokens=read_tokens(config.token_file) if config.token_file else None,
+            certificates=bool(config.tls_client_ca),
+        )
+        service = BridgeService(bridge, identities)
         serving = ServiceStatus()
         # One status per pool; the overall one ("" and the Bridge service) ignores them.
         pool_status = {name: ServiceStatus() for name in bridge.pools}
@@ -94,7 +98,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         raise_open_files_limit(config.max_connections)
         ssl_context = server_ssl_context(config)
         if config.token_file:
-            listen(server, RecvRequest, TokenAuth(read_token(config.token_file)))
+            listen(server, RecvRequest, TokenAuth(identities))
         if config.uds:
             _remove_stale_socket(config.uds)
             old_umask = os.umask(0o177)  # the socket is created 0600: owner only
@@ -185,11 +189,21 @@ async def check_pools(config: ServerConfig) -> list[str]:
         for pool in bridge.pools.values():
             level, layers = sandbox_report(pool.workers)
             lines.append(f"pool {pool.name}: {pool.live}/{pool.size} workers started")
+            lines.append(f"pool {pool.name}: isolation {_isolation_line(pool)}")
             lines.append(f"pool {pool.name}: sandbox level {level}")
             lines.extend(f"  {layer}" for layer in layers)
         return lines
     finally:
         await bridge.close()
+
+
+def _isolation_line(pool: Any) -> str:
+    if not pool.dedicated:
+        return "shared (clients of the pool share its workers; see docs/security.md)"
+    return (
+        f"{pool.isolation} (a worker serves one {pool.isolation}; "
+        f"{pool.spares} spare(s) kept started, at most {pool.size} workers)"
+    )
 
 
 def check(config: ServerConfig) -> int:
