@@ -315,11 +315,12 @@ class Bridge:
                 try:
                     worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
                 except WorkerCrashed as exc:
-                    self.faults[pool.name].check(time.monotonic(), tenant, session.id)
                     # Retry once, elsewhere, only what the caller marked safe to repeat
-                    # and what does not depend on the dead worker's objects.
+                    # and what does not depend on the dead worker's objects (and not for
+                    # a session that has crashed workers too often).
                     if not req.idempotent or owner is not None:
                         raise
+                    self.faults[pool.name].check(time.monotonic(), tenant, session.id)
                     log.info("retrying idempotent call after a crash: %s", exc)
                     worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
         except TimeoutError:

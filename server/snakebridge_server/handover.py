@@ -33,6 +33,7 @@ from .supervisor.pool import Pool
 
 log = logging.getLogger("snakebridge.bridge")
 
+MAX_DEAD: Final = 256  # dead workers whose last session is remembered
 IDLE_PING_AFTER: Final = 1.0  # seconds idle after which a worker is pinged even for its own session
 
 
@@ -42,17 +43,23 @@ class Handover:
         self._baseline: dict[WorkerKey, Sample] = {}
         self._served: dict[WorkerKey, tuple[str, str]] = {}  # (tenant, session) served last
         self._used: dict[WorkerKey, float] = {}  # when it was last handed a call
+        # Who dead workers served last: the pool asks after it reported the death.
+        self._dead: dict[WorkerKey, tuple[str, str]] = {}
 
     def forget(self, key: WorkerKey) -> None:
         """The worker is gone."""
         self._baseline.pop(key, None)
-        self._served.pop(key, None)
         self._used.pop(key, None)
+        who = self._served.pop(key, None)
+        if who is not None:
+            self._dead[key] = who
+            while len(self._dead) > MAX_DEAD:
+                del self._dead[next(iter(self._dead))]
 
     def served_by(self, key: WorkerKey) -> str | None:
         """Who a worker's last call was for (the one running, on a serial worker): the
         source of a crash for fault accounting."""
-        who = self._served.get(key)
+        who = self._served.get(key) or self._dead.get(key)
         return None if who is None else f"{who[0]}\0{who[1]}"
 
     def handed(self, worker: WorkerHandle, who: tuple[str, str]) -> None:

@@ -60,13 +60,15 @@ class Placement(Generic[S]):
 
     ``use``: run on ``worker`` (``assign``: it was a spare, now the owner's);
     ``start``: start a worker in the empty ``slot`` for the owner;
-    ``wait``: a worker is starting or may free up; wait and decide again.
+    ``wait``: a worker is starting or may free up; wait and decide again (``full``: every
+    worker is dedicated, so this waits for another owner to let go of one).
     """
 
     action: Literal["use", "start", "wait"]
     worker: S | None = None
     slot: int = -1
     assign: bool = False
+    full: bool = False
 
 
 def place(
@@ -74,9 +76,11 @@ def place(
     assigned: Mapping[WorkerKey, str],
     owner: str,
     free: Collection[int],
+    pending: int = 0,
 ) -> Placement[S]:
     """Where a call of ``owner`` runs. ``assigned``: owner of each dedicated worker;
-    ``free``: empty slots a worker may be started in (none running or being replaced).
+    ``free``: empty slots a worker may be started in (none running or being replaced);
+    ``pending``: workers about to be started (each will be a spare).
 
     The owner's own live worker (least loaded) first; else a spare (a live unassigned
     worker) is assigned; else a starting spare is awaited; else an empty slot is started;
@@ -87,11 +91,13 @@ def place(
     spares = [w for w in slots if w is not None and w.alive and w.key not in assigned]
     if spares:
         return Placement("use", spares[0], assign=True)
+    if pending or any(
+        w is not None and w.state == STARTING and w.key not in assigned for w in slots
+    ):
+        return Placement("wait")  # a spare is on its way
     if free:
-        if any(w is not None and w.state == STARTING and w.key not in assigned for w in slots):
-            return Placement("wait")  # a spare is on its way
         return Placement("start", slot=min(free))
-    return Placement("wait")
+    return Placement("wait", full=True)
 
 
 def spares_to_start(

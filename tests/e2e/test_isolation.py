@@ -104,11 +104,11 @@ async def test_module_poisoning_surviving_the_attackers_disconnect(
     async with snakebridge.Client(srv.address, token=ALICE) as victim:
         got = await victim.call("string", "capwords", ["a b"])
     assert got == ("poisoned" if level == "shared" else "A B")
-    # The attacker's own next connection: under session isolation its poisoned worker
-    # was discarded with its session; under tenant it is still its own.
+    # The attacker's own next connection: its poisoned worker was discarded with its
+    # (tenant's last) session.
     async with snakebridge.Client(srv.address, token=MALLORY) as attacker:
         again = await attacker.call("string", "capwords", ["a b"])
-    assert again == ("A B" if level == "session" else "poisoned")
+    assert again == ("poisoned" if level == "shared" else "A B")
 
 
 @pytest.mark.parametrize("level", LEVELS)

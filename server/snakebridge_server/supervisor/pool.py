@@ -264,6 +264,7 @@ class Pool:
         self.max_waiting = max_waiting
         self.assigned: dict[WorkerKey, str] = {}  # dedicated worker -> its owner
         self._waiters: list[asyncio.Future[None]] = []  # owners waiting for a worker
+        self._full_waiters = 0  # of them, those waiting because every worker is taken
         # Whether a death counts toward the crash-loop breaker (the bridge's fault
         # accounting: each session at most once per window).
         self.breaker_counts: Callable[[WorkerKey, float], bool] = lambda key, now: True
@@ -657,7 +658,9 @@ class Pool:
                 raise PoolUnavailable(f"pool {self.name!r} is shutting down")
             if self._breaker.tripped:
                 raise self._unavailable()
-            decision = place(self.workers, self.assigned, owner, self._free_slots())
+            decision = place(
+                self.workers, self.assigned, owner, self._free_slots(), len(self._replacing)
+            )
             if decision.action == "use":
                 worker = decision.worker
                 assert worker is not None
@@ -667,16 +670,18 @@ class Pool:
                 return worker
             if decision.action == "start":
                 self._schedule_replace(decision.slot, 0.0, None)
-            if len(self._waiters) >= self.max_waiting:
+            if decision.full and self._full_waiters >= self.max_waiting:
                 raise PoolSaturated(
                     f"pool {self.name!r} has all {self.size} workers dedicated and "
                     f"{self.max_waiting} waiting for one (max_waiting); retry later"
                 )
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._waiters.append(fut)
+            self._full_waiters += decision.full
             try:
                 await fut
             finally:
+                self._full_waiters -= decision.full
                 if fut in self._waiters:
                     self._waiters.remove(fut)
 
