@@ -22,7 +22,8 @@ import snakebridge
 from snakebridge import errors
 from snakebridge.wire.codec import RefPayload
 
-from .conftest import ServerProcess
+from .conftest import ServerProcess, run_bridge_server
+from .test_tls import Pki
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -285,3 +286,41 @@ async def test_describe_shows_pids_only_to_authenticated_callers(
         async with snakebridge.Client(srv.address, token=token) as client:
             workers = (await client.describe()).pools[0].workers
         assert all((w.pid != 0) == visible for w in workers), (srv.args, workers)
+
+
+async def test_mtls_client_certificates_are_tenants_by_common_name(
+    make_server: Any, tmp_path: Path
+) -> None:
+    pki = Pki(tmp_path)
+    ca = pki.ca
+    contexts = {}
+    for name in ("billing", "analytics"):
+        ctx = pki.client_context()
+        ca.issue_cert(f"{name}@example.test", common_name=name).configure_cert(ctx)
+        contexts[name] = ctx
+    srv = make_server(
+        *pki.server_args(mtls=True), "--isolation", "tenant", "--workers", "3",
+        "--helpers", "remote_helpers",
+    )  # fmt: skip
+    async with (
+        snakebridge.Client(srv.address, ssl=contexts["billing"]) as billing,
+        snakebridge.Client(srv.address, ssl=contexts["analytics"]) as analytics,
+    ):
+        pid_b = await billing.call("remote_helpers", "pid")
+        pid_a = await analytics.call("remote_helpers", "pid")
+        assert pid_a != pid_b
+        assert await billing.call("remote_helpers", "pid", session="other") == pid_b
+        with pytest.raises(errors.BadRequest, match="another client"):
+            await analytics.call("math", "sqrt", [4], session=billing.current_session())
+        workers = (await billing.describe()).pools[0].workers
+    assert all(w.pid for w in workers)  # mTLS callers are authenticated: pids shown
+
+
+def test_check_reports_each_pools_isolation() -> None:
+    done = run_bridge_server(
+        "check", "--workers", "2", "--isolation", "session", "--spare-workers", "1"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "isolation session (a worker serves one session; 1 spare(s) kept started, " in (
+        done.stdout + done.stderr
+    )
