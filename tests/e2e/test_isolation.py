@@ -275,8 +275,8 @@ async def test_session_workers_come_from_spares_up_to_the_maximum(
 async def test_describe_shows_pids_only_to_authenticated_callers(
     make_server: Any, tmp_path: Path
 ) -> None:
-    anonymous = make_server("--workers", "1")
-    shown = make_server("--workers", "1", "--describe-pids")
+    anonymous = make_server("--workers", "1", env={"SNAKEBRIDGE_DESCRIBE_PIDS": "0"})
+    shown = make_server("--workers", "1", "--describe-pids", env={"SNAKEBRIDGE_DESCRIBE_PIDS": "0"})
     authenticated = make_server("--workers", "1", "--token-file", _tokens(tmp_path))
     for srv, token, visible in (
         (anonymous, None, False),
