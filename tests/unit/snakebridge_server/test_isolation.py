@@ -1,5 +1,5 @@
 """Isolation decisions, pure: tenants from tokens and certificates, sessions owned by
-their tenant, worker placement and spares, fault accounting, leftovers (issue #12)."""
+their tenant, worker placement and spares, fault accounting (issue #12)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from snakebridge_server.faults import FaultLedger
 from snakebridge_server.isolation import owner_key, place, spares_to_start
 from snakebridge_server.refids import WorkerKey
 from snakebridge_server.sessions import SessionTable
-from snakebridge_server.supervisor.leftovers import Sample, leftover_reason
 
 # -- tenants ----------------------------------------------------------------------------
 
@@ -165,16 +164,3 @@ def test_the_breaker_counts_each_source_once_per_window() -> None:
     assert not ledger.breaker_counts(1.0, "a")
     assert ledger.breaker_counts(1.0, "b")
     assert ledger.breaker_counts(61.5, "a")
-
-
-# -- leftovers --------------------------------------------------------------------------
-
-
-def test_leftovers_name_threads_fds_and_memory_in_that_order() -> None:
-    base = Sample(threads=2, fds=10, rss=100)
-    limits = {"max_extra_fds": 4, "max_rss_growth": 50}
-    assert leftover_reason(base, Sample(2, 14, 150), **limits) is None
-    assert "thread" in (leftover_reason(base, Sample(3, 30, 999), **limits) or "")
-    assert "file descriptor" in (leftover_reason(base, Sample(2, 15, 100), **limits) or "")
-    assert "RSS" in (leftover_reason(base, Sample(2, 10, 151), **limits) or "")
-    assert leftover_reason(base, Sample(2, 10, 10**9), max_extra_fds=4, max_rss_growth=0) is None
