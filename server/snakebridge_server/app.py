@@ -73,6 +73,13 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             certificates=bool(config.tls_client_ca),
         )
         service = BridgeService(bridge, identities)
+        for pool in bridge.pools.values():
+            if pool.isolation == "tenant" and not identities.authenticated:
+                log.warning(
+                    "pool %s: isolation tenant without --token-file or --tls-client-ca: "
+                    "every client is the one tenant, served by one worker",
+                    pool.name,
+                )
         serving = ServiceStatus()
         # One status per pool; the overall one ("" and the Bridge service) ignores them.
         pool_status = {name: ServiceStatus() for name in bridge.pools}
