@@ -18,6 +18,7 @@ from bench.sections import (
     concurrency,
     cpu,
     grpclib_floor,
+    isolation,
     lifecycle,
     payloads,
     peers,
@@ -38,6 +39,7 @@ SECTIONS: dict[str, Section] = {
     "payloads": payloads.targets,
     "lifecycle": lifecycle.targets,
     "concurrency": concurrency.targets,
+    "isolation": isolation.targets,
 }
 
 BASELINE = "grpclib"

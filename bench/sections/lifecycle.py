@@ -65,6 +65,7 @@ async def _replaced(client: Any, killed: int, slot: int | None) -> float:
 async def one_life(sdk: Any) -> dict[str, float]:
     port = free_port(HOST)
     argv = [_server_binary(), "--listen", f"{HOST}:{port}", "--workers", str(WORKERS)]
+    argv.append("--describe-pids")  # matched against the SERVING line's pids below
     server = ServerProcess("bridge-server (lifecycle)", argv, "SERVING", env=repo_on_pythonpath())
     try:
         await server.start()

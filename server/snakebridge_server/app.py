@@ -19,7 +19,7 @@ from grpclib.health.service import OVERALL, Health
 from snakebridge.wire.constants import SERVICE
 from snakebridge.wire.h2_repr import use_cheap_data_frame_repr
 
-from .auth import UNAUTHENTICATED_OK, TokenAuth, read_token
+from .auth import UNAUTHENTICATED_OK, Identities, TokenAuth, read_tokens
 from .bounded import RequestGuard
 from .bridge import Bridge
 from .config import ConfigError, ServerConfig, _is_loopback, parse_listen
@@ -57,6 +57,16 @@ def _bound_address(server: GrpcServer, config: ServerConfig) -> str:
     return f"{host}:{port}"
 
 
+def _warn_if_tenants_unknown(bridge: Bridge, identities: Identities) -> None:
+    for pool in bridge.pools.values():
+        if pool.isolation == "tenant" and not identities.authenticated:
+            log.warning(
+                "pool %s: isolation tenant without --token-file or --tls-client-ca: "
+                "every client is the one tenant, served by one worker",
+                pool.name,
+            )
+
+
 async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (or SIGINT/SIGTERM arrives)."""
     stop = stop or asyncio.Event()
@@ -69,7 +79,12 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     metrics_server: MetricsServer | None = None
     try:
         await bridge.start()
-        service = BridgeService(bridge)
+        identities = Identities(
+            tokens=read_tokens(config.token_file) if config.token_file else None,
+            certificates=bool(config.tls_client_ca),
+        )
+        service = BridgeService(bridge, identities)
+        _warn_if_tenants_unknown(bridge, identities)
         serving = ServiceStatus()
         # One status per pool; the overall one ("" and the Bridge service) ignores them.
         pool_status = {name: ServiceStatus() for name in bridge.pools}
@@ -96,7 +111,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         raise_open_files_limit(config.max_connections)
         ssl_context = server_ssl_context(config)
         if config.token_file:
-            listen(server, RecvRequest, TokenAuth(read_token(config.token_file)))
+            listen(server, RecvRequest, TokenAuth(identities))
         if config.uds:
             _remove_stale_socket(config.uds)
             old_umask = os.umask(0o177)  # the socket is created 0600: owner only
@@ -227,6 +242,7 @@ async def check_pools(config: ServerConfig) -> list[str]:
         for pool in bridge.pools.values():
             level, layers = sandbox_report(pool.workers)
             lines.append(f"pool {pool.name}: {pool.live}/{pool.size} workers started")
+            lines.append(f"pool {pool.name}: isolation {_isolation_line(pool)}")
             lines.append(f"pool {pool.name}: sandbox level {level}")
             lines.extend(f"  {layer}" for layer in layers)
             warning = root_warning(pool.workers)
@@ -235,6 +251,15 @@ async def check_pools(config: ServerConfig) -> list[str]:
         return lines
     finally:
         await bridge.close()
+
+
+def _isolation_line(pool: Any) -> str:
+    if not pool.dedicated:
+        return "shared (clients of the pool share its workers; see docs/security.md)"
+    return (
+        f"{pool.isolation} (a worker serves one {pool.isolation}; "
+        f"{pool.spares} spare(s) kept started, at most {pool.size} workers)"
+    )
 
 
 def check(config: ServerConfig) -> int:

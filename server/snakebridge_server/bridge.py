@@ -24,6 +24,7 @@ from snakebridge.errors import (
     LimitExceeded,
     PoolUnavailable,
     ProtocolMismatch,
+    RefNotFound,
     RemoteError,
     SessionLost,
     WorkerCrashed,
@@ -46,8 +47,11 @@ from snakebridge.wire.text import call_label, timed_out
 from .background import Background
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import PoolConfig, ServerConfig
+from .faults import FaultLedger
 from .frames import Call, Ok, StreamOpen
+from .handover import Handover
 from .helper_sources import is_helper_file, source_module_name
+from .isolation import SESSION, TENANT, owner_key
 from .logs import note_routed_pool
 from .metrics import queue_depth
 from .refids import WorkerKey, owner_of, parse_ref_id
@@ -147,6 +151,8 @@ class Bridge:
         self.pool_configs = {p.name: p for p in config.pools}
         self.policies: dict[str, CallPolicy] = {}
         self.pools: dict[str, Pool] = {}
+        self.faults: dict[str, FaultLedger] = {}
+        self.handover = Handover(self.pool_configs)
         uid_offset = 0  # each worker of every pool gets a uid of its own
         self.helper_info: dict[str, list[tuple[str, str, str]]] = {}  # by pool, at start
         for pc in config.pools:
@@ -164,13 +170,35 @@ class Bridge:
                 pc.workers,
                 self._worker_spec(pc, uid_offset),
                 max_queued=pc.max_queued,
-                on_worker_lost=self.sessions.worker_gone,
+                on_worker_lost=self._worker_gone,
                 refs_of=self.sessions.refs_on,
                 policy=SupervisionPolicy.of(pc),
                 worker_factory=worker_factory,
+                isolation=pc.isolation,
+                spares=pc.spare_workers,
+                max_waiting=pc.max_waiting,
             )
+            ledger = self.faults[pc.name] = FaultLedger(
+                session_limit=pc.session_crash_limit,
+                tenant_limit=pc.tenant_crash_limit,
+                window=pc.crash_loop_window,
+            )
+            self.pools[pc.name].breaker_counts = self._breaker_filter(ledger)
             uid_offset += pc.workers
         self._background = Background("bridge")  # the session sweeper
+
+    def _breaker_filter(self, ledger: FaultLedger) -> Callable[[WorkerKey, float], bool]:
+        """A pool's crash-loop rule: a death counts once per window per session (the one
+        whose call the worker ran last), so one session cannot trip the pool."""
+
+        def counts(key: WorkerKey, now: float) -> bool:
+            return ledger.breaker_counts(now, self.handover.served_by(key) or f"worker {key}")
+
+        return counts
+
+    def _worker_gone(self, key: WorkerKey) -> None:
+        self.sessions.worker_gone(key)
+        self.handover.forget(key)
 
     def _worker_spec(self, pc: PoolConfig, uid_offset: int) -> WorkerSpec:
         config = self.config
@@ -262,7 +290,7 @@ class Bridge:
                 f"{self.config.max_message_size}-byte message limit; pass a ref instead"
             )
 
-    async def call(self, req: CallRequestWire) -> bytes:
+    async def call(self, req: CallRequestWire, tenant: str = "") -> bytes:
         validate_call(req)
         self._check_size(req)
         refs = [*req.arg_refs, req.target_ref] if req.target_ref else req.arg_refs
@@ -271,7 +299,9 @@ class Bridge:
         check_policy(self.policies[pool.name], req)
         pool.check_capacity()
         timeout = self._timeout(pool, req.timeout)
-        session = self.sessions.begin_call(req.session_id, time.monotonic())
+        now = time.monotonic()
+        self.faults[pool.name].check(now, tenant, req.session_id)
+        session = self.sessions.begin_call(req.session_id, now, tenant)
         worker: WorkerHandle | None = None
         reply: Ok | None = None
         # Built once; each attempt's worker fills in its call id, budget and correlation id.
@@ -288,9 +318,11 @@ class Bridge:
                     worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
                 except WorkerCrashed as exc:
                     # Retry once, elsewhere, only what the caller marked safe to repeat
-                    # and what does not depend on the dead worker's objects.
+                    # and what does not depend on the dead worker's objects (and not for
+                    # a session that has crashed workers too often).
                     if not req.idempotent or owner is not None:
                         raise
+                    self.faults[pool.name].check(time.monotonic(), tenant, session.id)
                     log.info("retrying idempotent call after a crash: %s", exc)
                     worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
         except RemoteError:
@@ -320,21 +352,37 @@ class Bridge:
         """Run ``run`` on the worker this request belongs to: the owner of its refs, else
         one picked for the session. A request that was still queued when its worker died
         never ran, so it is simply routed again (the caller's timeout bounds this)."""
+        who = (session.tenant, session.id)
+        dedicated_to = owner_key(pool.isolation, *who)
         while True:
             if owner is not None:
                 worker = pool.owner(owner)  # SessionLost once the owner has died
+                if dedicated_to is not None and pool.assigned.get(worker.key) != dedicated_to:
+                    # Another tenant's or session's worker: as good as nonexistent.
+                    raise RefNotFound(f"ref of worker {owner} was released or never existed")
             else:
-                worker = await self._pick(pool, session, affinity)
+                worker = await self._pick(pool, session, affinity, dedicated_to)
+                if not await self.handover.vet(pool, worker, who):
+                    continue  # it was recycled or replaced: pick again
+            self.handover.handed(worker, who)
             note_routed_pool(pool.name)
             try:
                 result = await run(worker)
             except NeverStarted:
                 continue
+            except WorkerCrashed:
+                # It died running this call: the crash counts against this session.
+                self.faults[pool.name].record(time.monotonic(), *who)
+                raise
             pool.after_call(worker)  # recycles it once it reached its call limit
             return worker, result
 
     @staticmethod
-    async def _pick(pool: Pool, session: Session, affinity: str) -> WorkerHandle:
+    async def _pick(
+        pool: Pool, session: Session, affinity: str, dedicated_to: str | None
+    ) -> WorkerHandle:
+        if dedicated_to is not None:
+            return await pool.acquire(dedicated_to)
         try:
             return await pool.pick(session.last_worker, affinity=affinity)
         except SessionLost:
@@ -354,7 +402,9 @@ class Bridge:
         nbytes = min(cfg.stream_batch_bytes, cfg.max_message_size // 2)
         return items, nbytes, cfg.stream_linger
 
-    async def stream(self, req: CallRequestWire, send: Callable[[bytes], Awaitable[None]]) -> None:
+    async def stream(
+        self, req: CallRequestWire, send: Callable[[bytes], Awaitable[None]], tenant: str = ""
+    ) -> None:
         """Iterate what ``req`` names in a worker, handing each batch to ``send``.
 
         One batch is prefetched while ``send`` waits for the client (HTTP/2 flow control),
@@ -372,7 +422,9 @@ class Bridge:
         pool = self.pool(owner.pool if owner is not None else req.pool)
         check_policy(self.policies[pool.name], req)
         pool.check_capacity()
-        session = self.sessions.begin_call(req.session_id, time.monotonic())
+        now = time.monotonic()
+        self.faults[pool.name].check(now, tenant, req.session_id)
+        session = self.sessions.begin_call(req.session_id, now, tenant)
         worker: WorkerHandle | None = None
         stream_id = 0
         open_ = False
@@ -452,7 +504,9 @@ class Bridge:
         except TimeoutError:
             raise CallTimeout(f"the iterator produced nothing for {timeout:g}s") from None
 
-    async def stream_next(self, ref_id: str, session_id: str, timeout: float) -> tuple[bool, bytes]:
+    async def stream_next(
+        self, ref_id: str, session_id: str, timeout: float, tenant: str = ""
+    ) -> tuple[bool, bytes]:
         """One item of a StreamRef: (done, encoded item)."""
         if len(ref_id) > MAX_ID or len(session_id) > MAX_ID:
             raise BadRequest(f"session and ref ids are limited to {MAX_ID} characters")
@@ -461,7 +515,7 @@ class Bridge:
         key = parse_ref_id(ref_id, self.boot)
         pool = self.pool(key.pool)
         worker = pool.owner(key)
-        session = self.sessions.begin_call(session_id, time.monotonic())
+        session = self.sessions.begin_call(session_id, time.monotonic(), tenant)
         new_refs = 0
         try:
             async with asyncio.timeout(self._timeout(pool, timeout)):
@@ -493,11 +547,13 @@ class Bridge:
 
     # -- releases -----------------------------------------------------------------------
 
-    async def release_refs(self, ref_ids: list[str], session_id: str) -> int:
+    async def release_refs(self, ref_ids: list[str], session_id: str, tenant: str = "") -> int:
         """Free the given refs of ``session_id`` wherever they live; unknown or lost refs,
-        and refs of another session, count as 0."""
+        and refs of another session (or of another tenant's session), count as 0."""
         if len(session_id) > MAX_ID:
             raise BadRequest(f"session ids are limited to {MAX_ID} characters")
+        if self.sessions.owned(session_id, tenant) is None:
+            return 0  # no refs are counted for a session the table does not hold
         by_worker: dict[WorkerKey, list[str]] = defaultdict(list)
         for ref_id in ref_ids:
             try:
@@ -518,7 +574,9 @@ class Bridge:
             released += count
         return released
 
-    async def release_session(self, session_id: str) -> tuple[int, bool]:
+    async def release_session(self, session_id: str, tenant: str = "") -> tuple[int, bool]:
+        if self.sessions.owned(session_id, tenant) is None:
+            return 0, False  # another tenant's session is as good as absent
         session = self.sessions.remove(session_id)
         if session is None:
             return 0, False
@@ -528,7 +586,19 @@ class Bridge:
                 released += await self.pool(key.pool).owner(key).release_session(session_id)
             except BridgeError:
                 continue
+        self._session_ended(session, "session_released")
         return released, True
+
+    def _session_ended(self, session: Session, reason: str) -> None:
+        """Discard the workers dedicated to ``session`` (isolation ``session``), or to its
+        tenant once the tenant has no session left (isolation ``tenant``)."""
+        tenant_gone = not self.sessions.has_tenant(session.tenant)
+        for pool in self.pools.values():
+            self.faults[pool.name].forget_session(session.tenant, session.id)
+            if pool.isolation == SESSION or (pool.isolation == TENANT and tenant_gone):
+                owner = owner_key(pool.isolation, session.tenant, session.id)
+                assert owner is not None
+                pool.release_owner(owner, reason)
 
     async def _sweep_sessions(self) -> None:
         """Release sessions idle past the TTL. Sleeps until the next one can expire."""
@@ -541,6 +611,7 @@ class Bridge:
                 for key in session.refs_by_worker:
                     with contextlib.suppress(BridgeError):
                         await self.pool(key.pool).owner(key).release_session(session.id)
+                self._session_ended(session, "session_expired")
 
 
 def _pool_snapshot(pool: Pool) -> PoolSnapshot:
@@ -571,4 +642,6 @@ def _pool_snapshot(pool: Pool) -> PoolSnapshot:
         sandbox_level=level,
         sandbox_layers=tuple(layers),
         workers=workers,
+        isolation=pool.isolation,
+        spare_workers=pool.spare_count if pool.dedicated else 0,
     )

@@ -22,6 +22,7 @@ from typing import Any, Final
 from snakebridge.wire.codec import DEFAULT_LIMITS
 
 from .helper_sources import is_helper_file
+from .isolation import LEVELS as ISOLATION_LEVELS
 from .refids import POOL_NAME_RE
 from .sandbox.policy import LEVELS as SANDBOX_LEVELS
 from .settings import (
@@ -191,6 +192,36 @@ class PoolConfig:
         0, "replace a worker above this RSS, bytes", non_negative("0: never")
     )
     recycle_jitter: float = setting(0.1, "random fraction off recycle limits", _jitter)
+    # -- isolation between clients (docs/security.md) --
+    isolation: str = setting(
+        "shared",
+        "who shares a worker: shared | tenant | session",
+        one_of(ISOLATION_LEVELS, "one of " + " | ".join(ISOLATION_LEVELS)),
+    )
+    spare_workers: int = setting(
+        1, "tenant/session: started idle workers kept ready", within(0, 256)
+    )
+    max_waiting: int = setting(
+        64, "tenant/session: owners waiting for a worker", within(0, 1_000_000)
+    )
+    session_crash_limit: int = setting(
+        3, "crashes in the window that refuse a session", non_negative("0: no limit")
+    )
+    tenant_crash_limit: int = setting(
+        20, "crashes in the window that refuse a tenant", non_negative("0: no limit")
+    )
+    leftovers: str = setting(
+        "recycle",
+        "recycle | keep a worker a call left threads/fds/memory in",
+        one_of(("recycle", "keep"), "recycle|keep"),
+    )
+    leftover_fds: int = setting(4, "extra open fds tolerated between sessions", within(0, 1 << 20))
+    leftover_rss: int = setting(
+        256 * 1024 * 1024, "RSS growth tolerated between sessions, bytes", non_negative("0: any")
+    )
+    heartbeat_timeout: float = setting(
+        1.0, "seconds an idle worker has to answer a ping", seconds_or_zero("0: no ping")
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -234,12 +265,19 @@ def _threads_within_max_threads(pc: PoolConfig) -> Problem:
     return None
 
 
+def _spares_within_workers(pc: PoolConfig) -> Problem:
+    if pc.isolation != "shared" and pc.spare_workers > pc.workers:
+        return "spare_workers", f"{pc.spare_workers} is more than workers ({pc.workers})"
+    return None
+
+
 POOL_SETTINGS: Final = bind(PoolConfig, "pool")
 POOL_RULES: Final[tuple[Callable[[PoolConfig], Problem], ...]] = (
     _helper_allow_needs_helpers,
     _call_timeout_within_max,
     _sandbox_not_below_min,
     _threads_within_max_threads,
+    _spares_within_workers,
 )
 
 
@@ -339,6 +377,7 @@ class ServerConfig:
     insecure: bool = setting(
         False, "allow a non-loopback --listen without --token-file (no authentication!)"
     )
+    describe_pids: bool = setting(False, "show worker pids in Describe without authentication too")
     # -- network: TLS and connection limits (tls.py, connections.py) --
     tls_cert: str | None = setting(None, "serve TLS with this PEM certificate chain", _NO_TLS)
     tls_key: str | None = setting(None, "PEM private key of --tls-cert", _NO_TLS)

@@ -47,6 +47,7 @@ from snakebridge.wire.messages import (
 from snakebridge.wire.pb import v1 as pb
 from snakebridge.wire.text import clip
 
+from .auth import TENANT, Identities
 from .bridge import Bridge, check_protocol
 from .grpc_server import recv_bounded, stop_reading
 from .logs import CALL, CallInfo, valid_correlation_id
@@ -101,8 +102,10 @@ Send = Callable[[_Rep], Awaitable[None]]
 class BridgeService:
     """``snakebridge.v1.Bridge`` implemented over a ``Bridge``."""
 
-    def __init__(self, bridge: Bridge) -> None:
+    def __init__(self, bridge: Bridge, identities: Identities | None = None) -> None:
+        """``identities`` tells tenants apart (``auth``); without it, one tenant."""
         self.bridge = bridge
+        self.identities = identities or Identities()
         self.draining = False
         self._active: set[asyncio.Task[Any]] = set()
         self._idle = asyncio.Event()
@@ -145,6 +148,13 @@ class BridgeService:
                 cid = f"{self._cid_prefix}{next(self._cid_seq)}"
             info = CallInfo(cid, rpc)
             CALL.set(info)  # this task's context only: grpclib runs each RPC in a task
+            # Who calls: the token's tenant, or the client certificate's (auth.py). The
+            # auth hook refused unknown tokens before this handler ran.
+            tenant = self.identities.tenant_of(
+                stream.metadata.get("authorization") if stream.metadata else None,
+                stream.peer.cert() if self.identities.certificates else None,
+            )
+            TENANT.set(tenant or "")
             status = "ok"
             if self.draining:
                 await send_error(stream, PoolUnavailable("the server is shutting down"))
@@ -259,7 +269,7 @@ class BridgeService:
 
     async def call(self, req: CallRequestWire) -> CallReplyWire:
         self._label(req)
-        return CallReplyWire(result=await self.bridge.call(req))
+        return CallReplyWire(result=await self.bridge.call(req, TENANT.get()))
 
     async def get_attr(self, req: pb.GetAttrRequest) -> CallReplyWire:
         call = CallRequestWire(
@@ -270,7 +280,7 @@ class BridgeService:
             target_ref=req.target_ref,
             timeout=req.timeout,
         )
-        return CallReplyWire(result=await self.bridge.call(call))
+        return CallReplyWire(result=await self.bridge.call(call, TENANT.get()))
 
     async def set_attr(self, req: pb.SetAttrRequest) -> CallReplyWire:
         call = CallRequestWire(
@@ -283,7 +293,7 @@ class BridgeService:
             arg_refs=list(req.arg_refs),
             timeout=req.timeout,
         )
-        return CallReplyWire(result=await self.bridge.call(call))
+        return CallReplyWire(result=await self.bridge.call(call, TENANT.get()))
 
     async def stream(self, req: StreamRequestWire, send: Send[StreamBatchWire]) -> None:
         check_protocol(req.protocol_version)
@@ -295,21 +305,23 @@ class BridgeService:
                 metrics.stream_batch(info.pool, batch_items(items))
             await send(StreamBatchWire(items=items))
 
-        await self.bridge.stream(req.call, send_items)
+        await self.bridge.stream(req.call, send_items, TENANT.get())
 
     async def stream_next(self, req: pb.StreamNextRequest) -> pb.StreamNextReply:
         check_protocol(req.protocol_version)
-        done, item = await self.bridge.stream_next(req.stream_ref, req.session_id, req.timeout)
+        done, item = await self.bridge.stream_next(
+            req.stream_ref, req.session_id, req.timeout, TENANT.get()
+        )
         return pb.StreamNextReply(done=done, item=item)
 
     async def release_ref(self, req: pb.ReleaseRefRequest) -> pb.ReleaseRefReply:
         check_protocol(req.protocol_version)
-        released = await self.bridge.release_refs(list(req.ref_ids), req.session_id)
+        released = await self.bridge.release_refs(list(req.ref_ids), req.session_id, TENANT.get())
         return pb.ReleaseRefReply(released=released)
 
     async def release_session(self, req: pb.ReleaseSessionRequest) -> pb.ReleaseSessionReply:
         check_protocol(req.protocol_version)
-        released, existed = await self.bridge.release_session(req.session_id)
+        released, existed = await self.bridge.release_session(req.session_id, TENANT.get())
         return pb.ReleaseSessionReply(released_refs=released, existed=existed)
 
     async def list_helpers(self, req: pb.ListHelpersRequest) -> pb.ListHelpersReply:
@@ -321,17 +333,25 @@ class BridgeService:
     async def describe(self, req: pb.DescribeRequest) -> pb.DescribeReply:
         check_protocol(req.protocol_version)
         snapshot = self.bridge.snapshot()
+        # Host pids tell a client which processes on the host are workers: only for
+        # callers who proved who they are, unless the operator says otherwise.
+        pids = self.identities.authenticated or self.bridge.config.describe_pids
         pools = [
             pb.PoolInfo(
                 name=pool.name,
                 size=pool.size,
-                workers=[pb.WorkerInfo(**asdict(w)) for w in pool.workers],
+                workers=[
+                    pb.WorkerInfo(**{**asdict(w), "pid": w.pid if pids else 0})
+                    for w in pool.workers
+                ],
                 in_flight=pool.in_flight,
                 max_queued=pool.max_queued,
                 state=pool.state,
                 restarts=dict(pool.restarts),
                 sandbox_level=pool.sandbox_level,
                 sandbox_layers=list(pool.sandbox_layers),
+                isolation=pool.isolation,
+                spare_workers=pool.spare_workers,
             )
             for pool in snapshot.pools
         ]

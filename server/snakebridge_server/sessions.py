@@ -4,6 +4,8 @@ does the I/O itself (httpcore's pool style).
 A session is a lifetime scope for refs, not a worker pin: it remembers which workers
 hold its refs (so a release reaches all of them), how many refs it holds (for the caps),
 its previous worker (for ``affinity="strict"``) and when it was last used (for the TTL).
+A session belongs to the tenant that made it (``auth``): another tenant that knows its id
+can neither use nor release it.
 
 Runs in the server process. The table is the server's one ref counter: per session and
 worker for the caps, and per worker (``refs_on``) for ``Describe``. The worker child holds
@@ -15,7 +17,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from snakebridge.errors import LimitExceeded
+from snakebridge.errors import BadRequest, LimitExceeded
 
 from .refids import WorkerKey
 
@@ -36,6 +38,7 @@ class Session:
     last_worker: WorkerKey | None = None
     in_flight: int = 0
     near_cap: bool = False  # warned about its ref count (``NEAR_CAP``)
+    tenant: str = ""
 
     @property
     def refs(self) -> int:
@@ -100,16 +103,28 @@ class SessionTable:
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)
 
-    def begin_call(self, session_id: str, now: float) -> Session:
-        """The session for a call that is starting, created on first use."""
+    def owned(self, session_id: str, tenant: str) -> Session | None:
+        """The session, if ``tenant`` owns it (another tenant's is as good as absent)."""
         session = self._sessions.get(session_id)
+        return session if session is not None and session.tenant == tenant else None
+
+    def has_tenant(self, tenant: str) -> bool:
+        """Whether ``tenant`` has a live session."""
+        return any(s.tenant == tenant for s in self._sessions.values())
+
+    def begin_call(self, session_id: str, now: float, tenant: str = "") -> Session:
+        """The session for a call that is starting, created on first use (for
+        ``tenant``). ``BadRequest`` if the id is another tenant's session."""
+        session = self._sessions.get(session_id)
+        if session is not None and session.tenant != tenant:
+            raise BadRequest("this session id is in use by another client; use a fresh session id")
         if session is None:
             if len(self._sessions) >= self.max_sessions:
                 raise LimitExceeded(
                     f"the server holds {self.max_sessions} sessions, its maximum; "
                     "release sessions you no longer use"
                 )
-            session = self._sessions[session_id] = Session(session_id, now)
+            session = self._sessions[session_id] = Session(session_id, now, tenant=tenant)
         session.in_flight += 1
         session.last_used = now
         return session

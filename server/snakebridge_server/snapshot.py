@@ -40,6 +40,8 @@ class PoolSnapshot:
     sandbox_level: str = ""  # the weakest level its live workers reached
     sandbox_layers: Sequence[str] = ()
     workers: Sequence[WorkerSnapshot] = ()
+    isolation: str = "shared"  # who may share a worker
+    spare_workers: int = 0  # tenant/session: started workers dedicated to no one yet
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,9 @@ def _sandbox_may_write_test_dirs(tmp_path_factory: pytest.TempPathFactory) -> No
     tests hand them marker paths under pytest's temp dir, so that is allowed too (through
     the environment, as an operator could)."""
     os.environ["SNAKEBRIDGE_SANDBOX_WRITE_PATHS"] = str(tmp_path_factory.getbasetemp())
+    # The tests read worker pids from Describe (to kill or watch them); without a token a
+    # server shows them only when told to (issue #12).
+    os.environ["SNAKEBRIDGE_DESCRIBE_PIDS"] = "1"
 
 
 @pytest.fixture

@@ -47,9 +47,10 @@ async def test_crash_loop_trips_the_pool_until_the_cooldown(make_server: Any) ->
     )  # fmt: skip
     async with snakebridge.Client(srv.address) as client:
         assert await _health(srv, "snakebridge.pool.default") == SERVING
-        for _ in range(3):
+        # Three sessions: the breaker counts each session's crashes once (issue #12).
+        for i in range(3):
             with pytest.raises(errors.WorkerCrashed):
-                await client.call("remote_helpers", "die", timeout=10)
+                await client.call("remote_helpers", "die", timeout=10, session=f"crasher-{i}")
         tripped_at = time.monotonic()
         # Tripped: calls fail at once instead of waiting for a worker that keeps dying.
         with anyio.fail_after(1):

@@ -5,7 +5,9 @@ Runs in the server process.
 ``choose_worker`` is the pure routing decision, ``CrashLoopBreaker`` the pure crash-loop
 decision, ``jittered_limit`` / ``recycle_reason`` the pure recycling decisions; ``Pool`` is
 the async shell that starts workers, replaces dead ones (new incarnation, with backoff),
-stops replacing them after a crash loop, recycles worn ones and closes them all.
+stops replacing them after a crash loop, recycles worn ones and closes them all. Under
+``tenant`` / ``session`` isolation (``isolation.py`` decides) it keeps spares and hands
+each owner a worker of its own (``acquire``, ``release_owner``).
 """
 
 from __future__ import annotations
@@ -32,12 +34,15 @@ from snakebridge.wire.constants import (
 
 from ..background import Background
 from ..config import PoolConfig, default_of
+from ..isolation import SHARED, place, spares_to_start
 from ..refids import WorkerKey
 from ..sandbox.spawn import worker_env
 from .handle import WorkerHandle, WorkerState
 from .spawn import WorkerSpec, WorkerStartError, check_runtime
 
 log = logging.getLogger("snakebridge.pool")
+
+SPARE_REFILL_DELAY = 0.05  # seconds after a spare is taken before another is started
 
 
 class _Routable(Protocol):
@@ -254,8 +259,13 @@ class Pool:
         policy: SupervisionPolicy | None = None,
         refs_of: Callable[[WorkerKey], int] = _no_refs,
         worker_factory: WorkerFactory = WorkerHandle,
+        isolation: str = SHARED,
+        spares: int = 0,
+        max_waiting: int = 0,
     ) -> None:
-        """``refs_of`` counts a worker's refs (the bridge's ``SessionTable.refs_on``)."""
+        """``refs_of`` counts a worker's refs (the bridge's ``SessionTable.refs_on``).
+        ``isolation`` other than shared: ``size`` is the most workers, ``spares`` how many
+        unassigned ones to keep started, ``max_waiting`` how many owners may wait for one."""
         self.name = name
         self._refs_of = refs_of
         self._worker_factory = worker_factory
@@ -283,6 +293,18 @@ class Pool:
         # Called with the pool's health (True: serving) whenever it may have changed; the
         # app maps it to a grpc.health status.
         self.on_health: Callable[[bool], None] | None = None
+        # -- dedicated workers (isolation tenant/session) --
+        self.isolation = isolation
+        self.dedicated = isolation != SHARED
+        self.spares = spares
+        self.max_waiting = max_waiting
+        self.assigned: dict[WorkerKey, str] = {}  # dedicated worker -> its owner
+        self._waiters: list[asyncio.Future[None]] = []  # owners waiting for a worker
+        self._refill: asyncio.TimerHandle | None = None  # the pending _top_up_soon
+        self._full_waiters = 0  # of them, those waiting because every worker is taken
+        # Whether a death counts toward the crash-loop breaker (the bridge's fault
+        # accounting: each session at most once per window).
+        self.breaker_counts: Callable[[WorkerKey, float], bool] = lambda key, now: True
 
     def __repr__(self) -> str:
         return f"<Pool {self.name} size={self.size} live={self.live} in_flight={self.in_flight}>"
@@ -306,7 +328,9 @@ class Pool:
 
     @property
     def healthy(self) -> bool:
-        return not self.closing and not self._breaker.tripped and self.live > 0
+        # A dedicated pool with every worker taken still serves: its owners wait.
+        live = self.live > 0 or self.dedicated
+        return not self.closing and not self._breaker.tripped and live
 
     def _notify_health(self) -> None:
         if self.on_health is not None:
@@ -323,9 +347,12 @@ class Pool:
         except WorkerStartError as exc:
             raise WorkerStartError(f"pool {self.name}: {exc}") from None
         await self._background.start()
+        # A dedicated pool starts its spares (at least one: helpers and the sandbox are
+        # reported from it); the rest of its slots start on demand.
+        started = min(self.size, max(1, self.spares)) if self.dedicated else self.size
         try:
             async with asyncio.TaskGroup() as tg:
-                for slot in range(self.size):
+                for slot in range(started):
                     tg.create_task(self._start_slot(slot))
         except BaseException as exc:
             await self.close()
@@ -348,6 +375,7 @@ class Pool:
         )
         await handle.start()
         self._any_ready.set()
+        self._wake_waiters()
         self._notify_health()
 
     # -- deaths and the crash-loop breaker ----------------------------------------------
@@ -355,6 +383,7 @@ class Pool:
     def _worker_exited(self, handle: WorkerHandle) -> None:
         """Called synchronously by a handle that died unexpectedly."""
         self._on_worker_lost(handle.key)
+        self.assigned.pop(handle.key, None)
         slot = handle.key.slot
         if handle.retiring or self.workers[slot] is not handle:
             # A recycled worker died while finishing its calls (they failed with
@@ -374,9 +403,13 @@ class Pool:
         reason = "killed" if killed else "crash"
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
         self._crashes.append(now)
-        if not killed and self._record_death(now, f"{handle.key}: {handle.death_reason}", None):
+        counts = not killed and self.breaker_counts(handle.key, now)
+        if counts and self._record_death(now, f"{handle.key}: {handle.death_reason}", None):
             return  # tripped: the recovery task restarts the pool after the cooldown
         if self._breaker.tripped:
+            return
+        if self.dedicated and not self._spare_wanted():
+            self._wake_waiters()  # its slot is free: a waiting owner may start one there
             return
         recent = sum(1 for t in self._crashes if now - t < 60.0)
         self._schedule_replace(slot, restart_delay(recent), handle)
@@ -414,6 +447,8 @@ class Pool:
         while not self.closing:
             await asyncio.sleep(max(0.0, self._breaker.retry_at - time.monotonic()))
             missing = [s for s in range(self.size) if not self._slot_ready(s)]
+            if self.dedicated:  # its spares; the other slots start on demand
+                missing = missing[: max(1, self.spares)]
             log.info(
                 "pool %s: crash-loop cooldown over, starting %d worker(s)", self.name, len(missing)
             )
@@ -491,7 +526,10 @@ class Pool:
     # -- recycling ----------------------------------------------------------------------
 
     def after_call(self, handle: WorkerHandle) -> None:
-        """A call on ``handle`` completed: recycle it if it reached its call limit."""
+        """A call on ``handle`` completed: recycle it if it reached its call limit (and
+        refill a dedicated pool's spares)."""
+        if self.dedicated and self._spare_wanted():
+            self._top_up_soon()
         if self.policy.recycle_calls:
             self._maybe_recycle(handle, rss=None)
 
@@ -531,8 +569,9 @@ class Pool:
         self._retire(handle, reason, detail)
 
     def _retire(self, handle: WorkerHandle, reason: str, detail: str) -> None:
-        """Take ``handle`` out of service: a new incarnation takes its slot at once, and it
-        closes once the calls and streams it has are done."""
+        """Take ``handle`` out of service: a new incarnation takes its slot at once (in a
+        dedicated pool: if a spare is wanted), and it closes once the calls and streams it
+        has are done."""
         slot = handle.key.slot
         log.info(
             "pool %s: recycling worker %s (pid %d): %s (%s)",
@@ -547,6 +586,7 @@ class Pool:
         self.retiring.add(handle)
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
         self._recycled[handle.key] = reason
+        self.assigned.pop(handle.key, None)
         while len(self._recycled) > 256:
             del self._recycled[next(iter(self._recycled))]
         # Its refs are lost now, not when it exits: later use raises SessionLost.
@@ -554,7 +594,10 @@ class Pool:
         if self.live == 0:
             self._any_ready.clear()
         self._notify_health()
-        self._schedule_replace(slot, 0.0, None)
+        if not self.dedicated or self._spare_wanted():
+            self._schedule_replace(slot, 0.0, None)
+        else:
+            self._wake_waiters()
         self._background.start_soon(
             self._close_retired, handle, name=f"pool {self.name} retire {handle.key}"
         )
@@ -625,8 +668,112 @@ class Pool:
                 self._any_ready.clear()
             await self._any_ready.wait()
 
+    def recycle(self, handle: WorkerHandle, reason: str, detail: str) -> None:
+        """Retire ``handle`` now (what a call left behind in it, ``leftovers.py``)."""
+        if self.workers[handle.key.slot] is handle and handle.alive and not self.closing:
+            self._retire(handle, reason, detail)
+
+    # -- dedicated workers (isolation tenant/session) -----------------------------------
+
+    def _free_slots(self) -> list[int]:
+        """Slots with no worker (or a dead one) and no replacement under way."""
+        return [
+            slot
+            for slot, w in enumerate(self.workers)
+            if (w is None or w.state == WorkerState.DEAD) and slot not in self._replacing
+        ]
+
+    def _spare_wanted(self) -> bool:
+        return bool(spares_to_start(self.workers, self.assigned, self.spares, [0]))
+
+    def _top_up(self) -> None:
+        """Start spares in free slots until ``spares`` unassigned workers exist."""
+        if self.closing or self._breaker.tripped:
+            return
+        for slot in spares_to_start(self.workers, self.assigned, self.spares, self._free_slots()):
+            self._schedule_replace(slot, 0.0, None)
+
+    def _top_up_soon(self) -> None:
+        """``_top_up`` in ``SPARE_REFILL_DELAY``: its spawn blocks the loop for a few ms,
+        which the reply of the call that took the spare should not wait for."""
+        if self._refill is None and not self.closing:
+            self._refill = asyncio.get_running_loop().call_later(
+                SPARE_REFILL_DELAY, self._refill_now
+            )
+
+    def _refill_now(self) -> None:
+        self._refill = None
+        self._top_up()
+
+    def _wake_waiters(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    @property
+    def spare_count(self) -> int:
+        """Started, unassigned workers of a dedicated pool."""
+        return sum(
+            1 for w in self.workers if w is not None and w.alive and w.key not in self.assigned
+        )
+
+    async def acquire(self, owner: str) -> WorkerHandle:
+        """The worker dedicated to ``owner``: its own, else a spare assigned to it now,
+        else one started for it; waits (at most ``max_waiting`` owners) when the pool is
+        at its maximum. ``PoolSaturated`` when that queue is full."""
+        while True:
+            if self.closing:
+                raise PoolUnavailable(f"pool {self.name!r} is shutting down")
+            if self._breaker.tripped:
+                raise self._unavailable()
+            decision = place(
+                self.workers, self.assigned, owner, self._free_slots(), len(self._replacing)
+            )
+            if decision.action == "use":
+                worker = decision.worker
+                assert worker is not None
+                if decision.assign:
+                    self.assigned[worker.key] = owner
+                    # Refill the spares once this call had its head start: starting a
+                    # worker (spawn, sandbox, imports) takes ~0.5 s of CPU, and started
+                    # at once it made the first call 25-30 ms instead of 3-6 ms on 2 cores.
+                    self._top_up_soon()
+                return worker
+            if decision.action == "start":
+                self._schedule_replace(decision.slot, 0.0, None)
+            if decision.full and self._full_waiters >= self.max_waiting:
+                raise PoolSaturated(
+                    f"pool {self.name!r} has all {self.size} workers dedicated and "
+                    f"{self.max_waiting} waiting for one (max_waiting); retry later"
+                )
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.append(fut)
+            self._full_waiters += decision.full
+            try:
+                await fut
+            finally:
+                self._full_waiters -= decision.full
+                if fut in self._waiters:
+                    self._waiters.remove(fut)
+
+    def release_owner(self, owner: str, reason: str) -> int:
+        """Discard the workers dedicated to ``owner`` (its session ended): nothing of it
+        is left for the next owner. Returns how many."""
+        mine = [
+            w
+            for w in self.workers
+            if w is not None and w.alive and self.assigned.get(w.key) == owner
+        ]
+        for worker in mine:
+            self._retire(worker, reason, f"owner {owner.split(chr(0))[0]!r}")
+        return len(mine)
+
     async def close(self) -> None:
         self.closing = True
+        if self._refill is not None:
+            self._refill.cancel()
+        self._wake_waiters()
         self._any_ready.set()  # waiting calls fail with "shutting down"
         self._notify_health()
         retiring = list(self.retiring)  # their tasks forget them when cancelled

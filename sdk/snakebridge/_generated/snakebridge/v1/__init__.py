@@ -177,6 +177,15 @@ class PoolInfo(betterproto.Message):
     """
 
     sandbox_layers: List[str] = betterproto.string_field(9)
+    isolation: str = betterproto.string_field(10)
+    """
+    Who may share a worker: "shared", "tenant" or "session" (docs/security.md).
+    """
+
+    spare_workers: int = betterproto.uint32_field(11)
+    """
+    Under tenant/session isolation: started workers not yet dedicated to anyone.
+    """
 
 
 @dataclass(eq=False, repr=False)
