@@ -51,7 +51,8 @@ async def test_defaults_block_sets_timeout_pool_and_session(make_server: Any) ->
 
 
 async def test_an_idempotent_call_outlives_three_crashes(make_server: Any, tmp_path: Path) -> None:
-    srv = make_server("--workers", "2")
+    # No per-session crash limit: this session crashes workers on purpose.
+    srv = make_server("--workers", "2", "--session-crash-limit", "0")
     path = str(tmp_path / "count")
     async with snakebridge.Client(srv.address) as client:
         # The server retries once after a crash; the client retries on its schedule.

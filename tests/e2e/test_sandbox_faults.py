@@ -182,7 +182,7 @@ async def test_calls_a_killed_worker_completed_are_never_run_again(
     """At-most-once for non-idempotent calls, under a steady stream of fast calls (the
     server, not the worker, is the bottleneck, so replies wait in the channel): each of
     three SIGKILLs may fail the one call that was running, nothing may run twice."""
-    srv = make_server("--workers", "2", "--crash-loop-max", "100")
+    srv = make_server("--workers", "2", "--crash-loop-max", "100", "--session-crash-limit", "0")
     markers = tmp_path / "started"
     markers.mkdir()
     tokens = itertools.count()

@@ -111,7 +111,8 @@ async def test_an_idempotent_call_is_retried_after_crashes_and_others_are_not() 
             raise Crash
         return attempts[call.name]
 
-    config = ServerConfig(pools=(PoolConfig(workers=2),))
+    # No per-session crash limit: the test's one session crashes workers on purpose.
+    config = ServerConfig(pools=(PoolConfig(workers=2, session_crash_limit=0),))
     async with serve_in_memory(script, config=config) as (client, _, _, _):
         # The server retries once itself; the client's schedule covers the rest.
         assert await client.call("m", "safe", idempotent=True, timeout=30) == 4
