@@ -17,6 +17,7 @@ from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from . import _correlation
+from ._exchange import CallExchange
 from ._refs import Ref, StreamRef
 from ._transport import CallMetadata, Transport
 from .errors import BridgeError, ProtocolMismatch
@@ -467,6 +468,13 @@ class Client(_Runtime):
     on first use (``connect()``, which ``async with`` calls, also checks the protocol
     version); once closed, every RPC through it raises ``ClientClosed``: it never
     reconnects.
+
+    ``batching=True`` sends ``call``, ``call_class``, ``call_method``, ``call_helper`` and
+    ``get_module_attr`` over one long-lived ``Exchange`` stream instead of one unary RPC
+    each: the calls ready in the same loop iteration leave as one message and results
+    come back as each finishes (docs/wire.md, Exchange). Every per-call behaviour stays
+    (timeouts, cancelling one call, error classes, idempotent retry, affinity,
+    correlation ids); it is much faster with many calls in flight (docs/performance.md).
     """
 
     def __init__(
@@ -478,6 +486,7 @@ class Client(_Runtime):
         timeout: float | None = None,
         correlation_id: str | None = None,
         max_decoded_size: int | None = None,
+        batching: bool = False,
     ) -> None:
         self.address = address or os.environ.get(_ADDRESS_ENV) or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
         # An explicit size replaces the ratio: how results are shaped is the remote
@@ -496,6 +505,8 @@ class Client(_Runtime):
         self._auto_session: str | None = None
         self._client = self
         self.server_version: str | None = None
+        #: ``batching=True``: calls go over one ``Exchange`` stream (micro-batched).
+        self._exchange = CallExchange(self._transport, (self._metadata, None)) if batching else None
 
     @classmethod
     def _with_channel(cls, channel: Any, address: str, **options: Any) -> Client:
@@ -505,6 +516,8 @@ class Client(_Runtime):
         ``options`` are ``Client``'s keyword arguments."""
         client = cls(address, **options)
         client._transport = Transport(address, None, channel=channel)
+        if client._exchange is not None:
+            client._exchange = CallExchange(client._transport, (client._metadata, None))
         return client
 
     def __repr__(self) -> str:
@@ -559,6 +572,10 @@ class Client(_Runtime):
                 session, self._auto_session = self._auto_session, None
                 await asyncio.shield(self._release_quietly(session))
         finally:
+            if self._exchange is not None:
+                await self._exchange.close()
+                if not for_good:
+                    self._exchange = CallExchange(self._transport, (self._metadata, None))
             self._transport.close(for_good=for_good)
 
     async def _release_quietly(self, session_id: str) -> None:
@@ -671,8 +688,12 @@ class Client(_Runtime):
         return codec.decode(data, limits=self._limits, ref_factory=self._make_ref)
 
     async def _invoke(self, invocation: Invocation) -> Any:
-        """Send one ``Call`` and decode its result."""
+        """Send one ``Call`` (on the ``Exchange`` stream with ``batching=True``) and decode
+        its result."""
         req = self._request(invocation)
+        if self._exchange is not None:
+            cid = _correlation.current() or self.correlation_id
+            return self._decode(await self._exchange.call(req, cid, req.timeout or None))
         reply = await self._unary("Call", req, CallRequestWire, CallReplyWire, req.timeout or None)
         return self._decode(reply.result)
 

@@ -135,6 +135,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
             cancelled = await service.drain(config.drain_grace)
             if cancelled:
                 log.warning("cancelled %d call(s) still running after the drain", cancelled)
+            await service.exchanges_ended(timeout=2.0)
             log.info("bridge-server stopping")
             server.close()
             await server.wait_closed()

@@ -38,6 +38,8 @@ from snakebridge.wire.constants import (
 from snakebridge.wire.messages import (
     CallReplyWire,
     CallRequestWire,
+    ExchangeReplyWire,
+    ExchangeRequestWire,
     StreamBatchWire,
     StreamRequestWire,
     WireError,
@@ -46,6 +48,7 @@ from snakebridge.wire.pb import v1 as pb
 from snakebridge.wire.text import clip
 
 from .bridge import Bridge, check_protocol
+from .exchange import ExchangeStream, serve_exchange
 from .grpc_server import recv_bounded, stop_reading
 from .logs import CALL, CallInfo, valid_correlation_id
 from .metrics import Gauges, Metrics, PoolGauges, batch_items, queue_depth
@@ -93,6 +96,8 @@ class BridgeService:
         # Ids the server makes for calls that come without one: unique per run, cheap.
         self._cid_prefix = f"sb-{secrets.token_hex(4)}-"
         self._cid_seq = itertools.count(1)
+        #: The open ``Exchange`` streams, which the drain ends once their calls are done.
+        self.exchanges: set[ExchangeStream] = set()
 
     def _unary(
         self, fn: Callable[[_Req], Awaitable[_Rep]], request: type[_Req], reply: type[_Rep]
@@ -120,7 +125,7 @@ class BridgeService:
             bad_cid = sent is not None and not (type(sent) is str and valid_correlation_id(sent))
             cid = sent if type(sent) is str and not bad_cid else ""
             if not cid:
-                cid = f"{self._cid_prefix}{next(self._cid_seq)}"
+                cid = self.new_correlation_id()
             info = CallInfo(cid, rpc)
             CALL.set(info)  # this task's context only: grpclib runs each RPC in a task
             status = "ok"
@@ -167,6 +172,28 @@ class BridgeService:
         handler.__name__ = fn.__name__
         return handler
 
+    def new_correlation_id(self) -> str:
+        """An id for a call that came without one: unique per server run, cheap."""
+        return f"{self._cid_prefix}{next(self._cid_seq)}"
+
+    def call_started(self, task: asyncio.Task[Any]) -> None:
+        """A call of an ``Exchange`` stream began: the drain waits for it like an RPC."""
+        self._active.add(task)
+        self._idle.clear()
+
+    def call_ended(
+        self, task: asyncio.Task[Any], info: CallInfo, status: str, seconds: float
+    ) -> None:
+        """An ``Exchange`` call finished: count and log it like a unary RPC."""
+        self._active.discard(task)
+        if not self._active:
+            self._idle.set()
+        self._observe(info, status, seconds)
+
+    def shut_down(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the drain cancelled ``task`` (it still answers, with ``CallCancelled``)."""
+        return task in self._shut_down
+
     def _observe(self, info: CallInfo, status: str, seconds: float) -> None:
         """Count a finished RPC, and log it at debug level (with its correlation id)."""
         if self.metrics is not None:
@@ -210,6 +237,8 @@ class BridgeService:
         """Stop taking calls; let running ones finish for up to ``grace`` seconds, then
         cancel the rest, which answer ``CallCancelled``. Returns how many were cancelled."""
         self.draining = True
+        for exchange in self.exchanges:
+            exchange.end_when_idle()
         try:
             async with asyncio.timeout(grace):
                 await self._idle.wait()
@@ -222,6 +251,13 @@ class BridgeService:
             task.cancel()
         await asyncio.wait(stragglers, timeout=5.0)
         return len(stragglers)
+
+    async def exchanges_ended(self, timeout: float) -> None:
+        """After the drain: give the ``Exchange`` streams ``timeout`` seconds to send their
+        last results and their status before the server closes."""
+        handlers = {ex.handler for ex in self.exchanges if ex.handler is not None}
+        if handlers:
+            await asyncio.wait(handlers, timeout=timeout)
 
     def __mapping__(self) -> dict[str, Handler]:
         unary, streaming = self._unary, self._streaming
@@ -243,7 +279,19 @@ class BridgeService:
             SERVICE + "ListHelpers": unary(
                 self.list_helpers, pb.ListHelpersRequest, pb.ListHelpersReply
             ),
+            SERVICE + "Exchange": Handler(
+                self._exchange,
+                Cardinality.STREAM_STREAM,
+                ExchangeRequestWire,
+                ExchangeReplyWire,
+            ),
         }
+
+    async def _exchange(self, stream: Stream[Any, Any]) -> None:
+        if self.draining:
+            await send_error(stream, PoolUnavailable("the server is shutting down"))
+            return
+        await serve_exchange(self, stream)
 
     # -- the methods: request message in, reply message out ------------------------------
 
