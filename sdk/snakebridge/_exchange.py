@@ -49,35 +49,85 @@ def _error_of(result: ExchangeResultWire) -> BridgeError:
     return error
 
 
+class _Stream:
+    """One ``Exchange`` RPC and the calls waiting on it. A stream that fails, or that the
+    server closes (its drain), takes no new calls; the next call opens a new one."""
+
+    __slots__ = ("cancels", "closing", "outbox", "pending", "task", "wake")
+
+    def __init__(self) -> None:
+        self.pending: dict[int, asyncio.Future[bytes]] = {}
+        self.outbox: list[ExchangeCallWire] = []
+        self.cancels: list[int] = []
+        self.wake = asyncio.Event()
+        self.closing = False  # the server asked us to half-close, or the client closes
+        self.task: asyncio.Task[None] | None = None
+
+    def cancel(self, call_id: int) -> None:
+        """Tell the server to stop ``call_id`` (a call not sent yet is simply dropped)."""
+        if self.pending.pop(call_id, None) is not None:
+            self.cancels.append(call_id)
+            self.wake.set()
+
+    async def next_request(self) -> ExchangeRequestWire | None:
+        """The next message: the calls ready now (up to the batch bounds) and the cancels;
+        waits while there are none. None half-closes the stream."""
+        wake = self.wake
+        while not (self.outbox or self.cancels):
+            if self.closing:
+                return None
+            wake.clear()
+            await wake.wait()
+        pending = self.pending
+        calls: list[ExchangeCallWire] = []
+        size = 0
+        taken = 0
+        for call in self.outbox:
+            if calls and (size >= BATCH_BYTES or len(calls) >= BATCH_CALLS):
+                break
+            taken += 1
+            if call.id in pending:  # else cancelled before it left
+                calls.append(call)
+                size += len(call.call.args)
+        del self.outbox[:taken]
+        cancels, self.cancels = self.cancels, []
+        return ExchangeRequestWire(protocol_version=PROTOCOL_VERSION, calls=calls, cancels=cancels)
+
+    def received(self, reply: ExchangeReplyWire) -> None:
+        pending = self.pending
+        for result in reply.results:
+            fut = pending.get(result.id)
+            if fut is None or fut.done():
+                continue  # cancelled or timed out here meanwhile
+            if result.error:
+                fut.set_exception(_error_of(result))
+            else:
+                fut.set_result(result.result)
+        if reply.closing:
+            self.closing = True
+            self.wake.set()
+
+    def fail_pending(self, error: BridgeError) -> None:
+        self.closing = True
+        self.outbox.clear()
+        self.cancels.clear()
+        pending, self.pending = self.pending, {}
+        for fut in pending.values():
+            if not fut.done():
+                fut.set_exception(copy.copy(error))
+
+
 class CallExchange:
     """The calls of one ``Client`` in flight on its ``Exchange`` stream."""
 
-    __slots__ = (
-        "_cancels",
-        "_closed",
-        "_ids",
-        "_metadata",
-        "_outbox",
-        "_pending",
-        "_task",
-        "_transport",
-        "_wake",
-    )
+    __slots__ = ("_closed", "_ids", "_metadata", "_stream", "_transport")
 
     def __init__(self, transport: Transport, metadata: CallMetadata) -> None:
         self._transport = transport
         self._metadata = metadata  # the stream's: authorization only; ids travel per call
-        self._pending: dict[int, asyncio.Future[bytes]] = {}
-        self._outbox: list[ExchangeCallWire] = []
-        self._cancels: list[int] = []
         self._ids = itertools.count(1)
-        self._wake: asyncio.Event | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._stream: _Stream | None = None
         self._closed = False
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._pending)
 
     async def call(self, req: CallRequestWire, cid: str | None, timeout: float | None) -> bytes:
         """Run ``req`` on the stream; its result bytes, or its error raised."""
@@ -88,14 +138,14 @@ class CallExchange:
             if cid:
                 closed.correlation_id = cid
             raise closed
-        if self._task is None:
-            self._open()
-        assert self._wake is not None
+        stream = self._stream
+        if stream is None or stream.closing:
+            stream = self._stream = self._open()
         call_id = next(self._ids)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-        self._pending[call_id] = fut
-        self._outbox.append(ExchangeCallWire(id=call_id, call=req, correlation_id=cid or ""))
-        self._wake.set()
+        stream.pending[call_id] = fut
+        stream.outbox.append(ExchangeCallWire(id=call_id, call=req, correlation_id=cid or ""))
+        stream.wake.set()
         try:
             if timeout is None:
                 return await fut
@@ -106,28 +156,23 @@ class CallExchange:
                 exc.correlation_id = cid
             raise
         except TimeoutError:
-            self._cancel(call_id)
+            stream.cancel(call_id)
             timed_out = CallTimeout(f"Call did not finish within {timeout}s")
             if cid:
                 timed_out.correlation_id = cid
             raise timed_out from None
         except asyncio.CancelledError:
-            self._cancel(call_id)
+            stream.cancel(call_id)
             raise
         finally:
-            self._pending.pop(call_id, None)
+            stream.pending.pop(call_id, None)
 
-    def _cancel(self, call_id: int) -> None:
-        """Tell the server to stop ``call_id`` (a call not sent yet is simply dropped)."""
-        if self._pending.pop(call_id, None) is not None and self._wake is not None:
-            self._cancels.append(call_id)
-            self._wake.set()
+    def _open(self) -> _Stream:
+        stream = _Stream()
+        stream.task = asyncio.get_running_loop().create_task(self._run(stream))
+        return stream
 
-    def _open(self) -> None:
-        self._wake = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def _run(self) -> None:
+    async def _run(self, stream: _Stream) -> None:
         error: BridgeError = ClientClosed("the Exchange stream ended")
         try:
             await self._transport.bidi(
@@ -135,8 +180,8 @@ class CallExchange:
                 ExchangeRequestWire,
                 ExchangeReplyWire,
                 self._metadata,
-                self._next_request,
-                self._received,
+                stream.next_request,
+                stream.received,
             )
             error = ConnectionFailed("the server ended the Exchange stream under the call")
         except BridgeError as exc:
@@ -147,54 +192,14 @@ class CallExchange:
         except Exception as exc:  # an SDK bug: fail the calls with it rather than hang them
             error = BridgeError(f"the Exchange stream failed: {type(exc).__name__}: {exc}")
         finally:
-            self._task = None
-            self._outbox.clear()
-            self._cancels.clear()
-            pending, self._pending = self._pending, {}
-            for fut in pending.values():
-                if not fut.done():
-                    fut.set_exception(copy.copy(error))
-
-    async def _next_request(self) -> ExchangeRequestWire | None:
-        """The next message: the calls ready now (up to the batch bounds) and the cancels;
-        waits while there are none."""
-        wake = self._wake
-        assert wake is not None
-        while not (self._outbox or self._cancels):
-            if self._closed:
-                return None
-            wake.clear()
-            await wake.wait()
-        pending = self._pending
-        calls: list[ExchangeCallWire] = []
-        size = 0
-        taken = 0
-        for call in self._outbox:
-            if calls and (size >= BATCH_BYTES or len(calls) >= BATCH_CALLS):
-                break
-            taken += 1
-            if call.id in pending:  # else cancelled before it left
-                calls.append(call)
-                size += len(call.call.args)
-        del self._outbox[:taken]
-        cancels, self._cancels = self._cancels, []
-        return ExchangeRequestWire(protocol_version=PROTOCOL_VERSION, calls=calls, cancels=cancels)
-
-    def _received(self, reply: ExchangeReplyWire) -> None:
-        pending = self._pending
-        for result in reply.results:
-            fut = pending.get(result.id)
-            if fut is None or fut.done():
-                continue  # cancelled or timed out here meanwhile
-            if result.error:
-                fut.set_exception(_error_of(result))
-            else:
-                fut.set_result(result.result)
+            if self._stream is stream:
+                self._stream = None
+            stream.fail_pending(error)
 
     async def close(self) -> None:
         """Reset the stream; calls still waiting raise ``ClientClosed``."""
         self._closed = True
-        task = self._task
-        if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
+        stream, self._stream = self._stream, None
+        if stream is not None and stream.task is not None:
+            stream.task.cancel()
+            await asyncio.wait({stream.task})

@@ -71,7 +71,8 @@ class ExchangeStream:
         self.running: dict[int, asyncio.Task[None]] = {}
         self.outbox: list[ExchangeResultWire] = []
         self._ready = asyncio.Event()  # the outbox has something, or the stream should end
-        self._ending = False  # the client half-closed, or the server drains: end when idle
+        self._ending = False  # the client half-closed: end once the running calls answered
+        self._closing = False  # the server drains: no new calls, the client is told
         self.handler = asyncio.current_task()  # what the drain waits for
 
     # -- read side ------------------------------------------------------------------------
@@ -127,7 +128,7 @@ class ExchangeStream:
             )
             return
         cid = cid or self.service.new_correlation_id()
-        if self.service.draining or self._ending:
+        if self.service.draining or self._closing:
             self._answer(
                 error_result(call_id, _PoolUnavailable("the server is shutting down"), cid)
             )
@@ -176,13 +177,15 @@ class ExchangeStream:
         self.outbox.append(result)
         self._ready.set()
 
-    def end_when_idle(self) -> None:
-        """The drain: refuse new calls, end the stream once the running ones answered."""
-        self._ending = True
+    def closing(self) -> None:
+        """The drain: refuse new calls, and ask the client to half-close; the stream ends
+        with OK once it has and every running call is answered."""
+        self._closing = True
         self._ready.set()
 
     async def _write_loop(self) -> None:
         stream = self.stream
+        told = False
         while True:
             await self._ready.wait()
             self._ready.clear()
@@ -191,15 +194,13 @@ class ExchangeStream:
                 del self.outbox[:MAX_RESULTS_PER_REPLY]
                 # Results that finish while this one is sent go out together in the next.
                 await stream.send_message(ExchangeReplyWire(results=batch))
+            if self._closing and not told:
+                told = True
+                await stream.send_message(ExchangeReplyWire(closing=True))
             if self._ending and not self.running:
-                if self.service.draining:
-                    error = _PoolUnavailable("the server is shutting down")
-                    await stream.send_trailing_metadata(
-                        status=Status(int(error.grpc_status)),
-                        status_message=str(error),
-                        metadata=trailer.pack(error),
-                    )
-                    stop_reading(stream)
+                # Ended only once the client half-closed: grpclib's client drops replies it
+                # has not read yet when a stream it still sends on is reset, which grpclib's
+                # server does after the status of a stream whose client has not ended.
                 return
 
 

@@ -238,7 +238,7 @@ class BridgeService:
         cancel the rest, which answer ``CallCancelled``. Returns how many were cancelled."""
         self.draining = True
         for exchange in self.exchanges:
-            exchange.end_when_idle()
+            exchange.closing()
         try:
             async with asyncio.timeout(grace):
                 await self._idle.wait()

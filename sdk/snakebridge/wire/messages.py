@@ -409,15 +409,20 @@ class ExchangeResultWire:
 
 
 class ExchangeReplyWire:
-    """Same fields as ``snakebridge.v1.ExchangeReply``: results, in completion order."""
+    """Same fields as ``snakebridge.v1.ExchangeReply``: results, in completion order, and
+    the server's notice that it is shutting down."""
 
-    __slots__ = ("results",)
+    __slots__ = ("closing", "results")
 
-    def __init__(self, *, results: list[ExchangeResultWire] | None = None) -> None:
+    def __init__(
+        self, *, results: list[ExchangeResultWire] | None = None, closing: bool = False
+    ) -> None:
         self.results = results if results is not None else []
+        self.closing = closing
 
     def SerializeToString(self) -> bytes:
-        return b"".join(_len_field(0x0A, r.SerializeToString()) for r in self.results)
+        out = b"".join(_len_field(0x0A, r.SerializeToString()) for r in self.results)
+        return out + b"\x18\x01" if self.closing else out
 
     @classmethod
     def FromString(cls, data: bytes) -> ExchangeReplyWire:
@@ -425,4 +430,6 @@ class ExchangeReplyWire:
         for number, wire_type, value in _fields(data):
             if number == 1 and wire_type == 2:
                 msg.results.append(ExchangeResultWire.FromString(value))
+            elif number == 3 and wire_type == 0:
+                msg.closing = bool(value)
         return msg

@@ -234,6 +234,13 @@ class ExchangeReply(betterproto.Message):
     """Server -> client. Any combination of parts in one message."""
 
     results: List["ExchangeResult"] = betterproto.message_field(1)
+    closing: bool = betterproto.bool_field(3)
+    """
+    2: callback requests (issue #13; not sent yet)
+     The server is shutting down: it answers the calls it has, refuses new ones on this
+     stream (PoolUnavailable), and ends the stream with OK once the client half-closes
+     and every call is answered. The client should half-close now.
+    """
 
 
 @dataclass(eq=False, repr=False)
