@@ -55,7 +55,12 @@ def at_concurrency(in_flight: int) -> Callable[[Call, Settings], Awaitable[Rep]]
     """
 
     async def measure(call: Call, settings: Settings) -> Rep:
-        return await measure_rep(call, replace(settings, concurrency=in_flight))
+        # Thousands of calls in flight take a while to reach a steady state (the first
+        # results come back only once the whole first wave is queued): warm up longer.
+        warmup = max(settings.tput_warmup_s, in_flight / 2000)
+        return await measure_rep(
+            call, replace(settings, concurrency=in_flight, tput_warmup_s=warmup)
+        )
 
     return measure
 

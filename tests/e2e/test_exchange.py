@@ -264,3 +264,72 @@ async def test_results_come_back_as_each_call_finishes(server: ServerProcess) ->
             tg.start_soon(slow)
             tg.start_soon(quick)
         assert order == ["quick", "slow"]
+
+
+async def _raw_exchange(address: str, *messages: Any) -> tuple[list[Any], Any]:
+    """Send ``messages`` on a raw Exchange stream; (the replies, the error it ended with)."""
+    from grpclib.client import Channel
+    from grpclib.const import Cardinality
+    from grpclib.exceptions import GRPCError
+
+    from snakebridge.wire.messages import ExchangeReplyWire, ExchangeRequestWire
+
+    host, port = address.rsplit(":", 1)
+    channel = Channel(host, int(port))
+    replies: list[Any] = []
+    try:
+        stream = channel.request(
+            "/snakebridge.v1.Bridge/Exchange",
+            Cardinality.STREAM_STREAM,
+            ExchangeRequestWire,
+            ExchangeReplyWire,
+        )
+        async with stream:
+            await stream.send_request()
+            for message in messages:
+                await stream.send_message(message)
+            await stream.end()
+            try:
+                while (reply := await stream.recv_message()) is not None:
+                    replies.append(reply)
+                await stream.recv_trailing_metadata()
+            except GRPCError as exc:
+                return replies, exc
+        return replies, None
+    finally:
+        channel.close()
+
+
+async def test_a_reused_call_id_or_a_wrong_protocol_ends_the_exchange(
+    server: ServerProcess,
+) -> None:
+    from grpclib.const import Status
+
+    from snakebridge.wire.messages import CallRequestWire, ExchangeCallWire, ExchangeRequestWire
+
+    def call(call_id: int) -> ExchangeCallWire:
+        req = CallRequestWire(
+            protocol_version=1, kind=1, module="time", name="sleep", args=b"\x92\x91\x01\x80"
+        )
+        return ExchangeCallWire(id=call_id, call=req)
+
+    with anyio.fail_after(20):
+        _, error = await _raw_exchange(
+            server.address, ExchangeRequestWire(protocol_version=1, calls=[call(7), call(7)])
+        )
+        assert error is not None and error.status == Status.INVALID_ARGUMENT
+        assert "already in flight" in error.message
+        _, error = await _raw_exchange(server.address, ExchangeRequestWire(calls=[call(1)]))
+        assert error is not None and error.status == Status.FAILED_PRECONDITION
+        # A well-behaved stream: answered, then OK once the client half-closed.
+        quick = CallRequestWire(
+            protocol_version=1, kind=1, module="math", name="sqrt", args=b"\x92\x91\x10\x80"
+        )
+        replies, error = await _raw_exchange(
+            server.address,
+            ExchangeRequestWire(protocol_version=1, calls=[ExchangeCallWire(id=3, call=quick)]),
+        )
+        assert error is None
+        assert [(r.id, r.result) for reply in replies for r in reply.results] == [
+            (3, b"\xcb@\x10\x00\x00\x00\x00\x00\x00")
+        ]
