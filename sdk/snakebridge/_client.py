@@ -469,10 +469,11 @@ class Client(_Runtime):
     version); once closed, every RPC through it raises ``ClientClosed``: it never
     reconnects.
 
-    ``batching=True`` sends ``call``, ``call_class``, ``call_method``, ``call_helper`` and
-    ``get_module_attr`` over one long-lived ``Exchange`` stream instead of one unary RPC
-    each: the calls ready in the same loop iteration leave as one message and results
-    come back as each finishes (docs/wire.md, Exchange). Every per-call behaviour stays
+    ``batching`` (default True) sends ``call``, ``call_class``, ``call_method``,
+    ``call_helper`` and ``get_module_attr`` over one long-lived ``Exchange`` stream instead
+    of one unary ``Call`` RPC each (``batching=False``): the calls ready in the same loop
+    iteration leave as one message and results come back as each finishes (docs/wire.md,
+    Exchange). Every per-call behaviour stays
     (timeouts, cancelling one call, error classes, idempotent retry, affinity,
     correlation ids); it is much faster with many calls in flight (docs/performance.md).
     """
@@ -486,7 +487,7 @@ class Client(_Runtime):
         timeout: float | None = None,
         correlation_id: str | None = None,
         max_decoded_size: int | None = None,
-        batching: bool = False,
+        batching: bool = True,
     ) -> None:
         self.address = address or os.environ.get(_ADDRESS_ENV) or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
         # An explicit size replaces the ratio: how results are shaped is the remote

@@ -3,7 +3,9 @@
 ``CallExchange.call`` puts the call in an outbox and wakes the stream's sender; the sender
 runs after every task that was ready in the same loop iteration has had its turn, so the
 calls they made leave together, as one ``ExchangeRequest`` (no timer holds a lone call:
-it leaves on the next iteration). Results come back as each call finishes, matched by id.
+it leaves on the next iteration). A stream with no call for ``IDLE_CLOSE`` seconds is
+half-closed, so an idle client's connection can go idle as with unary calls. Results
+come back as each call finishes, matched by id.
 
 Per call, as on the unary path: the call's ``timeout`` is awaited here too (on expiry the
 call raises ``CallTimeout`` and the server is told to stop it), cancelling the awaiting
@@ -19,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import itertools
+import time
 from typing import Final
 
 from ._transport import CallMetadata, Transport
@@ -40,6 +43,10 @@ __all__ = ["CallExchange"]
 BATCH_BYTES: Final = 1 << 20
 #: Calls in one ExchangeRequest at most.
 BATCH_CALLS: Final = 4096
+#: Seconds without a call after which the stream is half-closed (and ends), so that the
+#: connection can go idle and the server's ``--idle-timeout`` applies; the next call opens
+#: a new stream.
+IDLE_CLOSE: Final = 2.0
 
 
 def _error_of(result: ExchangeResultWire) -> BridgeError:
@@ -53,15 +60,29 @@ class _Stream:
     """One ``Exchange`` RPC and the calls waiting on it. A stream that fails, or that the
     server closes (its drain), takes no new calls; the next call opens a new one."""
 
-    __slots__ = ("cancels", "closing", "outbox", "pending", "task", "wake")
+    __slots__ = ("cancels", "closing", "last_call", "outbox", "pending", "task", "wake")
 
     def __init__(self) -> None:
+        self.last_call = time.monotonic()
         self.pending: dict[int, asyncio.Future[bytes]] = {}
         self.outbox: list[ExchangeCallWire] = []
         self.cancels: list[int] = []
         self.wake = asyncio.Event()
         self.closing = False  # the server asked us to half-close, or the client closes
         self.task: asyncio.Task[None] | None = None
+
+    def close_if_idle(self) -> None:
+        """Half-close once no call has been made for ``IDLE_CLOSE`` seconds and none waits;
+        checks again later otherwise (one timer per stream, not per call)."""
+        if self.closing:
+            return
+        quiet = time.monotonic() - self.last_call
+        if quiet >= IDLE_CLOSE and not self.pending:
+            self.closing = True
+            self.wake.set()
+            return
+        delay = max(IDLE_CLOSE - quiet, 0.1)
+        asyncio.get_running_loop().call_later(delay, self.close_if_idle)
 
     def cancel(self, call_id: int) -> None:
         """Tell the server to stop ``call_id`` (a call not sent yet is simply dropped)."""
@@ -114,7 +135,9 @@ class _Stream:
         pending, self.pending = self.pending, {}
         for fut in pending.values():
             if not fut.done():
-                fut.set_exception(copy.copy(error))
+                each = copy.copy(error)  # one per caller: tracebacks would pile up on one
+                each.__cause__ = error.__cause__
+                fut.set_exception(each)
 
 
 class CallExchange:
@@ -143,6 +166,7 @@ class CallExchange:
             stream = self._stream = self._open()
         call_id = next(self._ids)
         fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        stream.last_call = time.monotonic()
         stream.pending[call_id] = fut
         stream.outbox.append(ExchangeCallWire(id=call_id, call=req, correlation_id=cid or ""))
         stream.wake.set()
@@ -169,7 +193,9 @@ class CallExchange:
 
     def _open(self) -> _Stream:
         stream = _Stream()
-        stream.task = asyncio.get_running_loop().create_task(self._run(stream))
+        loop = asyncio.get_running_loop()
+        stream.task = loop.create_task(self._run(stream))
+        loop.call_later(IDLE_CLOSE, stream.close_if_idle)
         return stream
 
     async def _run(self, stream: _Stream) -> None:
