@@ -1,5 +1,5 @@
 """snakebridge end to end: the SDK calling `math.sqrt` through a real bridge-server with 2
-workers. Unary `Call` (one HTTP/2 stream per call) at the run's concurrency (64 in flight:
+workers. Unary `Call` (`Client(batching=False)`, one HTTP/2 stream per call) at the run's concurrency (64 in flight:
 the headline row) and at 1; the micro-batched `Exchange` stream (`Client(batching=True)`)
 at 1, 8, 64, 200, 1000 and 8000 in flight (issue #14)."""
 
@@ -102,7 +102,8 @@ async def targets(settings: Settings) -> AsyncIterator[list[Target]]:
             await server.start()
         except ServerFailed as exc:
             raise Unavailable(str(exc)) from exc
-        async with sdk.Client(f"{HOST}:{port}") as client:
+        # The unary path (one Call RPC per call), as before the Exchange stream existed.
+        async with sdk.Client(f"{HOST}:{port}", batching=False) as client:
             answer = await client.call("math", "sqrt", [16])
             if answer != 4.0:
                 raise RuntimeError(f'call("math", "sqrt", [16]) returned {answer!r}, not 4.0')
