@@ -1,7 +1,7 @@
 """snakebridge end to end: the SDK calling `math.sqrt` through a real bridge-server with 2
-workers. Unary `Call` (`Client(batching=False)`, one HTTP/2 stream per call) at the run's concurrency (64 in flight:
-the headline row) and at 1; the micro-batched `Exchange` stream (`Client(batching=True)`)
-at 1, 8, 64, 200, 1000 and 8000 in flight (issue #14)."""
+workers. Unary `Call` (`Client(batching=False)`, one HTTP/2 stream per call) at the run's
+concurrency (64 in flight: the headline row) and at 1; the micro-batched `Exchange`
+stream (`Client(batching=True)`) at 1, 8, 64, 200, 1000 and 8000 in flight (issue #14)."""
 
 from __future__ import annotations
 
