@@ -15,8 +15,12 @@ the next ``ExchangeReply``. Nothing waits for company: a lone result goes out at
 
 Bounds: at most ``MAX_IN_FLIGHT`` calls of one stream run at once (more answer
 ``LimitExceeded``); each request message is at most the service's ``max_request`` bytes
-(refused from its length prefix, unread); a call id may not be reused while in flight
-(``BadRequest`` ends the stream). The outbox holds at most one result per call in flight.
+(refused from its length prefix, unread) and ``MAX_CALLS_PER_MESSAGE`` calls; a call id
+may not be reused while in flight (``BadRequest`` ends the stream). A client that does not
+read its results is not read either: once the calls running plus the results waiting to
+be sent reach ``MAX_IN_FLIGHT``, the next message is read only after some results left, so
+HTTP/2 flow control stops the client; the outbox holds at most ``MAX_IN_FLIGHT`` plus one
+message's calls.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ log = logging.getLogger("snakebridge.service")
 MAX_IN_FLIGHT: Final = 16_384
 #: Results in one ExchangeReply at most (a reply of tiny results stays well under 1 MiB).
 MAX_RESULTS_PER_REPLY: Final = 4096
+#: Calls in one ExchangeRequest at most (the Python SDK sends at most 4096); more end the
+#: stream with ``BadRequest``.
+MAX_CALLS_PER_MESSAGE: Final = 4096
 
 
 def error_result(call_id: int, exc: BridgeError, cid: str) -> ExchangeResultWire:
@@ -71,6 +78,7 @@ class ExchangeStream:
         self.running: dict[int, asyncio.Task[None]] = {}
         self.outbox: list[ExchangeResultWire] = []
         self._ready = asyncio.Event()  # the outbox has something, or the stream should end
+        self._room = asyncio.Event()  # results left: the reader may take more calls
         self._ending = False  # the client half-closed: end once the running calls answered
         self._closing = False  # the server drains: no new calls, the client is told
         self.handler = asyncio.current_task()  # what the drain waits for
@@ -102,11 +110,19 @@ class ExchangeStream:
     async def _read_loop(self) -> None:
         while (msg := await read_message(self.stream, self.service.max_request)) is not None:
             self._received(msg)
+            while len(self.running) + len(self.outbox) >= MAX_IN_FLIGHT:
+                self._room.clear()
+                await self._room.wait()
         self._ending = True
         self._ready.set()
 
     def _received(self, msg: ExchangeRequestWire) -> None:
         check_protocol(msg.protocol_version)
+        if len(msg.calls) > MAX_CALLS_PER_MESSAGE:
+            raise BadRequest(
+                f"an ExchangeRequest carries at most {MAX_CALLS_PER_MESSAGE} calls, "
+                f"not {len(msg.calls)}"
+            )
         for call_id in msg.cancels:
             task = self.running.pop(call_id, None)
             if task is not None:
@@ -194,6 +210,7 @@ class ExchangeStream:
                 del self.outbox[:MAX_RESULTS_PER_REPLY]
                 # Results that finish while this one is sent go out together in the next.
                 await stream.send_message(ExchangeReplyWire(results=batch))
+                self._room.set()
             if self._closing and not told:
                 told = True
                 await stream.send_message(ExchangeReplyWire(closing=True))

@@ -333,3 +333,76 @@ async def test_a_reused_call_id_or_a_wrong_protocol_ends_the_exchange(
         assert [(r.id, r.result) for reply in replies for r in reply.results] == [
             (3, b"\xcb@\x10\x00\x00\x00\x00\x00\x00")
         ]
+
+
+def _sqrt_call(call_id: int, function: str = "sqrt") -> Any:
+    """``math.sqrt(16)``, or with ``function="sleep"`` ``time.sleep(16)``."""
+    from snakebridge.wire.messages import CallRequestWire, ExchangeCallWire
+
+    module = "math" if function == "sqrt" else "time"
+    req = CallRequestWire(
+        protocol_version=1, kind=1, module=module, name=function, args=b"\x92\x91\x10\x80"
+    )
+    return ExchangeCallWire(id=call_id, call=req)
+
+
+async def test_more_calls_in_one_message_than_allowed_end_the_exchange(
+    server: ServerProcess,
+) -> None:
+    from grpclib.const import Status
+
+    from snakebridge.wire.messages import ExchangeRequestWire
+
+    calls = [_sqrt_call(i) for i in range(1, 4098)]
+    with anyio.fail_after(30):
+        _, error = await _raw_exchange(
+            server.address, ExchangeRequestWire(protocol_version=1, calls=calls)
+        )
+    assert error is not None and error.status == Status.INVALID_ARGUMENT
+    assert "at most 4096 calls" in error.message
+
+
+async def test_a_client_that_never_reads_its_results_is_stopped_by_flow_control(
+    make_server: Any,
+) -> None:
+    """The attack: keep sending calls without ever reading a result. The server stops
+    reading once 16,384 calls are running or answered-but-unsent, so the client's sends
+    block (HTTP/2 flow control) instead of the server taking calls without end. (Slow
+    calls, so that they stay running: quick ones would be answered until the client's
+    receive window is full, which bounds them too, only later.)"""
+    from grpclib.client import Channel
+    from grpclib.const import Cardinality
+
+    from snakebridge.wire.messages import ExchangeReplyWire, ExchangeRequestWire
+
+    srv = make_server("--workers", "1", "--max-queued", "100000", "--cancel-grace", "30")
+    host, port = srv.address.rsplit(":", 1)
+    channel = Channel(host, int(port))
+    sent = 0
+    blocked = False
+    try:
+        stream = channel.request(
+            "/snakebridge.v1.Bridge/Exchange",
+            Cardinality.STREAM_STREAM,
+            ExchangeRequestWire,
+            ExchangeReplyWire,
+        )
+        async with stream:
+            await stream.send_request()
+            next_id = 1
+            while sent < 200 * 4096:  # far past what the windows can hold
+                calls = [_sqrt_call(i, "sleep") for i in range(next_id, next_id + 4096)]
+                next_id += 4096
+                with anyio.move_on_after(10) as scope:
+                    await stream.send_message(ExchangeRequestWire(protocol_version=1, calls=calls))
+                if scope.cancelled_caught:
+                    blocked = True
+                    break
+                sent += len(calls)
+            await stream.cancel()
+    finally:
+        channel.close()
+    assert blocked, f"the server read {sent} calls without the client reading a result"
+    # Bounded: the 16,384 in the server plus what the HTTP/2 windows hold.
+    assert sent < 200_000
+    srv.stop()
