@@ -99,13 +99,14 @@ class ExchangeStream:
             else:
                 writer.result()  # raises if sending failed
         finally:
-            for task in self.running.values():
-                task.cancel()  # the client is gone: interrupt their worker calls
+            # The stream owns every task it started: cancelled (the client is gone: their
+            # worker calls are interrupted) and awaited here, whatever ended it.
+            owned = {reader, writer, *self.running.values()}
             self.running.clear()
-            for task in (reader, writer):
+            for task in owned:
                 if not task.done():
                     task.cancel()
-            await asyncio.wait({reader, writer})
+            await asyncio.wait(owned)
 
     async def _read_loop(self) -> None:
         while (msg := await read_message(self.stream, self.service.max_request)) is not None:
