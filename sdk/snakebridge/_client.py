@@ -507,7 +507,7 @@ class Client(_Runtime):
         self._client = self
         self.server_version: str | None = None
         #: ``batching=True``: calls go over one ``Exchange`` stream (micro-batched).
-        self._exchange = CallExchange(self._transport, (self._metadata, None)) if batching else None
+        self._exchange = CallExchange(self._transport, self._stream_metadata) if batching else None
 
     @classmethod
     def over_channel(cls, channel: Any, address: str = "in-memory", **options: Any) -> Client:
@@ -519,11 +519,16 @@ class Client(_Runtime):
         client = cls(address, **options)
         client._transport = Transport(address, None, channel=channel)
         if client._exchange is not None:
-            client._exchange = CallExchange(client._transport, (client._metadata, None))
+            client._exchange = CallExchange(client._transport, client._stream_metadata)
         return client
 
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
+
+    def _stream_metadata(self) -> CallMetadata:
+        """The metadata of an ``Exchange`` stream, asked when one opens: authorization only
+        (each call carries its own correlation id)."""
+        return self._metadata, None
 
     def _call_metadata(self) -> CallMetadata:
         """The metadata of one RPC, and the correlation id in it."""
@@ -577,7 +582,7 @@ class Client(_Runtime):
             if self._exchange is not None:
                 await self._exchange.close()
                 if not for_good:
-                    self._exchange = CallExchange(self._transport, (self._metadata, None))
+                    self._exchange = CallExchange(self._transport, self._stream_metadata)
             self._transport.close(for_good=for_good)
 
     async def _release_quietly(self, session_id: str) -> None:

@@ -22,6 +22,7 @@ import asyncio
 import copy
 import itertools
 import time
+from collections.abc import Callable
 from typing import Final
 
 from ._transport import CallMetadata, Transport
@@ -145,9 +146,9 @@ class CallExchange:
 
     __slots__ = ("_closed", "_ids", "_metadata", "_stream", "_transport")
 
-    def __init__(self, transport: Transport, metadata: CallMetadata) -> None:
+    def __init__(self, transport: Transport, metadata: Callable[[], CallMetadata]) -> None:
         self._transport = transport
-        self._metadata = metadata  # the stream's: authorization only; ids travel per call
+        self._metadata = metadata  # the stream's, asked when one opens; ids travel per call
         self._ids = itertools.count(1)
         self._stream: _Stream | None = None
         self._closed = False
@@ -205,7 +206,7 @@ class CallExchange:
                 "Exchange",
                 ExchangeRequestWire,
                 ExchangeReplyWire,
-                self._metadata,
+                self._metadata(),
                 stream.next_request,
                 stream.received,
             )

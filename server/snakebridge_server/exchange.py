@@ -72,8 +72,11 @@ def error_result(call_id: int, exc: BridgeError, cid: str) -> ExchangeResultWire
 class ExchangeStream:
     """One ``Exchange`` RPC: its calls in flight, its outbox, its two loops."""
 
-    def __init__(self, service: BridgeService, stream: Stream[Any, Any]) -> None:
+    def __init__(
+        self, service: BridgeService, stream: Stream[Any, Any], default_cid: str = ""
+    ) -> None:
         self.service = service
+        self.default_cid = default_cid
         self.stream = stream
         self.running: dict[int, asyncio.Task[None]] = {}
         self.outbox: list[ExchangeResultWire] = []
@@ -144,7 +147,7 @@ class ExchangeStream:
                 )
             )
             return
-        cid = cid or self.service.new_correlation_id()
+        cid = cid or self.default_cid or self.service.new_correlation_id()
         if self.service.draining or self._closing:
             self._answer(
                 error_result(call_id, _PoolUnavailable("the server is shutting down"), cid)
@@ -222,10 +225,13 @@ class ExchangeStream:
                 return
 
 
-async def serve_exchange(service: BridgeService, stream: Stream[Any, Any]) -> None:
+async def serve_exchange(
+    service: BridgeService, stream: Stream[Any, Any], default_cid: str = ""
+) -> None:
     """The grpclib handler of ``Exchange``; errors that end the whole stream (a malformed
-    message, a reused id, a protocol mismatch) become its status and error trailer."""
-    ex = ExchangeStream(service, stream)
+    message, a reused id, a protocol mismatch) become its status and error trailer.
+    ``default_cid``: the stream metadata's correlation id, for calls that carry none."""
+    ex = ExchangeStream(service, stream, default_cid)
     service.exchanges.add(ex)
     try:
         await ex.serve()

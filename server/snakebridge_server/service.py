@@ -280,7 +280,15 @@ class BridgeService:
         if self.draining:
             await send_error(stream, PoolUnavailable("the server is shutting down"))
             return
-        await serve_exchange(self, stream)
+        # The stream's own correlation id, if any, is the default of its calls.
+        sent = stream.metadata.get(CORRELATION_METADATA) if stream.metadata else None
+        if sent is not None and not (type(sent) is str and valid_correlation_id(sent)):
+            await send_error(
+                stream, BadRequest(f"{CORRELATION_METADATA} must be 1-128 printable ASCII")
+            )
+            stop_reading(stream)
+            return
+        await serve_exchange(self, stream, sent or "")
 
     # -- the methods: request message in, reply message out ------------------------------
 
