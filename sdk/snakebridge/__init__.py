@@ -23,7 +23,9 @@ __all__ = [
     "ModuleProxy",
     "Ref",
     "RefNotFound",
+    "RemoteEnum",
     "RemoteError",
+    "RemoteRecord",
     "Session",
     "SessionLost",
     "StreamRef",
@@ -31,6 +33,8 @@ __all__ = [
     "__version__",
     "correlation_id",
     "errors",
+    "register_type",
+    "unregister_type",
 ]
 
 if TYPE_CHECKING:
@@ -46,6 +50,7 @@ if TYPE_CHECKING:
         SessionLost,
         WorkerCrashed,
     )
+    from .wire.values import RemoteEnum, RemoteRecord, register_type, unregister_type
 
 _LAZY = {
     "Client": "._client",
@@ -61,6 +66,10 @@ _LAZY = {
     "SessionLost": ".errors",
     "WorkerCrashed": ".errors",
     "correlation_id": "._correlation",
+    "RemoteEnum": ".wire.values",
+    "RemoteRecord": ".wire.values",
+    "register_type": ".wire.values",
+    "unregister_type": ".wire.values",
 }
 
 
