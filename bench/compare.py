@@ -23,6 +23,17 @@ CALLS_PER_S_VS_FLOOR_TARGET = 0.8
 
 _REPS: dict[str, list[Rep]] = {}
 
+BATCHED = "snakebridge math.sqrt, batched"
+BATCHED_IN_FLIGHT = (1, 8, 64, 200, 1000, 8000)
+# Issue #14: batched calls/s at 64 in flight >= 1.5x the better of RPyC threaded and
+# ProcessPoolExecutor(2); at 8000 in flight >= 0.9x the figure at 200.
+BATCHED_VS_PEER_TARGET = 1.5
+MANY_IN_FLIGHT_TARGET = 0.9
+
+
+def batched_name(in_flight: int) -> str:
+    return f"{BATCHED}, {in_flight} in flight"
+
 
 def rpyc_name(settings: Settings) -> str:
     return f"RPyC classic math.sqrt, {settings.concurrency} threads"
@@ -76,7 +87,41 @@ def comparison_lines(settings: Settings) -> list[str]:
         if short in MUST_BEAT:
             line += f" (target >= 1: {'meets' if ours >= theirs else 'BELOW'})"
         lines.append(line)
-    return lines if len(lines) > 1 else []
+    return (lines if len(lines) > 1 else []) + batched_lines(settings)
+
+
+def batched_lines(settings: Settings) -> list[str]:
+    """Issue #14's ratios: the batched client against the better peer, and 8000 in flight
+    against 200."""
+    lines: list[str] = []
+    ours = median_calls_per_s(batched_name(64))
+    peers = [
+        median_calls_per_s(peer_names(settings)[p])
+        for p in ("RPyC classic", "ProcessPoolExecutor(2)")
+    ]
+    best = max((p for p in peers if p is not None), default=None)
+    if ours is not None and best is not None:
+        ratio = ours / best
+        verdict = "meets" if ratio >= BATCHED_VS_PEER_TARGET else "BELOW"
+        lines.append(
+            f"{batched_name(64)}: {ours:,.0f} calls/s / better of RPyC threaded and "
+            f"ProcessPoolExecutor(2) {best:,.0f} = {ratio:.2f}x "
+            f"(target >= {BATCHED_VS_PEER_TARGET}: {verdict})"
+        )
+    many, base = median_calls_per_s(batched_name(8000)), median_calls_per_s(batched_name(200))
+    if many is not None and base is not None:
+        ratio = many / base
+        verdict = "meets" if ratio >= MANY_IN_FLIGHT_TARGET else "BELOW"
+        lines.append(
+            f"{BATCHED}: 8000 in flight {many:,.0f} / 200 in flight {base:,.0f} calls/s = "
+            f"{ratio:.2f} (target >= {MANY_IN_FLIGHT_TARGET}: {verdict})"
+        )
+    unary = median_calls_per_s(SNAKEBRIDGE)
+    if ours is not None and unary is not None:
+        lines.append(
+            f"{BATCHED} / unary Call at {settings.concurrency} in flight: {ours / unary:.2f}x"
+        )
+    return lines
 
 
 def print_comparison(settings: Settings) -> None:

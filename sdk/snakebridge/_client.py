@@ -22,6 +22,7 @@ from typing import Any, Final, TypeVar
 
 from . import _correlation
 from ._defaults import CallDefaults, check_affinity, retry_delay
+from ._exchange import CallExchange
 from ._gc_release import GcReleaser
 from ._refs import Ref, StreamRef
 from ._transport import CallMetadata, Transport
@@ -487,6 +488,14 @@ class Client(_Runtime):
     on first use (``connect()``, which ``async with`` calls, also checks the protocol
     version); once closed, every RPC through it raises ``ClientClosed``: it never
     reconnects.
+
+    ``batching`` (default True) sends ``call``, ``call_class``, ``call_method``,
+    ``call_helper`` and ``get_module_attr`` over one long-lived ``Exchange`` stream instead
+    of one unary ``Call`` RPC each (``batching=False``): the calls ready in the same loop
+    iteration leave as one message and results come back as each finishes (docs/wire.md,
+    Exchange). Every per-call behaviour stays
+    (timeouts, cancelling one call, error classes, idempotent retry, affinity,
+    correlation ids); it is much faster with many calls in flight (docs/performance.md).
     """
 
     def __init__(
@@ -499,6 +508,7 @@ class Client(_Runtime):
         correlation_id: str | None = None,
         max_decoded_size: int | None = None,
         release_on_gc: bool = True,
+        batching: bool = True,
     ) -> None:
         self.address = address or os.environ.get(_ADDRESS_ENV) or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
         # An explicit size replaces the ratio: how results are shaped is the remote
@@ -526,6 +536,8 @@ class Client(_Runtime):
         self._gc = GcReleaser(self._release_collected) if release_on_gc else None
         self._client = self
         self.server_version: str | None = None
+        #: ``batching=True``: calls go over one ``Exchange`` stream (micro-batched).
+        self._exchange = CallExchange(self._transport, self._stream_metadata) if batching else None
 
     @classmethod
     def over_channel(cls, channel: Any, address: str = "in-memory", **options: Any) -> Client:
@@ -536,10 +548,17 @@ class Client(_Runtime):
         ``options`` are ``Client``'s keyword arguments."""
         client = cls(address, **options)
         client._transport = Transport(address, None, channel=channel)
+        if client._exchange is not None:
+            client._exchange = CallExchange(client._transport, client._stream_metadata)
         return client
 
     def __repr__(self) -> str:
         return f"<Client {self.address}>"
+
+    def _stream_metadata(self) -> CallMetadata:
+        """The metadata of an ``Exchange`` stream, asked when one opens: authorization only
+        (each call carries its own correlation id)."""
+        return self._metadata, None
 
     def _call_metadata(self, deadline: bool = False) -> CallMetadata:
         """The metadata of one RPC, and the correlation id in it: the caller's; else,
@@ -598,6 +617,10 @@ class Client(_Runtime):
                 session, self._auto_session = self._auto_session, None
                 await asyncio.shield(self._release_quietly(session))
         finally:
+            if self._exchange is not None:
+                await self._exchange.close()
+                if not for_good:
+                    self._exchange = CallExchange(self._transport, self._stream_metadata)
             self._transport.close(for_good=for_good)
 
     async def _release_quietly(self, session_id: str) -> None:
@@ -757,25 +780,33 @@ class Client(_Runtime):
         return codec.decode(data, limits=self._limits, ref_factory=self._make_ref)
 
     async def _invoke(self, invocation: Invocation) -> Any:
-        """Send one ``Call`` and decode its result."""
+        """Send one ``Call`` (on the ``Exchange`` stream with ``batching=True``) and decode
+        its result."""
         req = self._request(invocation)
         if invocation.idempotent:
-            return self._decode((await self._retrying(req)).result)
+            return self._decode(await self._retrying(req))
         try:
-            reply = await self._unary(
-                "Call", req, CallRequestWire, CallReplyWire, req.timeout or None, _what(req)
-            )
+            result = await self._send_call(req)
         except LimitExceeded:
             # Over a ref cap while refs we dropped wait to be released: release them now
             # and try once more.
             if self._gc is None or not await self._gc.flush():
                 raise
-            reply = await self._unary(
-                "Call", req, CallRequestWire, CallReplyWire, req.timeout or None, _what(req)
-            )
-        return self._decode(reply.result)
+            result = await self._send_call(req)
+        return self._decode(result)
 
-    async def _retrying(self, req: CallRequestWire) -> CallReplyWire:
+    async def _send_call(self, req: CallRequestWire) -> bytes:
+        """One call, its result bytes: on the ``Exchange`` stream (``batching=True``), else
+        one unary ``Call`` RPC."""
+        if self._exchange is not None:
+            cid = _correlation.current() or self.correlation_id
+            return await self._exchange.call(req, cid, req.timeout or None)
+        reply = await self._unary(
+            "Call", req, CallRequestWire, CallReplyWire, req.timeout or None, _what(req)
+        )
+        return reply.result
+
+    async def _retrying(self, req: CallRequestWire) -> bytes:
         """An idempotent call, retried after a retryable error on the schedule of
         ``_defaults.RETRY_BACKOFF``, within its timeout."""
         loop = asyncio.get_running_loop()
@@ -783,9 +814,7 @@ class Client(_Runtime):
         attempt = 0
         while True:
             try:
-                return await self._unary(
-                    "Call", req, CallRequestWire, CallReplyWire, req.timeout or None, _what(req)
-                )
+                return await self._send_call(req)
             except BridgeError as exc:
                 attempt += 1
                 delay = retry_delay(attempt, exc)

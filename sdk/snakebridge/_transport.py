@@ -6,7 +6,8 @@ sides install), and the only one that reads grpclib's private attributes: each s
 says why and for which grpclib version (the version is pinned in pyproject.toml).
 
 - ``Transport``: the lazily opened channel (with a connection-wide flow-control window),
-  a unary RPC and a server-streaming RPC, and ``close``, after which it refuses every RPC.
+  a unary RPC, a server-streaming RPC and a bidirectional one (``bidi``, which
+  ``_exchange`` drives), and ``close``, after which it refuses every RPC.
 - ``RpcErrors``: the one context manager that maps whatever escapes an RPC to the SDK's
   errors and tags each with the RPC's correlation id.
 
@@ -19,9 +20,10 @@ says why and for which grpclib version (the version is pinned in pyproject.toml)
 
 from __future__ import annotations
 
+import asyncio
 import ssl as _ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -403,4 +405,55 @@ class Transport:
                                 raise TimeoutError
                             yield item
                 await stream.recv_trailing_metadata()
+        rpc.raise_pending()
+
+    async def bidi(
+        self,
+        method: str,
+        req_type: type[Any],
+        reply_type: type[_Reply],
+        metadata: CallMetadata,
+        next_request: Callable[[], Awaitable[Any]],
+        on_reply: Callable[[_Reply], None],
+    ) -> None:
+        """One bidirectional RPC: sends what ``next_request`` returns until it returns None
+        (then half-closes), hands each reply to ``on_reply``, and returns when the server
+        ends the stream with OK; any other end raises the mapped error. Cancelling it
+        resets the stream."""
+        headers, cid = metadata
+        channel = self._ensure_channel(method, cid)
+        with RpcErrors(self, method, cid, f"{method} did not finish within its deadline") as rpc:
+            rpc.stream = stream = channel.request(
+                SERVICE + method,
+                Cardinality.STREAM_STREAM,
+                req_type,
+                reply_type,
+                metadata=headers,
+            )
+            async with stream:
+                await stream.send_request()
+
+                async def send_all() -> None:
+                    while (request := await next_request()) is not None:
+                        await stream.send_message(request)
+                    await stream.end()
+
+                async def receive_all() -> None:
+                    while (reply := await stream.recv_message()) is not None:
+                        on_reply(reply)
+                    await stream.recv_trailing_metadata()
+
+                loop = asyncio.get_running_loop()
+                sender, receiver = loop.create_task(send_all()), loop.create_task(receive_all())
+                try:
+                    await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+                    if sender.done() and sender.exception() is None:
+                        await receiver  # half-closed: the server answers what is running
+                    for task in (receiver, sender):
+                        if task.done():
+                            task.result()  # raises the first failure
+                finally:
+                    for task in (sender, receiver):
+                        task.cancel()
+                    await asyncio.wait({sender, receiver})
         rpc.raise_pending()

@@ -40,6 +40,8 @@ from snakebridge.wire.constants import (
 from snakebridge.wire.messages import (
     CallReplyWire,
     CallRequestWire,
+    ExchangeReplyWire,
+    ExchangeRequestWire,
     StreamBatchWire,
     StreamRequestWire,
     WireError,
@@ -49,6 +51,7 @@ from snakebridge.wire.text import clip
 
 from .auth import TENANT, Identities
 from .bridge import Bridge, check_protocol
+from .exchange import ExchangeStream, serve_exchange
 from .grpc_server import recv_bounded, stop_reading
 from .logs import CALL, CallInfo, valid_correlation_id
 from .metrics import Metrics, batch_items
@@ -118,6 +121,8 @@ class BridgeService:
         # Ids the server makes for calls that come without one: unique per run, cheap.
         self._cid_prefix = f"sb-{secrets.token_hex(4)}-"
         self._cid_seq = itertools.count(1)
+        #: The open ``Exchange`` streams, which the drain ends once their calls are done.
+        self.exchanges: set[ExchangeStream] = set()
 
     def _unary(
         self, fn: Callable[[_Req], Awaitable[_Rep]], request: type[_Req], reply: type[_Rep]
@@ -145,16 +150,10 @@ class BridgeService:
             bad_cid = sent is not None and not (type(sent) is str and valid_correlation_id(sent))
             cid = sent if type(sent) is str and not bad_cid else ""
             if not cid:
-                cid = f"{self._cid_prefix}{next(self._cid_seq)}"
+                cid = self.new_correlation_id()
             info = CallInfo(cid, rpc)
             CALL.set(info)  # this task's context only: grpclib runs each RPC in a task
-            # Who calls: the token's tenant, or the client certificate's (auth.py). The
-            # auth hook refused unknown tokens before this handler ran.
-            tenant = self.identities.tenant_of(
-                stream.metadata.get("authorization") if stream.metadata else None,
-                stream.peer.cert() if self.identities.certificates else None,
-            )
-            TENANT.set(tenant or "")
+            self._set_tenant(stream)
             status = "ok"
             if self.draining:
                 await send_error(stream, PoolUnavailable("the server is shutting down"))
@@ -199,6 +198,28 @@ class BridgeService:
         handler.__name__ = fn.__name__
         return handler
 
+    def new_correlation_id(self) -> str:
+        """An id for a call that came without one: unique per server run, cheap."""
+        return f"{self._cid_prefix}{next(self._cid_seq)}"
+
+    def call_started(self, task: asyncio.Task[Any]) -> None:
+        """A call of an ``Exchange`` stream began: the drain waits for it like an RPC."""
+        self._active.add(task)
+        self._idle.clear()
+
+    def call_ended(
+        self, task: asyncio.Task[Any], info: CallInfo, status: str, seconds: float
+    ) -> None:
+        """An ``Exchange`` call finished: count and log it like a unary RPC."""
+        self._active.discard(task)
+        if not self._active:
+            self._idle.set()
+        self._observe(info, status, seconds)
+
+    def shut_down(self, task: asyncio.Task[Any]) -> bool:
+        """Whether the drain cancelled ``task`` (it still answers, with ``CallCancelled``)."""
+        return task in self._shut_down
+
     def _observe(self, info: CallInfo, status: str, seconds: float) -> None:
         """Count a finished RPC, and log it at debug level (with its correlation id)."""
         if self.metrics is not None:
@@ -230,6 +251,8 @@ class BridgeService:
         """Stop taking calls; let running ones finish for up to ``grace`` seconds, then
         cancel the rest, which answer ``CallCancelled``. Returns how many were cancelled."""
         self.draining = True
+        for exchange in self.exchanges:
+            exchange.closing()
         try:
             async with asyncio.timeout(grace):
                 await self._idle.wait()
@@ -242,6 +265,13 @@ class BridgeService:
             task.cancel()
         await asyncio.wait(stragglers, timeout=5.0)
         return len(stragglers)
+
+    async def exchanges_ended(self, timeout: float) -> None:
+        """After the drain: give the ``Exchange`` streams ``timeout`` seconds to send their
+        last results and their status before the server closes."""
+        handlers = {ex.handler for ex in self.exchanges if ex.handler is not None}
+        if handlers:
+            await asyncio.wait(handlers, timeout=timeout)
 
     def __mapping__(self) -> dict[str, Handler]:
         unary, streaming = self._unary, self._streaming
@@ -263,7 +293,40 @@ class BridgeService:
             SERVICE + "ListHelpers": unary(
                 self.list_helpers, pb.ListHelpersRequest, pb.ListHelpersReply
             ),
+            SERVICE + "Exchange": Handler(
+                self._exchange,
+                Cardinality.STREAM_STREAM,
+                ExchangeRequestWire,
+                ExchangeReplyWire,
+            ),
         }
+
+    def _set_tenant(self, stream: Stream[Any, Any]) -> None:
+        """Who calls: the token's tenant, or the client certificate's (auth.py), for this
+        task's context (and the tasks it starts). The auth hook refused unknown tokens
+        before any handler ran."""
+        tenant = self.identities.tenant_of(
+            stream.metadata.get("authorization") if stream.metadata else None,
+            stream.peer.cert() if self.identities.certificates else None,
+        )
+        TENANT.set(tenant or "")
+
+    async def _exchange(self, stream: Stream[Any, Any]) -> None:
+        # Each call of the stream runs in a task started from this one: it inherits the
+        # tenant, so isolation and session ownership hold as for a unary Call.
+        self._set_tenant(stream)
+        if self.draining:
+            await send_error(stream, PoolUnavailable("the server is shutting down"))
+            return
+        # The stream's own correlation id, if any, is the default of its calls.
+        sent = stream.metadata.get(CORRELATION_METADATA) if stream.metadata else None
+        if sent is not None and not (type(sent) is str and valid_correlation_id(sent)):
+            await send_error(
+                stream, BadRequest(f"{CORRELATION_METADATA} must be 1-128 printable ASCII")
+            )
+            stop_reading(stream)
+            return
+        await serve_exchange(self, stream, sent or "")
 
     # -- the methods: request message in, reply message out ------------------------------
 

@@ -106,14 +106,17 @@ async def test_recycling_by_calls_under_load(make_server: Any) -> None:
     async with snakebridge.Client(srv.address) as client:
 
         async def caller() -> None:
-            for _ in range(50):
+            # At least 400 calls, and on until a replacement answered some: batched calls
+            # can finish 400 before the first replacement is ready (the pool's last live
+            # worker is not recycled until another is), so a fixed count proves nothing.
+            while len(pids) < 400 or len(set(pids)) <= 2:
                 pids.append(await client.call("remote_helpers", "pid", timeout=10))
 
         with anyio.fail_after(20):
             async with anyio.create_task_group() as tg:
                 for _ in range(8):
                     tg.start_soon(caller)
-        assert len(pids) == 400
+        assert len(pids) >= 400
         assert len(set(pids)) > 2
         info = await _pool_info(client)
         assert info.restarts["recycle_calls"] >= 1

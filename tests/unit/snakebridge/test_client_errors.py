@@ -116,7 +116,9 @@ class ScriptedChannel:
 
 
 def client_over(channel: Any) -> snakebridge.Client:
-    client = snakebridge.Client(ADDRESS)
+    """A client of the unary path (``batching=False``); test_exchange_client.py does the
+    same for the Exchange stream."""
+    client = snakebridge.Client(ADDRESS, batching=False)
     client._transport._channel = channel
     return client
 

@@ -6,10 +6,13 @@
 from dataclasses import dataclass
 from typing import (
     TYPE_CHECKING,
+    AsyncIterable,
     AsyncIterator,
     Dict,
+    Iterable,
     List,
     Optional,
+    Union,
 )
 
 import betterproto
@@ -219,6 +222,44 @@ class ListHelpersReply(betterproto.Message):
     helpers: List["HelperInfo"] = betterproto.message_field(1)
 
 
+@dataclass(eq=False, repr=False)
+class ExchangeRequest(betterproto.Message):
+    """Client -> server. Any combination of parts in one message."""
+
+    protocol_version: int = betterproto.uint32_field(1)
+    calls: List["ExchangeCall"] = betterproto.message_field(2)
+    cancels: List[int] = betterproto.uint64_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class ExchangeCall(betterproto.Message):
+    id: int = betterproto.uint64_field(1)
+    call: "CallRequest" = betterproto.message_field(2)
+    correlation_id: str = betterproto.string_field(3)
+
+
+@dataclass(eq=False, repr=False)
+class ExchangeReply(betterproto.Message):
+    """Server -> client. Any combination of parts in one message."""
+
+    results: List["ExchangeResult"] = betterproto.message_field(1)
+    closing: bool = betterproto.bool_field(3)
+    """
+    2: callback requests (issue #13; not sent yet)
+     The server is shutting down: it answers the calls it has, refuses new ones on this
+     stream (PoolUnavailable), and ends the stream with OK once the client half-closes
+     and every call is answered. The client should half-close now.
+    """
+
+
+@dataclass(eq=False, repr=False)
+class ExchangeResult(betterproto.Message):
+    id: int = betterproto.uint64_field(1)
+    result: bytes = betterproto.bytes_field(2)
+    error: bytes = betterproto.bytes_field(3)
+    status: int = betterproto.uint32_field(4)
+
+
 class BridgeStub(betterproto.ServiceStub):
     async def call(
         self,
@@ -374,6 +415,27 @@ class BridgeStub(betterproto.ServiceStub):
             metadata=metadata,
         )
 
+    async def exchange(
+        self,
+        exchange_request_iterator: Union[
+            AsyncIterable[ExchangeRequest], Iterable[ExchangeRequest]
+        ],
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> AsyncIterator[ExchangeReply]:
+        async for response in self._stream_stream(
+            "/snakebridge.v1.Bridge/Exchange",
+            exchange_request_iterator,
+            ExchangeRequest,
+            ExchangeReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        ):
+            yield response
+
 
 class BridgeBase(ServiceBase):
 
@@ -414,6 +476,12 @@ class BridgeBase(ServiceBase):
         self, list_helpers_request: "ListHelpersRequest"
     ) -> "ListHelpersReply":
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+
+    async def exchange(
+        self, exchange_request_iterator: AsyncIterator[ExchangeRequest]
+    ) -> AsyncIterator[ExchangeReply]:
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
+        yield ExchangeReply()
 
     async def __rpc_call(
         self, stream: "grpclib.server.Stream[CallRequest, CallReply]"
@@ -482,6 +550,16 @@ class BridgeBase(ServiceBase):
         response = await self.list_helpers(request)
         await stream.send_message(response)
 
+    async def __rpc_exchange(
+        self, stream: "grpclib.server.Stream[ExchangeRequest, ExchangeReply]"
+    ) -> None:
+        request = stream.__aiter__()
+        await self._call_rpc_handler_server_stream(
+            self.exchange,
+            stream,
+            request,
+        )
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/snakebridge.v1.Bridge/Call": grpclib.const.Handler(
@@ -537,5 +615,11 @@ class BridgeBase(ServiceBase):
                 grpclib.const.Cardinality.UNARY_UNARY,
                 ListHelpersRequest,
                 ListHelpersReply,
+            ),
+            "/snakebridge.v1.Bridge/Exchange": grpclib.const.Handler(
+                self.__rpc_exchange,
+                grpclib.const.Cardinality.STREAM_STREAM,
+                ExchangeRequest,
+                ExchangeReply,
             ),
         }
