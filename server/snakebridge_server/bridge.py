@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import shutil
@@ -49,6 +50,9 @@ from .frames import Call, Ok, StreamOpen
 from .helper_sources import is_helper_file, source_module_name
 from .logs import note_routed_pool
 from .metrics import queue_depth
+from .raypool import runtime as ray_runtime
+from .raypool.handle import RaySpec, RayWorkerHandle
+from .raypool.runtime import actor_options, local_cpus
 from .refids import WorkerKey, owner_of, parse_ref_id
 from .sandbox import SandboxSpec
 from .sandbox.policy import CallPolicy
@@ -166,10 +170,17 @@ class Bridge:
                 on_worker_lost=self.sessions.worker_gone,
                 refs_of=self.sessions.refs_on,
                 policy=SupervisionPolicy.of(pc),
-                worker_factory=worker_factory,
+                worker_factory=self._factory_of(pc, worker_factory),
             )
             uid_offset += pc.workers
         self._background = Background("bridge")  # the session sweeper
+
+    def _factory_of(self, pc: PoolConfig, injected: WorkerFactory) -> WorkerFactory:
+        """A Ray pool's workers are Ray actors, unless a test injects its own handles."""
+        if pc.backend != "ray" or injected is not WorkerHandle:
+            return injected
+        ray = RaySpec(self.config.ray_address, local_cpus(self.config.pools), actor_options(pc))
+        return functools.partial(RayWorkerHandle, ray=ray)
 
     def _worker_spec(self, pc: PoolConfig, uid_offset: int) -> WorkerSpec:
         config = self.config
@@ -219,6 +230,8 @@ class Bridge:
     async def close(self) -> None:
         await self._background.aclose()
         await asyncio.gather(*(p.close() for p in self.pools.values()))
+        if any(pc.backend == "ray" for pc in self.config.pools):
+            await ray_runtime.disconnect()
         if self.scratch_root:
             shutil.rmtree(self.scratch_root, ignore_errors=True)
 
@@ -233,7 +246,9 @@ class Bridge:
     def snapshot(self) -> BridgeSnapshot:
         """Pools, workers, sessions and refs as they are now (for metrics and Describe)."""
         return BridgeSnapshot(
-            pools=[_pool_snapshot(p) for p in self.pools.values()],
+            pools=[
+                _pool_snapshot(p, self.pool_configs[p.name].backend) for p in self.pools.values()
+            ],
             sessions=len(self.sessions),
             refs=self.sessions.total_refs,
         )
@@ -531,7 +546,7 @@ class Bridge:
                         await self.pool(key.pool).owner(key).release_session(session.id)
 
 
-def _pool_snapshot(pool: Pool) -> PoolSnapshot:
+def _pool_snapshot(pool: Pool, backend: str) -> PoolSnapshot:
     level, layers = sandbox_report(pool.workers)
     workers = [
         WorkerSnapshot(
@@ -543,6 +558,7 @@ def _pool_snapshot(pool: Pool) -> PoolSnapshot:
             in_flight=w.in_flight,
             calls_done=w.calls_done,
             refs=w.refs_held,
+            node=w.node,
         )
         for w in [*pool.workers, *pool.retiring]
         if w is not None
@@ -559,4 +575,5 @@ def _pool_snapshot(pool: Pool) -> PoolSnapshot:
         sandbox_level=level,
         sandbox_layers=tuple(layers),
         workers=workers,
+        backend=backend,
     )

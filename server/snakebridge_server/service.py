@@ -311,6 +311,7 @@ class BridgeService:
                 restarts=dict(pool.restarts),
                 sandbox_level=pool.sandbox_level,
                 sandbox_layers=list(pool.sandbox_layers),
+                backend=pool.backend,
             )
             for pool in snapshot.pools
         ]

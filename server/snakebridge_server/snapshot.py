@@ -23,6 +23,7 @@ class WorkerSnapshot:
     in_flight: int
     calls_done: int
     refs: int
+    node: str = ""  # where it runs when not a local process: a Ray actor's host and node
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +41,7 @@ class PoolSnapshot:
     sandbox_level: str = ""  # the weakest level its live workers reached
     sandbox_layers: Sequence[str] = ()
     workers: Sequence[WorkerSnapshot] = ()
+    backend: str = "process"  # process | ray
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,3 +51,4 @@ class BridgeSnapshot:
     pools: Sequence[PoolSnapshot]
     sessions: int
     refs: int
+    node: str = ""  # where it runs when not a local process: a Ray actor's host and node

@@ -246,6 +246,7 @@ class WorkerHandle:
         self.sandbox_layers: list[str] = []
         self.helper_info: list[tuple[str, str, str]] = []  # (name, signature, doc), from READY
         self.scratch = ""
+        self.node = ""  # where it runs when not a local process (a Ray actor's node)
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.key} pid={self.pid} {self.state} in_flight={self.in_flight}>"

@@ -150,6 +150,10 @@ class WorkerInfo(betterproto.Message):
     in_flight: int = betterproto.uint32_field(6)
     calls_done: int = betterproto.uint64_field(7)
     refs: int = betterproto.uint32_field(8)
+    node: str = betterproto.string_field(20)
+    """
+    Where it runs when not a local process: a Ray actor's "host (node ID, pid N)".
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -177,6 +181,10 @@ class PoolInfo(betterproto.Message):
     """
 
     sandbox_layers: List[str] = betterproto.string_field(9)
+    backend: str = betterproto.string_field(20)
+    """
+    Where its workers run: "process" (children of the server) or "ray" (Ray actors).
+    """
 
 
 @dataclass(eq=False, repr=False)
