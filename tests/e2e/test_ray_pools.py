@@ -122,8 +122,11 @@ async def test_an_actor_killed_mid_call_answers_worker_crashed_then_is_replaced(
         assert actor not in (ray_server.pid, 1)
 
         async def kill_when_running() -> None:
-            while (await client.describe()).pools[0].in_flight == 0:
-                await anyio.sleep(0.05)
+            with anyio.fail_after(30):
+                while True:  # until the sleep is running on the actor
+                    if (await client.describe()).pools[0].in_flight:
+                        break
+                    await anyio.sleep(0.05)
             await anyio.sleep(0.2)
             os.kill(actor, signal.SIGKILL)
 
@@ -142,7 +145,9 @@ async def test_an_actor_killed_mid_call_answers_worker_crashed_then_is_replaced(
     assert described.pools[0].restarts
     # The worker runtime died with its actor (parent-death signal), mid-sleep.
     with anyio.fail_after(10):
-        while pid_alive(pid):
+        while True:
+            if not pid_alive(pid):
+                break
             await anyio.sleep(0.05)
 
 
@@ -155,9 +160,7 @@ async def test_an_idempotent_call_is_retried_once_after_its_actor_died(
             await client.call("remote_helpers", "crash_once", [marker])
         os.unlink(marker)
         with anyio.fail_after(60):
-            result = await client.call(
-                "remote_helpers", "crash_once", [marker], idempotent=True
-            )
+            result = await client.call("remote_helpers", "crash_once", [marker], idempotent=True)
     assert result == "ok"
     assert os.path.exists(marker)  # the first attempt ran, and crashed, on an actor
 
