@@ -32,7 +32,7 @@ def ray_server() -> Iterator[ServerProcess]:
         "--ray-address", "local",
         "--workers", "1",
         "--num-cpus", "1",
-        "--helpers", "remote_helpers",
+        "--helpers", "remote_helpers,ray_probes",
         "--cancel-grace", "0.5",
         "--crash-loop-max", "20",
     )  # fmt: skip
@@ -177,3 +177,29 @@ async def test_releasing_a_session_frees_its_refs_on_its_actor(ray_server: Serve
         for ref in (first, second):
             with pytest.raises(errors.RefNotFound):
                 await client.get_attr(Ref(ref.__snakebridge_ref__(), client), "name")
+
+
+async def test_the_sandboxed_worker_cannot_reach_ray_or_its_actor(
+    ray_server: ServerProcess,
+) -> None:
+    """The Ray cluster is outside the sandbox: the worker reads none of Ray's session
+    files, inherits none of its variables, cannot signal its actor nor open a socket
+    (here: to the bridge's own listening port)."""
+    session = Path("/tmp/ray/session_latest")
+    ray_files = sorted(p for p in session.rglob("*") if p.is_file()) if session.exists() else []
+    assert ray_files, "the server's local Ray runtime has no session files"
+    host, port = ray_server.address.rsplit(":", 1)
+    async with snakebridge.Client(ray_server.address) as client:
+        for path in ray_files[:3]:
+            assert (await client.call_helper("ray_read", [str(path)])).startswith(
+                "PermissionError"
+            ), path
+        names = await client.call_helper("ray_env_names")
+        assert not [n for n in names if n.startswith("RAY")], names
+        assert (await client.call_helper("ray_signal_parent")).startswith("PermissionError")
+        assert (await client.call_helper("ray_connect", [host, int(port)])).startswith(
+            "PermissionError"
+        )
+        # The probes work: the worker reads what it may (its own helper module).
+        probes = Path(__file__).with_name("ray_probes.py")
+        assert (await client.call_helper("ray_read", [str(probes)])).startswith("read ")
