@@ -166,6 +166,7 @@ def _node_id() -> str:
     try:
         import ray  # only inside a Ray worker, where it is installed
 
-        return str(ray.get_runtime_context().get_node_id())
+        # Outside a Ray worker, get_runtime_context() would start a Ray runtime.
+        return str(ray.get_runtime_context().get_node_id()) if ray.is_initialized() else ""
     except Exception:  # not in Ray (a unit test): no node id to report
         return ""
