@@ -43,7 +43,29 @@ def ray_server() -> Iterator[ServerProcess]:
             pytest.skip(f"a local Ray runtime cannot start here: {str(exc)[-600:]}")
         raise
     yield srv
+    tree = descendants(srv.pid)  # Ray's processes, its actors and their workers
+    assert tree, "a local Ray runtime runs under the server"
     assert srv.stop(timeout=60) == 0
+    survivors = [p for p in tree if pid_alive(p)]
+    for p in survivors:
+        os.kill(p, signal.SIGKILL)
+    assert not survivors, f"processes of the Ray runtime outlived the server: {survivors}"
+
+
+def descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                children.setdefault(ppid_of(int(entry)), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    found, todo = set(), [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
 
 
 def ppid_of(pid: int) -> int:
