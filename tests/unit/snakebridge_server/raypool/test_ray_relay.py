@@ -23,7 +23,9 @@ from snakebridge_server.raypool import handle as handle_module
 from snakebridge_server.raypool import runtime as runtime_module
 from snakebridge_server.raypool.actor import WorkerActor
 from snakebridge_server.raypool.handle import RayWorkerHandle
+from snakebridge_server.sandbox import SandboxSpec
 from snakebridge_server.service import BridgeService
+from snakebridge_server.supervisor.spawn import WorkerStartError
 
 pytestmark = pytest.mark.anyio
 
@@ -111,12 +113,7 @@ class FakeActorClass:
         return actor
 
 
-@asynccontextmanager
-async def ray_pool_in_memory(
-    monkeypatch: pytest.MonkeyPatch,
-) -> AsyncIterator[tuple[Client, Bridge, FakeActorClass]]:
-    actors = FakeActorClass()
-
+def patch_ray(monkeypatch: pytest.MonkeyPatch, actors: FakeActorClass) -> None:
     async def no_ray(address: str, cpus: int) -> None:
         return None
 
@@ -127,6 +124,14 @@ async def ray_pool_in_memory(
     monkeypatch.setattr(handle_module, "actor_class", lambda: actors)
     monkeypatch.setattr(runtime_module, "disconnect", no_disconnect)
     monkeypatch.setattr(RayWorkerHandle, "_kill_actor", lambda self: self._actor.die())
+
+
+@asynccontextmanager
+async def ray_pool_in_memory(
+    monkeypatch: pytest.MonkeyPatch,
+) -> AsyncIterator[tuple[Client, Bridge, FakeActorClass]]:
+    actors = FakeActorClass()
+    patch_ray(monkeypatch, actors)
     config = ServerConfig(
         pools=(PoolConfig(workers=1, backend="ray", sandbox="none", num_cpus=0.5),),
         cancel_grace=0.5,
@@ -210,3 +215,30 @@ async def test_releasing_a_session_frees_its_refs_in_the_actors_worker(
         await session.call_class("collections", "Counter", ["abc"])
         await session.call_class("collections", "Counter", ["de"])
         assert await client.release_session(session.id) == 2
+
+
+async def test_min_sandbox_refuses_a_ray_pool_whose_worker_reached_less_on_its_node(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A node where the sandbox cannot apply (here: the actor is made to start its worker
+    at level none) fails the pool's start, naming the level reached."""
+    actors = FakeActorClass()
+    patch_ray(monkeypatch, actors)
+    start = WorkerActor.start
+
+    async def start_unsandboxed(
+        self: WorkerActor, tail: list[str], sandbox_json: str, env: list[list[str]]
+    ) -> dict[str, Any]:
+        return await start(self, tail, SandboxSpec().to_json(), env)
+
+    monkeypatch.setattr(WorkerActor, "start", start_unsandboxed)
+    pc = PoolConfig(workers=1, backend="ray", sandbox="standard", min_sandbox="standard")
+    bridge = Bridge(ServerConfig(pools=(pc,)))
+    try:
+        with pytest.raises(WorkerStartError, match="reached sandbox level 'none', below"):
+            await bridge.start()
+    finally:
+        await bridge.close()
+        for actor in actors.made:
+            await actor.reaped()
+    assert len(actors.made) == 1 and actors.made[0].dead  # its actor was killed
