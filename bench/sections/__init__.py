@@ -22,6 +22,7 @@ from bench.sections import (
     lifecycle,
     payloads,
     peers,
+    ray_pool,
     snakebridge_sdk,
     streams,
 )
@@ -40,6 +41,7 @@ SECTIONS: dict[str, Section] = {
     "lifecycle": lifecycle.targets,
     "concurrency": concurrency.targets,
     "isolation": isolation.targets,
+    "ray": ray_pool.targets,
 }
 
 BASELINE = "grpclib"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import shutil
@@ -54,6 +55,9 @@ from .helper_sources import is_helper_file, source_module_name
 from .isolation import SESSION, TENANT, owner_key
 from .logs import note_routed_pool
 from .metrics import queue_depth
+from .raypool import runtime as ray_runtime
+from .raypool.handle import RaySpec, RayWorkerHandle
+from .raypool.runtime import actor_options, local_cpus
 from .refids import WorkerKey, owner_of, parse_ref_id
 from .sandbox import SandboxSpec
 from .sandbox.policy import CallPolicy
@@ -173,10 +177,10 @@ class Bridge:
                 on_worker_lost=self._worker_gone,
                 refs_of=self.sessions.refs_on,
                 policy=SupervisionPolicy.of(pc),
-                worker_factory=worker_factory,
                 isolation=pc.isolation,
                 spares=pc.spare_workers,
                 max_waiting=pc.max_waiting,
+                worker_factory=self._factory_of(pc, worker_factory),
             )
             ledger = self.faults[pc.name] = FaultLedger(
                 session_limit=pc.session_crash_limit,
@@ -199,6 +203,13 @@ class Bridge:
     def _worker_gone(self, key: WorkerKey) -> None:
         self.sessions.worker_gone(key)
         self.handover.forget(key)
+
+    def _factory_of(self, pc: PoolConfig, injected: WorkerFactory) -> WorkerFactory:
+        """A Ray pool's workers are Ray actors, unless a test injects its own handles."""
+        if pc.backend != "ray" or injected is not WorkerHandle:
+            return injected
+        ray = RaySpec(self.config.ray_address, local_cpus(self.config.pools), actor_options(pc))
+        return functools.partial(RayWorkerHandle, ray=ray)
 
     def _worker_spec(self, pc: PoolConfig, uid_offset: int) -> WorkerSpec:
         config = self.config
@@ -250,6 +261,8 @@ class Bridge:
     async def close(self) -> None:
         await self._background.aclose()
         await asyncio.gather(*(p.close() for p in self.pools.values()))
+        if any(pc.backend == "ray" for pc in self.config.pools):
+            await ray_runtime.disconnect()
         if self.scratch_root:
             shutil.rmtree(self.scratch_root, ignore_errors=True)
 
@@ -264,7 +277,9 @@ class Bridge:
     def snapshot(self) -> BridgeSnapshot:
         """Pools, workers, sessions and refs as they are now (for metrics and Describe)."""
         return BridgeSnapshot(
-            pools=[_pool_snapshot(p) for p in self.pools.values()],
+            pools=[
+                _pool_snapshot(p, self.pool_configs[p.name].backend) for p in self.pools.values()
+            ],
             sessions=len(self.sessions),
             refs=self.sessions.total_refs,
         )
@@ -614,7 +629,7 @@ class Bridge:
                 self._session_ended(session, "session_expired")
 
 
-def _pool_snapshot(pool: Pool) -> PoolSnapshot:
+def _pool_snapshot(pool: Pool, backend: str) -> PoolSnapshot:
     level, layers = sandbox_report(pool.workers)
     workers = [
         WorkerSnapshot(
@@ -626,6 +641,7 @@ def _pool_snapshot(pool: Pool) -> PoolSnapshot:
             in_flight=w.in_flight,
             calls_done=w.calls_done,
             refs=w.refs_held,
+            node=w.node,
         )
         for w in [*pool.workers, *pool.retiring]
         if w is not None
@@ -644,4 +660,5 @@ def _pool_snapshot(pool: Pool) -> PoolSnapshot:
         workers=workers,
         isolation=pool.isolation,
         spare_workers=pool.spare_count if pool.dedicated else 0,
+        backend=backend,
     )

@@ -12,6 +12,7 @@ the reason: each setting's own checks, then the rules that relate settings.
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 import sys
@@ -50,6 +51,7 @@ from .settings import (
 )
 
 __all__ = [
+    "BACKENDS",
     "DEFAULT_POOL",
     "POOL_SETTINGS",
     "SERVER_SETTINGS",
@@ -60,6 +62,7 @@ __all__ = [
 ]
 
 DEFAULT_POOL: Final = "default"
+BACKENDS: Final = ("process", "ray")
 MAX_POOLS: Final = 32
 MAX_WORKERS_TOTAL: Final = 1024
 _ENV_NAME_RE: Final = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -100,6 +103,32 @@ def _public_name(name: str) -> str | None:
 def _max_memory(value: int) -> str | None:
     ok = value == 0 or value >= 256 * 1024 * 1024
     return None if ok else "must be 0 (unlimited) or at least 256 MiB"
+
+
+def _ray_resources(resources: tuple[tuple[str, str], ...]) -> str | None:
+    for name, amount in resources:
+        try:
+            ok = 0 <= float(amount) < float("inf")
+        except ValueError:
+            ok = False
+        if not ok:
+            return f"{name} = {amount!r}: an amount must be a finite number >= 0"
+    return None
+
+
+def _runtime_env(value: str) -> str | None:
+    if not value:
+        return None
+    try:
+        parsed = json.loads(value)
+    except ValueError as exc:
+        return f"is not JSON: {exc}"
+    return None if isinstance(parsed, dict) else "must be a JSON object"
+
+
+def _ray_address(value: str) -> str | None:
+    ok = value in ("local", "auto") or re.match(r"^ray://[^\s/:]+:\d{1,5}$", value)
+    return None if ok else f"{value!r} is not local, auto or ray://HOST:PORT"
 
 
 def _jitter(value: float) -> str | None:
@@ -222,6 +251,20 @@ class PoolConfig:
     heartbeat_timeout: float = setting(
         1.0, "seconds an idle worker has to answer a ping", seconds_or_zero("0: no ping")
     )
+    # -- backend (docs/ray.md) --
+    backend: str = setting(
+        "process", "where workers run: process | ray", one_of(BACKENDS, " | ".join(BACKENDS))
+    )
+    num_cpus: float = setting(
+        1.0, "ray: CPUs each worker actor reserves", seconds_or_zero("a Ray resource")
+    )
+    num_gpus: float = setting(
+        0.0, "ray: GPUs each worker actor reserves", seconds_or_zero("a Ray resource")
+    )
+    resources: tuple[tuple[str, str], ...] = setting(
+        (), "ray: custom resources each worker actor reserves (file only)", _ray_resources
+    )
+    runtime_env: str = setting("", "ray: the actors' runtime_env, a JSON object", _runtime_env)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -402,6 +445,9 @@ class ServerConfig:
     )
     keepalive_timeout: float = setting(20.0, "seconds for a ping's answer", positive_seconds)
     sandbox_uid: int = setting(-1, "uid for workers when root (-1 auto, 0 keep root)", _sandbox_uid)
+    ray_address: str = setting(
+        "local", "Ray pools join: local (start one here) | auto | ray://HOST:PORT", _ray_address
+    )
 
     def __post_init__(self) -> None:
         self.validate()

@@ -221,6 +221,19 @@ def _render_gauges(out: Exposition, gauges: BridgeSnapshot) -> None:
     for p in pools:
         for reason, n in sorted(p.restarts.items()):
             out.sample("snakebridge_worker_restarts_total", ("pool", "reason"), (p.name, reason), n)
+    out.family(
+        "snakebridge_worker_info",
+        "gauge",
+        "1 per worker, labelled with its pool's backend and where it runs (Ray: its node)",
+    )
+    for p in pools:
+        for w in p.workers:
+            out.sample(
+                "snakebridge_worker_info",
+                ("pool", "worker", "backend", "node"),
+                (p.name, w.worker_id, p.backend, w.node),
+                1,
+            )
     out.family("snakebridge_sessions_live", "gauge", "Sessions the server tracks")
     out.sample("snakebridge_sessions_live", (), (), gauges.sessions)
     out.family("snakebridge_refs_live", "gauge", "Refs held in workers, all sessions")

@@ -415,6 +415,7 @@ class BridgeService:
                 sandbox_layers=list(pool.sandbox_layers),
                 isolation=pool.isolation,
                 spare_workers=pool.spare_workers,
+                backend=pool.backend,
             )
             for pool in snapshot.pools
         ]

@@ -23,6 +23,7 @@ class WorkerSnapshot:
     in_flight: int
     calls_done: int
     refs: int
+    node: str = ""  # where it runs when not a local process: a Ray actor's host and node
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +43,7 @@ class PoolSnapshot:
     workers: Sequence[WorkerSnapshot] = ()
     isolation: str = "shared"  # who may share a worker
     spare_workers: int = 0  # tenant/session: started workers dedicated to no one yet
+    backend: str = "process"  # process | ray
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,3 +53,4 @@ class BridgeSnapshot:
     pools: Sequence[PoolSnapshot]
     sessions: int
     refs: int
+    node: str = ""  # where it runs when not a local process: a Ray actor's host and node

@@ -314,6 +314,7 @@ class WorkerHandle:
         self._lost_timer: asyncio.TimerHandle | None = None  # channel closed, exit unknown
         #: A sandboxed worker of a root server left running as root (no uid of its own).
         self.runs_as_root = False
+        self.node = ""  # where it runs when not a local process (a Ray actor's node)
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.key} pid={self.pid} {self.state} in_flight={self.in_flight}>"

@@ -153,6 +153,10 @@ class WorkerInfo(betterproto.Message):
     in_flight: int = betterproto.uint32_field(6)
     calls_done: int = betterproto.uint64_field(7)
     refs: int = betterproto.uint32_field(8)
+    node: str = betterproto.string_field(20)
+    """
+    Where it runs when not a local process: a Ray actor's "host (node ID, pid N)".
+    """
 
 
 @dataclass(eq=False, repr=False)
@@ -188,6 +192,11 @@ class PoolInfo(betterproto.Message):
     spare_workers: int = betterproto.uint32_field(11)
     """
     Under tenant/session isolation: started workers not yet dedicated to anyone.
+    """
+
+    backend: str = betterproto.string_field(20)
+    """
+    Where its workers run: "process" (children of the server) or "ray" (Ray actors).
     """
 
 
