@@ -34,6 +34,7 @@ from .settings import (
     check_fields,
     dotted_module,
     each,
+    existing_directory,
     fail,
     given_not_empty,
     in_range,
@@ -121,6 +122,14 @@ class PoolConfig:
     )
     env: tuple[tuple[str, str], ...] = setting(
         (), "extra worker environment, after the sandbox's allowlist (file only)", _env
+    )
+    python_path: tuple[str, ...] = setting(
+        (),
+        "directories put first on the workers' sys.path and made readable in the sandbox "
+        "(repeatable, or a comma list)",
+        unique,
+        each(existing_directory),
+        repeatable=True,
     )
     preload: tuple[str, ...] = setting(
         (), "comma-separated modules each worker imports at start", each(dotted_module)

@@ -43,6 +43,7 @@ class WorkerSpec:
     helpers: tuple[str, ...] = ()
     helper_allow: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
+    python_path: tuple[str, ...] = ()  # put first on the worker's sys.path
     env: tuple[tuple[str, str], ...] = ()
     sandbox: SandboxSpec = _NO_SANDBOX  # per-worker fields (scratch, uid) are filled in
     min_sandbox: str = "none"
@@ -72,6 +73,7 @@ def worker_argv(
         f"--helpers={json.dumps(spec.helpers)}",
         f"--helper-allow={json.dumps(spec.helper_allow)}",
         f"--preload={','.join(spec.preload)}",
+        f"--python-path={json.dumps(spec.python_path)}",
         f"--sandbox={sandbox.to_json()}",
         f"--log-level={spec.log_level}",
     ]

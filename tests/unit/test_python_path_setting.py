@@ -1,0 +1,68 @@
+"""``python_path``: a repeatable flag, a comma-list variable, a TOML list; each entry an
+existing absolute directory; handed to the worker and to its sandbox's read allowlist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from snakebridge_server.bridge import Bridge
+from snakebridge_server.cli import build_config
+from snakebridge_server.refids import WorkerKey
+from snakebridge_server.settings import ConfigError
+from snakebridge_server.supervisor.spawn import worker_argv
+from snakebridge_server.worker.main import WorkerArgs
+
+
+def test_the_flag_is_repeatable_and_each_occurrence_may_be_a_comma_list(tmp_path: Path) -> None:
+    a, b, c = (tmp_path / n for n in "abc")
+    for d in (a, b, c):
+        d.mkdir()
+    config = build_config(["--python-path", str(a), "--python-path", f"{b},{c}"], environ={})
+    assert config.pools[0].python_path == (str(a), str(b), str(c))
+
+
+def test_the_variable_is_a_comma_list_and_the_flag_wins(tmp_path: Path) -> None:
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    env = {"SNAKEBRIDGE_PYTHON_PATH": f"{a},{b}"}
+    assert build_config([], environ=env).pools[0].python_path == (str(a), str(b))
+    assert build_config(["--python-path", str(b)], environ=env).pools[0].python_path == (str(b),)
+
+
+def test_a_pool_table_takes_a_list(tmp_path: Path) -> None:
+    code = tmp_path / "code"
+    code.mkdir()
+    toml = tmp_path / "bridge.toml"
+    toml.write_text(f'[pools.default]\n[pools.ml]\npython_path = ["{code}"]\n')
+    config = build_config(["--config", str(toml)], environ={})
+    assert config.pool_config("ml").python_path == (str(code),)
+    assert config.pool_config("default").python_path == ()
+
+
+@pytest.mark.parametrize(
+    ("entry", "reason"),
+    [("relative/dir", "must be an absolute path"), ("/no/such/dir/x", "no such directory")],
+)
+def test_an_entry_must_be_an_existing_absolute_directory(entry: str, reason: str) -> None:
+    with pytest.raises(ConfigError, match=f"python_path: .*{reason}"):
+        build_config(["--python-path", entry], environ={})
+
+
+def test_a_directory_listed_twice_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="listed more than once"):
+        build_config(["--python-path", f"{tmp_path},{tmp_path}"], environ={})
+
+
+def test_the_worker_gets_it_on_its_command_line_and_in_its_read_allowlist(
+    tmp_path: Path,
+) -> None:
+    argv = ["--python-path", str(tmp_path), "--workers", "1", "--sandbox", "none"]
+    config = build_config(argv, environ={})  # none: no scratch dir to clean up
+    bridge = Bridge(config)
+    pool = bridge.pools["default"]
+    assert str(tmp_path) in pool.spec.sandbox.read_paths
+    argv = worker_argv(pool.spec, WorkerKey("default", 0, 1), pool.spec.sandbox, fd=3, ctrl_fd=4)
+    assert WorkerArgs.parse(argv[3:]).python_path == (str(tmp_path),)
