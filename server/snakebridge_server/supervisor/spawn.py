@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from snakebridge import __version__
@@ -90,6 +91,28 @@ _RUNTIME_PROBE: Final = (
 _runtime_paths_cache: dict[tuple[str, str], list[str]] = {}
 
 
+def source_checkout() -> Path | None:
+    """The snakebridge checkout this server runs from (an editable install), or None."""
+    root = Path(__file__).resolve().parents[3]
+    ok = (root / "pyproject.toml").is_file() and (root / "sdk" / "snakebridge").is_dir()
+    return root if ok else None
+
+
+def install_hint(python: str, checkout: Path | None = None) -> str:
+    """What to do when ``python`` lacks this server's worker runtime. snakebridge is on
+    no package index: install this server's own checkout, or the wheel ``make dist``
+    builds from one (README, "Adding the SDK to your application")."""
+    checkout = checkout or source_checkout()
+    if checkout is not None:
+        how = f"{python} -m pip install {checkout}"
+    else:
+        how = (
+            f"{python} -m pip install snakebridge-{__version__}-py3-none-any.whl, "
+            "the wheel 'make dist' builds in the snakebridge source"
+        )
+    return f"install snakebridge {__version__} into that environment ({how})"
+
+
 async def check_runtime(python: str, env: dict[str, str]) -> list[str]:
     """What a worker of ``python`` must be able to read (interpreter, stdlib, the worker
     runtime's packages, PYTHONPATH), asked of that interpreter once. Raises
@@ -99,10 +122,7 @@ async def check_runtime(python: str, env: dict[str, str]) -> list[str]:
     cached = _runtime_paths_cache.get(key)
     if cached is not None:
         return cached
-    install = (
-        f"install snakebridge {__version__} into that environment "
-        f"({python} -m pip install snakebridge=={__version__}, or this project's checkout)"
-    )
+    install = install_hint(python)
     try:
         proc = await asyncio.create_subprocess_exec(
             python,
