@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import threading
 import time
 import weakref
@@ -26,7 +27,7 @@ from typing import Any, Final, TypeVar
 
 from ._client import Client, HelperInfo, Session
 from ._refs import Ref, StreamRef
-from .errors import CallTimeout, ClientClosed
+from .errors import CallTimeout, ClientClosed, ConnectionFailed
 from .wire.pb import v1 as pb
 
 __all__ = ["SyncClient", "SyncSession", "SyncStream"]
@@ -35,6 +36,7 @@ _T = TypeVar("_T")
 _DONE: Final = object()  # what ``_next_batch`` returns once the stream is exhausted
 #: How long closing waits for the async client to release its session and close.
 _CLOSE_TIMEOUT: Final = 10.0
+_CLOSED_DURING_CALL: Final = "the SyncClient was closed (close()) while this call ran"
 
 
 class _LoopThread:
@@ -43,6 +45,13 @@ class _LoopThread:
 
     def __init__(self) -> None:
         self.loop = _new_loop()
+        # The futures of calls in flight, so that a loop that stops under them fails them
+        # (ClientClosed) instead of leaving their threads waiting forever.
+        self._lock = threading.Lock()
+        self._futures: set[concurrent.futures.Future[Any]] = set()
+        self._closed = False
+        #: Set when closing starts: a call the closing connection cuts is ClientClosed.
+        self.closing = False
         self._thread = threading.Thread(
             target=self._serve, name="snakebridge-sync-loop", daemon=True
         )
@@ -54,6 +63,8 @@ class _LoopThread:
         try:
             loop.run_forever()
         finally:
+            with self._lock:
+                self._closed = True  # from here on, run() refuses
             # Whatever is left (a stream's pending close) finishes or is cancelled here.
             pending = asyncio.all_tasks(loop)
             for task in pending:
@@ -61,6 +72,8 @@ class _LoopThread:
             loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             loop.run_until_complete(loop.shutdown_asyncgens())
             loop.close()
+            for future in list(self._futures):  # handed over, but never run
+                future.cancel()
 
     @property
     def alive(self) -> bool:
@@ -75,15 +88,27 @@ class _LoopThread:
         if self.in_loop_thread():
             coro.close()
             raise RuntimeError("a SyncClient cannot be used from its own event loop's thread")
-        if not self.alive:
-            coro.close()
-            raise ClientClosed("this SyncClient is closed")
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        with self._lock:
+            if self._closed or not self.alive:
+                coro.close()
+                raise ClientClosed("this SyncClient is closed")
+            future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+            self._futures.add(future)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            if self._closed:
+                raise ClientClosed(_CLOSED_DURING_CALL) from None
+            raise
+        except ConnectionFailed as exc:
+            if self.closing:  # our own close() cut the connection, not the server
+                raise ClientClosed(_CLOSED_DURING_CALL) from exc
+            raise
         except BaseException:
             future.cancel()
             raise
+        finally:
+            self._futures.discard(future)
 
     def submit(self, coro: Coroutine[Any, Any, Any]) -> None:
         """Start ``coro`` on the loop without waiting (from any thread, the loop's own
@@ -118,6 +143,7 @@ def _shut_down(thread: _LoopThread, client: Client) -> None:
     reference the ``SyncClient``: it is its finalizer."""
     if not thread.alive:
         return
+    thread.closing = True
     if thread.in_loop_thread():  # collected on the loop itself: it cannot wait there
         thread.submit(client.close())
         thread.stop()
@@ -300,11 +326,17 @@ class _SyncRuntime:
         ``StreamRef`` or a ref to an iterable. Checks and encodes its arguments at once;
         the RPC starts with the first item."""
         sid = session.id if isinstance(session, SyncSession) else session
-        call, timeout = self._runtime._stream_request(
-            module_or_ref, function, args, kwargs, session=sid, pool=pool, timeout=timeout
-        )
-        batches = self._runtime._client._stream_batches(call, timeout)
-        return SyncStream(self._thread, batches, timeout)
+        runtime = self._runtime
+
+        async def on_loop() -> tuple[Any, float | None]:
+            # On the loop: it may create the client's auto session, which is the loop's.
+            call, checked = runtime._stream_request(
+                module_or_ref, function, args, kwargs, session=sid, pool=pool, timeout=timeout
+            )
+            return runtime._client._stream_batches(call, checked), checked
+
+        batches, checked = self._run(on_loop())
+        return SyncStream(self._thread, batches, checked)
 
     def stream_next(self, stream_ref: StreamRef, **options: Any) -> Any:
         """The next item of ``stream_ref`` (one RPC); ``StopIteration`` when it is

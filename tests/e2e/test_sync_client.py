@@ -207,3 +207,26 @@ def test_threads_share_one_client(server: ServerProcess) -> None:
         for t in threads:
             t.join()
     assert results == {i: i * i for i in range(8)}
+
+
+def test_a_call_in_flight_when_another_thread_closes_the_client_fails_at_once(
+    server: ServerProcess,
+) -> None:
+    client = snakebridge.SyncClient(server.address)
+    assert client.call("math", "sqrt", [4]) == 2.0
+    outcome: list[BaseException] = []
+
+    def slow_call() -> None:
+        try:
+            client.call("remote_helpers", "sleep", [30])
+        except BaseException as exc:
+            outcome.append(exc)
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    time.sleep(0.3)  # let the call reach the server (if it has not, it fails the same way)
+    client.close()
+    caller.join(10)
+    assert not caller.is_alive(), "the call kept waiting after close()"
+    assert len(outcome) == 1 and isinstance(outcome[0], errors.ClientClosed), outcome
+    assert "closed (close()) while this call ran" in str(outcome[0])
