@@ -113,3 +113,20 @@ def test_a_python_path_that_is_not_a_directory_stops_the_start(tmp_path: Path) -
     result = run_bridge_server("--workers", "1", "--python-path", "relative/dir")
     assert result.returncode == 2
     assert "must be an absolute path" in result.stderr
+
+
+async def test_at_strict_own_code_is_callable_once_allowlisted(
+    make_server: Any, app_dir: Path
+) -> None:
+    srv = make_server(
+        "--workers", "1", "--sandbox", "strict", "--python-path", str(app_dir),
+        "--sandbox-allow-modules", "mylib_e2e",
+        env=_CLOSED,
+    )  # fmt: skip
+    async with snakebridge.Client(srv.address) as client:
+        level = (await client.describe()).pools[0].sandbox_level
+        if level != "strict":
+            pytest.skip(f"this host reaches sandbox level {level!r}, not 'strict'")
+        assert await client.call("mylib_e2e", "greet", ["cy"]) == "hello cy"
+        with pytest.raises(errors.PolicyError):
+            await client.call("mypkg", "answer")  # on the path, but not allowlisted
