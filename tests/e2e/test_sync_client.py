@@ -150,6 +150,10 @@ def test_stream_refs_by_next_and_by_stream(server: ServerProcess) -> None:
         with pytest.raises(StopIteration):
             client.stream_next(short)
         assert list(client.stream_dynamic("builtins", "iter", [[4, 5]])) == [4, 5]
+        items = client.call_class("builtins", "list", [[7, 8, 9]])
+        assert client.stream_len(items) == 3
+        assert list(client.stream(items)) == [7, 8, 9]  # an iterable, not an iterator
+        assert client.release_auto_session() >= 1
 
 
 def test_close_joins_the_loop_thread_and_later_calls_raise_client_closed(
