@@ -186,7 +186,9 @@ def test_the_readme_layout_names_real_files_each_once() -> None:
     layout = re.search(r"## Layout\n.*?```\n(.*?)```", readme, re.S)
     assert layout is not None
     named = re.findall(r"[\w/]+\.(?:py|proto)\b", layout.group(1))
-    assert len(named) == len(set(named)), sorted(n for n in named if named.count(n) > 1)
     sources = [p for top in ("sdk", "server", "protos") for p in (ROOT / top).rglob("*")]
     for name in named:
-        assert any(str(p).endswith("/" + name) for p in sources), f"Layout: no file {name}"
+        files = sum(str(p).endswith("/" + name) for p in sources)
+        assert files, f"Layout: no file {name}"
+        # Twice only when there are two files of that name (supervisor/ and worker/output.py).
+        assert named.count(name) <= files, f"Layout names {name} {named.count(name)} times"
