@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
+import ssl as _ssl
 import threading
 import time
 import weakref
@@ -453,7 +454,23 @@ class SyncClient(_SyncRuntime):
     and ``async for`` over a ``StreamRef`` are async only: use ``stream(ref)``).
     """
 
-    def __init__(self, address: str | None = None, **options: Any) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        *,
+        token: str | None = None,
+        ssl: _ssl.SSLContext | None = None,
+        timeout: float | None = None,
+        correlation_id: str | None = None,
+        max_decoded_size: int | None = None,
+    ) -> None:
+        options = {
+            "token": token,
+            "ssl": ssl,
+            "timeout": timeout,
+            "correlation_id": correlation_id,
+            "max_decoded_size": max_decoded_size,
+        }
         thread = _LoopThread()
         try:
             # Made on the loop: everything the async client touches belongs to that thread.

@@ -67,6 +67,9 @@ def test_errors_arrive_as_the_async_client_raises_them(server: ServerProcess) ->
             client.call("remote_helpers", "sleep", [5], timeout=0.3)
         with pytest.raises(ValueError, match="timeout"):
             client.call("math", "sqrt", [4], timeout=0)
+    with snakebridge.SyncClient(server.address, timeout=0.3) as client:  # Client's options
+        with pytest.raises(errors.CallTimeout):
+            client.call("remote_helpers", "sleep", [5])
 
 
 def test_a_session_frees_its_refs_on_exit_and_refs_work_across_calls(
