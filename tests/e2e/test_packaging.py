@@ -110,6 +110,14 @@ def test_the_wheel_venv_imports_the_installed_copy_not_the_checkout(wheel_venv: 
     assert all(p.startswith(str(wheel_venv)) for p in where), where
 
 
+def test_the_wheel_serves_with_its_own_interpreter(
+    wheel_venv: Path, wheel_server: ServerProcess
+) -> None:
+    for pid in [wheel_server.pid, *wheel_server.worker_pids]:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert argv[0].decode().startswith(str(wheel_venv)), argv
+
+
 @pytest.mark.parametrize("index", range(2), ids=["async", "sync"])
 def test_the_readme_examples_run_from_the_installed_wheel(
     index: int, wheel_venv: Path, wheel_server: ServerProcess, tmp_path: Path
