@@ -3,6 +3,8 @@ existing absolute directory; handed to the worker and to its sandbox's read allo
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 
 import pytest
@@ -66,3 +68,31 @@ def test_the_worker_gets_it_on_its_command_line_and_in_its_read_allowlist(
     assert str(tmp_path) in pool.spec.sandbox.read_paths
     argv = worker_argv(pool.spec, WorkerKey("default", 0, 1), pool.spec.sandbox, fd=3, ctrl_fd=4)
     assert WorkerArgs.parse(argv[3:]).python_path == (str(tmp_path),)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="workers get their own uid only under root")
+def test_a_python_path_the_worker_uid_cannot_read_keeps_the_servers_uid_with_a_note(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from snakebridge_server.sandbox import SandboxSpec
+    from snakebridge_server.supervisor import handle
+    from snakebridge_server.supervisor.spawn import WorkerSpec
+
+    async def readable_runtime(python: str, env: dict[str, str]) -> list[str]:
+        return ["/usr/lib"]  # as if the interpreter were installed outside /root
+
+    monkeypatch.setattr(handle, "check_runtime", readable_runtime)
+    private = tmp_path / "code"
+    private.mkdir(mode=0o700)
+    spec = WorkerSpec(
+        python="/usr/bin/python3", boot="b", max_refs=1, max_frame=1, max_result=1,
+        start_timeout=1, cancel_grace=1, python_path=(str(private),),
+        sandbox=SandboxSpec(level="standard"), sandbox_uid=-1, scratch_root=str(tmp_path),
+    )  # fmt: skip
+    worker = handle.WorkerHandle(WorkerKey("default", 0, 1), spec, lambda w: None)
+    sandbox, uid = asyncio.run(worker._prepare_sandbox({}))
+    assert uid == 0
+    (note,) = sandbox.notes
+    assert note.startswith("uid: not switched, uid 61000 cannot read --python-path: /")
+    assert note.endswith("is mode 0700 (not searchable by others)")
+    worker._remove_scratch()
