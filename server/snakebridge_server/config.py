@@ -227,11 +227,30 @@ def _sandbox_not_below_min(pc: PoolConfig) -> Problem:
     return None
 
 
+def _python_path_not_writable(pc: PoolConfig) -> Problem:
+    # A module a client writes there would run in every later call that imports it,
+    # other clients' included, and in the pool's next workers.
+    for code in pc.python_path:
+        for writable in pc.sandbox_write_paths:
+            if _overlap(code, writable):
+                return "python_path", (
+                    f"{code!r} overlaps sandbox_write_paths {writable!r}: workers could "
+                    "write modules that later calls import"
+                )
+    return None
+
+
+def _overlap(a: str, b: str) -> bool:
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a + os.sep)
+
+
 POOL_SETTINGS: Final = bind(PoolConfig, "pool")
 POOL_RULES: Final[tuple[Callable[[PoolConfig], Problem], ...]] = (
     _helper_allow_needs_helpers,
     _call_timeout_within_max,
     _sandbox_not_below_min,
+    _python_path_not_writable,
 )
 
 

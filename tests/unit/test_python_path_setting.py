@@ -96,3 +96,22 @@ def test_a_python_path_the_worker_uid_cannot_read_keeps_the_servers_uid_with_a_n
     assert note.startswith("uid: not switched, uid 61000 cannot read --python-path: /")
     assert note.endswith("is mode 0700 (not searchable by others)")
     worker._remove_scratch()
+
+
+@pytest.mark.parametrize("writable", ["code", "code/sub", "."])
+def test_a_python_path_workers_may_write_is_refused(tmp_path: Path, writable: str) -> None:
+    # The attack it stops: a client writes code/evil.py, and every later call that
+    # imports `evil` (another client's, a new worker's preload) runs it.
+    code = tmp_path / "code"
+    (code / "sub").mkdir(parents=True)
+    argv = ["--python-path", str(code), "--sandbox-write-paths", str(tmp_path / writable)]
+    with pytest.raises(ConfigError, match=r"python_path: .* overlaps sandbox_write_paths"):
+        build_config(argv, environ={})
+
+
+def test_a_python_path_beside_a_write_path_is_fine(tmp_path: Path) -> None:
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code-out").mkdir()
+    argv = ["--python-path", str(tmp_path / "code"), "--sandbox-write-paths"]
+    config = build_config([*argv, str(tmp_path / "code-out")], environ={})
+    assert config.pools[0].python_path == (str(tmp_path / "code"),)
