@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.e2e  # runs the real programs (--help)
+
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 SHELL_BLOCKS = ("sh", "bash", "shell", "console")
@@ -186,7 +188,8 @@ def test_the_readme_layout_names_real_files_each_once() -> None:
     layout = re.search(r"## Layout\n.*?```\n(.*?)```", readme, re.S)
     assert layout is not None
     named = re.findall(r"[\w/]+\.(?:py|proto)\b", layout.group(1))
-    sources = [p for top in ("sdk", "server", "protos") for p in (ROOT / top).rglob("*")]
+    tops = ("sdk", "server", "protos", "tests", "bench", "examples")
+    sources = [p for top in tops for p in (ROOT / top).rglob("*")]
     for name in named:
         files = sum(str(p).endswith("/" + name) for p in sources)
         assert files, f"Layout: no file {name}"
