@@ -26,7 +26,9 @@ __all__ = [
     "ModuleProxy",
     "Ref",
     "RefNotFound",
+    "RemoteEnum",
     "RemoteError",
+    "RemoteRecord",
     "Session",
     "SessionLost",
     "StreamRef",
@@ -35,6 +37,8 @@ __all__ = [
     "__version__",
     "correlation_id",
     "errors",
+    "register_type",
+    "unregister_type",
 ]
 
 if TYPE_CHECKING:
@@ -51,6 +55,7 @@ if TYPE_CHECKING:
         SessionLost,
         WorkerCrashed,
     )
+    from .wire.values import RemoteEnum, RemoteRecord, register_type, unregister_type
 
 _LAZY = {
     "Client": "._client",
@@ -67,6 +72,10 @@ _LAZY = {
     "SessionLost": ".errors",
     "WorkerCrashed": ".errors",
     "correlation_id": "._correlation",
+    "RemoteEnum": ".wire.values",
+    "RemoteRecord": ".wire.values",
+    "register_type": ".wire.values",
+    "unregister_type": ".wire.values",
 }
 
 

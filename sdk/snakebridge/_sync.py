@@ -23,10 +23,12 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
 from ._client import Client, HelperInfo, Session
+from ._defaults import CallDefaults
 from ._refs import Ref, StreamRef
 from .errors import CallTimeout, ClientClosed, ConnectionFailed
 from .wire.pb import v1 as pb
@@ -322,6 +324,7 @@ class _SyncRuntime:
         session: str | Session | SyncSession | None = None,
         pool: str | None = None,
         timeout: float | None = None,
+        affinity: str | None = None,
     ) -> SyncStream:
         """``for item in client.stream("mod", "gen", [...])``; ``stream(ref)`` iterates a
         ``StreamRef`` or a ref to an iterable. Checks and encodes its arguments at once;
@@ -332,8 +335,9 @@ class _SyncRuntime:
         async def on_loop() -> tuple[Any, float | None]:
             # On the loop: it may create the client's auto session, which is the loop's.
             call, checked = runtime._stream_request(
-                module_or_ref, function, args, kwargs, session=sid, pool=pool, timeout=timeout
-            )
+                module_or_ref, function, args, kwargs,
+                session=sid, pool=pool, timeout=timeout, affinity=affinity,
+            )  # fmt: skip
             return runtime._client._stream_batches(call, checked), checked
 
         batches, checked = self._run(on_loop())
@@ -463,6 +467,7 @@ class SyncClient(_SyncRuntime):
         timeout: float | None = None,
         correlation_id: str | None = None,
         max_decoded_size: int | None = None,
+        release_on_gc: bool = True,
     ) -> None:
         options = {
             "token": token,
@@ -470,6 +475,7 @@ class SyncClient(_SyncRuntime):
             "timeout": timeout,
             "correlation_id": correlation_id,
             "max_decoded_size": max_decoded_size,
+            "release_on_gc": release_on_gc,
         }
         thread = _LoopThread()
         try:
@@ -519,6 +525,20 @@ class SyncClient(_SyncRuntime):
     @property
     def closed(self) -> bool:
         return not self._finalizer.alive
+
+    def defaults(
+        self,
+        *,
+        timeout: float | None = None,
+        pool: str | None = None,
+        session: str | Session | SyncSession | None = None,
+        affinity: str | None = None,
+    ) -> AbstractContextManager[CallDefaults]:
+        """Defaults for the calls this thread makes inside the ``with`` block, as
+        ``Client.defaults``: ``with client.defaults(timeout=5, pool="gpu"):``. (A call
+        handed to the loop thread carries the caller's context with it.)"""
+        sid = session.id if isinstance(session, SyncSession) else session
+        return self._client.defaults(timeout=timeout, pool=pool, session=sid, affinity=affinity)
 
     # -- sessions and releases ----------------------------------------------------------
 

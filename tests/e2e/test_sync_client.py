@@ -72,6 +72,16 @@ def test_errors_arrive_as_the_async_client_raises_them(server: ServerProcess) ->
             client.call("remote_helpers", "sleep", [5])
 
 
+def test_defaults_blocks_apply_to_the_calls_of_their_thread(server: ServerProcess) -> None:
+    with snakebridge.SyncClient(server.address) as client:
+        with client.defaults(timeout=0.3), pytest.raises(errors.CallTimeout):
+            client.call("remote_helpers", "sleep", [5])
+        assert client.call("remote_helpers", "sleep", [0.5]) == 0.5  # outside: no limit
+        with client.session() as session, client.defaults(session=session):
+            ref = client.call_class("io", "StringIO")
+            assert ref.session_id == session.id
+
+
 def test_a_session_frees_its_refs_on_exit_and_refs_work_across_calls(
     server: ServerProcess,
 ) -> None:
