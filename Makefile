@@ -7,7 +7,7 @@ STAMP    := $(VENV)/.installed
 BENCH_STAMP := $(VENV)/.bench-installed
 ARGS     ?=
 
-.PHONY: run test unit e2e bench lint proto proto-check clean
+.PHONY: run test unit e2e bench lint proto proto-check dist clean
 
 $(STAMP): pyproject.toml
 	@bash .ci/ensure-venv "$(PY)" "$(VENV)"
@@ -36,7 +36,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
-CODE := sdk server tests bench
+CODE := sdk server tests bench examples
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)
@@ -53,5 +53,13 @@ proto-check: $(STAMP)
 	  echo "proto-check: generated stubs are up to date" || \
 	  { echo "proto-check: sdk/snakebridge/_generated (stubs or bridge_pb2.py) is stale; run 'make proto'"; exit 1; }
 
+# A wheel and an sdist of the one package (the SDK and the server, pyproject.toml) in dist/,
+# built offline with the dev extra's hatchling. Install the wheel into your application's
+# environment: README, "Adding the SDK to your application".
+DIST ?= dist
+dist: $(STAMP)
+	rm -rf $(DIST)
+	$(BIN)/python -m build --no-isolation --outdir $(DIST) .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) dist .pytest_cache .mypy_cache .ruff_cache

@@ -5,6 +5,9 @@
     async with snakebridge.Client("127.0.0.1:50051") as client:
         await client.call("math", "sqrt", [16])   # 4.0
 
+    with snakebridge.SyncClient("127.0.0.1:50051") as client:   # blocking, for scripts
+        client.call("math", "sqrt", [16])         # 4.0
+
 Public names are imported lazily so that the worker process, which only needs the value
 codec, does not pay for grpclib and betterproto at start.
 """
@@ -29,6 +32,7 @@ __all__ = [
     "Session",
     "SessionLost",
     "StreamRef",
+    "SyncClient",
     "WorkerCrashed",
     "__version__",
     "correlation_id",
@@ -43,6 +47,7 @@ if TYPE_CHECKING:
     from ._client import Client, HelperInfo, ModuleProxy, Session
     from ._correlation import correlation_id
     from ._refs import Ref, StreamRef
+    from ._sync import SyncClient
     from .errors import (
         BridgeError,
         CallTimeout,
@@ -61,6 +66,7 @@ _LAZY = {
     "Session": "._client",
     "Ref": "._refs",
     "StreamRef": "._refs",
+    "SyncClient": "._sync",
     "BridgeError": ".errors",
     "CallTimeout": ".errors",
     "RefNotFound": ".errors",

@@ -15,7 +15,16 @@ import os
 import secrets
 import ssl as _ssl
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -262,6 +271,26 @@ class _Runtime:
         ``defaults()``' timeouts do not apply to streams). ``affinity`` places the stream
         as it places a call.
         """
+        call, timeout = self._stream_request(
+            module_or_ref, function, args, kwargs,
+            session=session, pool=pool, timeout=timeout, affinity=affinity,
+        )  # fmt: skip
+        return RemoteStream(self._client, call, timeout)
+
+    def _stream_request(
+        self,
+        module_or_ref: str | Ref,
+        function: str,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        *,
+        session: str | Session | None,
+        pool: str | None,
+        timeout: float | None,
+        affinity: str | None = None,
+    ) -> tuple[CallRequestWire, float | None]:
+        """The ``Stream`` RPC's call for ``stream()`` (and ``SyncClient.stream``), and its
+        checked timeout; raises for what the server would refuse anyway."""
         timeout = _check_timeout(timeout)
         if isinstance(module_or_ref, Ref):
             kind, module, target = KIND_METHOD, "", _ref_id(module_or_ref)
@@ -281,7 +310,7 @@ class _Runtime:
         # Only an explicit timeout bounds a stream: the client's per-call default would
         # cut long iterations short.
         call.timeout = timeout or 0.0
-        return RemoteStream(self._client, call, timeout)
+        return call, timeout
 
     async def stream_next(
         self, stream_ref: StreamRef, *, session: str | Session | None = None,
@@ -871,6 +900,26 @@ class Client(_Runtime):
         def items_of(batch: StreamBatchWire) -> Any:  # a list: codec.decode is untyped
             return decode(batch.result)
 
+        return self._server_stream(call, timeout, items_of)
+
+    def _stream_batches(
+        self, call: CallRequestWire, timeout: float | None
+    ) -> AsyncIterator[list[Any]]:
+        """The batches of one ``Stream`` RPC, each a list of items (``SyncClient`` takes a
+        batch per hop to its loop thread, not an item)."""
+        decode = self._decode
+
+        def batch_of(batch: StreamBatchWire) -> list[Any]:
+            return [decode(batch.result)]
+
+        return self._server_stream(call, timeout, batch_of)
+
+    def _server_stream(
+        self,
+        call: CallRequestWire,
+        timeout: float | None,
+        items_of: Callable[[StreamBatchWire], Iterable[Any]],
+    ) -> AsyncIterator[Any]:
         return self._transport.server_stream(
             "Stream",
             StreamRequestWire(protocol_version=PROTOCOL_VERSION, call=call),

@@ -224,11 +224,17 @@ class Bridge:
             helpers=pc.helpers,
             helper_allow=pc.helper_allow,
             preload=pc.preload,
+            python_path=pc.python_path,
             env=(("PYTHONUNBUFFERED", "1"), *pc.env),
             sandbox=SandboxSpec(
                 level=pc.sandbox,
-                # The worker loads helper files inside its sandbox: it may read them.
-                read_paths=(*pc.sandbox_read_paths, *filter(is_helper_file, pc.helpers)),
+                # The worker imports its python_path and loads helper files inside its
+                # sandbox: it may read them.
+                read_paths=(
+                    *pc.sandbox_read_paths,
+                    *pc.python_path,
+                    *filter(is_helper_file, pc.helpers),
+                ),
                 write_paths=pc.sandbox_write_paths,
                 deny_modules=pc.sandbox_deny_modules,
                 allow_modules=pc.sandbox_allow_modules,

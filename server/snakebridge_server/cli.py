@@ -32,8 +32,13 @@ def _text_layer(ns: argparse.Namespace, environ: dict[str, str]) -> Settings:
         if s.env in environ:
             layer[s.key] = s.from_text(environ[s.env], s.env)
     for s in _TEXT_SETTINGS:
-        if getattr(ns, s.key) is not None:
-            layer[s.key] = s.from_text(getattr(ns, s.key), s.flag)
+        given = getattr(ns, s.key)
+        if given is None:
+            continue
+        if s.repeatable:  # one list from every occurrence of the flag
+            layer[s.key] = tuple(v for raw in given for v in s.from_text(raw, s.flag))
+        else:
+            layer[s.key] = s.from_text(given, s.flag)
     # A switch's variable turns it on or leaves it be ("0" does not undo the file's true).
     return {k: v for k, v in layer.items() if not (_BY_KEY[k].kind.switch and not v)}
 
@@ -91,6 +96,8 @@ def _pool_settings(settings: Settings) -> Settings:
 def _add_flag(group: argparse._ArgumentGroup, s: Setting) -> None:
     if s.kind.switch:
         group.add_argument(s.flag, dest=s.key, action="store_const", const="1", help=s.help)
+    elif s.repeatable:
+        group.add_argument(s.flag, dest=s.key, action="append", help=s.help)
     else:
         group.add_argument(s.flag, dest=s.key, help=s.help)
 

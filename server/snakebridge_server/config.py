@@ -36,6 +36,7 @@ from .settings import (
     check_fields,
     dotted_module,
     each,
+    existing_directory,
     fail,
     given_not_empty,
     in_range,
@@ -151,6 +152,14 @@ class PoolConfig:
     )
     env: tuple[tuple[str, str], ...] = setting(
         (), "extra worker environment, after the sandbox's allowlist (file only)", _env
+    )
+    python_path: tuple[str, ...] = setting(
+        (),
+        "directories put first on the workers' sys.path and made readable in the sandbox "
+        "(repeatable, or a comma list)",
+        unique,
+        each(existing_directory),
+        repeatable=True,
     )
     preload: tuple[str, ...] = setting(
         (), "comma-separated modules each worker imports at start", each(dotted_module)
@@ -298,6 +307,24 @@ def _sandbox_not_below_min(pc: PoolConfig) -> Problem:
     return None
 
 
+def _python_path_not_writable(pc: PoolConfig) -> Problem:
+    # A module a client writes there would run in every later call that imports it,
+    # other clients' included, and in the pool's next workers.
+    for code in pc.python_path:
+        for writable in pc.sandbox_write_paths:
+            if _overlap(code, writable):
+                return "python_path", (
+                    f"{code!r} overlaps sandbox_write_paths {writable!r}: workers could "
+                    "write modules that later calls import"
+                )
+    return None
+
+
+def _overlap(a: str, b: str) -> bool:
+    a, b = os.path.realpath(a), os.path.realpath(b)
+    return a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a + os.sep)
+
+
 def _threads_within_max_threads(pc: PoolConfig) -> Problem:
     # A worker's own threads (main, streams) need room beside the pool of ``concurrency``.
     if pc.threads and pc.concurrency > 1 and pc.concurrency + 8 > pc.max_threads:
@@ -319,6 +346,7 @@ POOL_RULES: Final[tuple[Callable[[PoolConfig], Problem], ...]] = (
     _helper_allow_needs_helpers,
     _call_timeout_within_max,
     _sandbox_not_below_min,
+    _python_path_not_writable,
     _threads_within_max_threads,
     _spares_within_workers,
 )

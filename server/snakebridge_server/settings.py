@@ -142,6 +142,9 @@ class Setting:
     name: str | None = None
     # Turns the value read into fields (``listen`` -> host, port); default: the field.
     unpack: Callable[[Any], dict[str, Any]] | None = None
+    # A list setting whose flag may be given more than once (``--python-path A
+    # --python-path B``); the values of every occurrence add up.
+    repeatable: bool = False
     field: str = ""
     scope: Scope = "server"
     kind: Kind = _KINDS["str"]
@@ -191,9 +194,10 @@ def setting(
     *checks: Check,
     name: str | None = None,
     unpack: Callable[[Any], dict[str, Any]] | None = None,
+    repeatable: bool = False,
 ) -> Any:
     """A dataclass field declaring a setting (``Any``, so that it types as the default)."""
-    declared = Setting(help=help, checks=checks, name=name, unpack=unpack)
+    declared = Setting(help=help, checks=checks, name=name, unpack=unpack, repeatable=repeatable)
     return field(default=default, metadata={"setting": declared})
 
 
@@ -298,6 +302,13 @@ def dotted_module(name: str) -> str | None:
 
 def absolute_path(path: str | None) -> str | None:
     return None if path is None or os.path.isabs(path) else f"{path!r} must be an absolute path"
+
+
+def existing_directory(path: str) -> str | None:
+    """An absolute path to a directory that exists (checked when the config is made)."""
+    if not os.path.isabs(path):
+        return f"{path!r} must be an absolute path"
+    return None if os.path.isdir(path) else f"{path!r}: no such directory"
 
 
 def matches(pattern: re.Pattern[str]) -> Check:

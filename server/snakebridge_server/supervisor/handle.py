@@ -350,8 +350,11 @@ class WorkerHandle:
         notes: tuple[str, ...] = ()
         if uid:
             why = unreadable_by_others(await check_runtime(self.spec.python, env))
+            what = "the worker runtime"
+            if why is None:  # the operator's code must be importable too
+                why, what = unreadable_by_others(self.spec.python_path), "--python-path"
             if why is not None:
-                notes = (f"uid: not switched, uid {uid} cannot read the worker runtime: {why}",)
+                notes = (f"uid: not switched, uid {uid} cannot read {what}: {why}",)
                 uid = 0
         self.scratch = tempfile.mkdtemp(
             prefix=f"{self.key.pool}-{self.key.slot}-{self.key.incarnation}-",

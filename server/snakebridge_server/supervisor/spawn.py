@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final
 
 from snakebridge import __version__
@@ -43,6 +44,7 @@ class WorkerSpec:
     helpers: tuple[str, ...] = ()
     helper_allow: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
+    python_path: tuple[str, ...] = ()  # put first on the worker's sys.path
     env: tuple[tuple[str, str], ...] = ()
     sandbox: SandboxSpec = _NO_SANDBOX  # per-worker fields (scratch, uid) are filled in
     min_sandbox: str = "none"
@@ -74,6 +76,7 @@ def worker_argv(
         f"--helpers={json.dumps(spec.helpers)}",
         f"--helper-allow={json.dumps(spec.helper_allow)}",
         f"--preload={','.join(spec.preload)}",
+        f"--python-path={json.dumps(spec.python_path)}",
         f"--sandbox={sandbox.to_json()}",
         f"--log-level={spec.log_level}",
         *([f"--concurrency={spec.concurrency}"] if spec.concurrency > 1 else []),
@@ -92,6 +95,28 @@ _RUNTIME_PROBE: Final = (
 _runtime_paths_cache: dict[tuple[str, str], list[str]] = {}
 
 
+def source_checkout() -> Path | None:
+    """The snakebridge checkout this server runs from (an editable install), or None."""
+    root = Path(__file__).resolve().parents[3]
+    ok = (root / "pyproject.toml").is_file() and (root / "sdk" / "snakebridge").is_dir()
+    return root if ok else None
+
+
+def install_hint(python: str, checkout: Path | None = None) -> str:
+    """What to do when ``python`` lacks this server's worker runtime. snakebridge is on
+    no package index: install this server's own checkout, or the wheel ``make dist``
+    builds from one (README, "Adding the SDK to your application")."""
+    checkout = checkout or source_checkout()
+    if checkout is not None:
+        how = f"{python} -m pip install {checkout}"
+    else:
+        how = (
+            f"{python} -m pip install snakebridge-{__version__}-py3-none-any.whl, "
+            "the wheel 'make dist' builds in the snakebridge source"
+        )
+    return f"install snakebridge {__version__} into that environment ({how})"
+
+
 async def check_runtime(python: str, env: dict[str, str]) -> list[str]:
     """What a worker of ``python`` must be able to read (interpreter, stdlib, the worker
     runtime's packages, PYTHONPATH), asked of that interpreter once. Raises
@@ -101,10 +126,7 @@ async def check_runtime(python: str, env: dict[str, str]) -> list[str]:
     cached = _runtime_paths_cache.get(key)
     if cached is not None:
         return cached
-    install = (
-        f"install snakebridge {__version__} into that environment "
-        f"({python} -m pip install snakebridge=={__version__}, or this project's checkout)"
-    )
+    install = install_hint(python)
     try:
         proc = await asyncio.create_subprocess_exec(
             python,

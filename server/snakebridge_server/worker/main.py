@@ -128,6 +128,7 @@ class WorkerArgs:
     helpers: tuple[str, ...] = ()
     helper_allow: tuple[str, ...] = ()
     preload: tuple[str, ...] = ()
+    python_path: tuple[str, ...] = ()  # directories put first on sys.path
     max_streams: int = _MAX_STREAMS
     sandbox: SandboxSpec = _NO_SANDBOX
     log_level: str = "info"
@@ -147,6 +148,7 @@ class WorkerArgs:
         parser.add_argument("--helpers", default="[]")  # JSON list of sources
         parser.add_argument("--helper-allow", default="[]")  # JSON list of names
         parser.add_argument("--preload", default="")  # comma-separated module names
+        parser.add_argument("--python-path", default="[]")  # JSON list of directories
         parser.add_argument("--max-streams", type=int, default=_MAX_STREAMS)
         parser.add_argument("--sandbox", default="{}")  # SandboxSpec as JSON
         parser.add_argument("--log-level", default="info")
@@ -164,6 +166,7 @@ class WorkerArgs:
             helpers=tuple(json.loads(ns.helpers)),
             helper_allow=tuple(json.loads(ns.helper_allow)),
             preload=tuple(filter(None, ns.preload.split(","))),
+            python_path=tuple(json.loads(ns.python_path)),
             max_streams=ns.max_streams,
             sandbox=SandboxSpec.from_json(ns.sandbox),
             log_level=ns.log_level,
@@ -756,6 +759,9 @@ def main(argv: list[str] | None = None) -> None:
         keep_off_import_path(os.getcwd(), spec.scratch)
     # Before the Worker exists: its helpers are user code and run inside the sandbox too.
     level, layers = apply_sandbox(spec)
+    # The operator's own code (--python-path), ahead of site-packages as PYTHONPATH would
+    # be. Readable because the server put these directories in ``spec.read_paths``.
+    sys.path[0:0] = [p for p in args.python_path if p not in sys.path]
     install_logging(args.log_level)  # before helpers, which are user code that may log
     sandboxed = spec.level != "none"
     facts = SandboxFacts.of(
