@@ -599,8 +599,12 @@ class Client(_Runtime):
         if cid is None:
             if not deadline:
                 return self._metadata, None
-            cid = f"{self._cid_prefix}{next(self._cid_counter)}"
+            cid = self._new_cid()
         return {**(self._metadata or {}), CORRELATION_METADATA: cid}, cid
+
+    def _new_cid(self) -> str:
+        """A correlation id this client makes (``sbc-<random>-<n>``)."""
+        return f"{self._cid_prefix}{next(self._cid_counter)}"
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -829,7 +833,9 @@ class Client(_Runtime):
         one unary ``Call`` RPC."""
         if self._exchange is not None:
             cid = _correlation.current() or self.correlation_id
-            return await self._exchange.call(req, cid, req.timeout or None)
+            if cid is None and req.timeout:
+                cid = self._new_cid()  # so that a client-side timeout names the server's id
+            return await self._exchange.call(req, cid, req.timeout or None, _what(req))
         reply = await self._unary(
             "Call", req, CallRequestWire, CallReplyWire, req.timeout or None, _what(req)
         )

@@ -36,6 +36,7 @@ from .wire.messages import (
     ExchangeRequestWire,
     ExchangeResultWire,
 )
+from .wire.text import timed_out
 
 __all__ = ["CallExchange"]
 
@@ -153,8 +154,11 @@ class CallExchange:
         self._stream: _Stream | None = None
         self._closed = False
 
-    async def call(self, req: CallRequestWire, cid: str | None, timeout: float | None) -> bytes:
-        """Run ``req`` on the stream; its result bytes, or its error raised."""
+    async def call(
+        self, req: CallRequestWire, cid: str | None, timeout: float | None, what: str = "Call"
+    ) -> bytes:
+        """Run ``req`` on the stream; its result bytes, or its error raised. ``what`` names
+        the call in a timeout's message."""
         if self._closed or self._transport.closed:
             closed = ClientClosed(
                 f"Call on a closed Client ({self._transport.address}); make a new one"
@@ -182,10 +186,10 @@ class CallExchange:
             raise
         except TimeoutError:
             stream.cancel(call_id)
-            timed_out = CallTimeout(f"Call did not finish within {timeout}s")
+            error = CallTimeout(timed_out(what, timeout))
             if cid:
-                timed_out.correlation_id = cid
-            raise timed_out from None
+                error.correlation_id = cid
+            raise error from None
         except asyncio.CancelledError:
             stream.cancel(call_id)
             raise

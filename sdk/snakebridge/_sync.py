@@ -103,8 +103,10 @@ class _LoopThread:
             if self._closed:
                 raise ClientClosed(_CLOSED_DURING_CALL) from None
             raise
-        except ConnectionFailed as exc:
-            if self.closing:  # our own close() cut the connection, not the server
+        except (ConnectionFailed, ClientClosed) as exc:
+            # Our own close() cut the connection (or ended the batched-call stream under
+            # the call), not the server.
+            if self.closing:
                 raise ClientClosed(_CLOSED_DURING_CALL) from exc
             raise
         except BaseException:

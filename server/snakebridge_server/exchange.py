@@ -112,7 +112,11 @@ class ExchangeStream:
             await asyncio.wait(owned)
 
     async def _read_loop(self) -> None:
-        while (msg := await read_message(self.stream, self.service.max_request)) is not None:
+        while (
+            msg := await read_message(
+                self.stream, self.service.max_request, self.service.size_advice
+            )
+        ) is not None:
             self._received(msg)
             while len(self.running) + len(self.outbox) >= MAX_IN_FLIGHT:
                 self._room.clear()
