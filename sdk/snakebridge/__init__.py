@@ -21,6 +21,7 @@ __all__ = [
     "Client",
     "HelperInfo",
     "ModuleProxy",
+    "NoCurrentClient",
     "Ref",
     "RefNotFound",
     "RemoteError",
@@ -31,12 +32,14 @@ __all__ = [
     "__version__",
     "correlation_id",
     "errors",
+    "use",
 ]
 
 if TYPE_CHECKING:
     from . import errors
     from ._client import Client, HelperInfo, ModuleProxy, Session
     from ._correlation import correlation_id
+    from ._current import NoCurrentClient, use
     from ._refs import Ref, StreamRef
     from .errors import (
         BridgeError,
@@ -61,6 +64,8 @@ _LAZY = {
     "SessionLost": ".errors",
     "WorkerCrashed": ".errors",
     "correlation_id": "._correlation",
+    "NoCurrentClient": "._current",
+    "use": "._current",
 }
 
 

@@ -14,9 +14,9 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import _correlation
+from . import _correlation, _current
 from ._refs import Ref, StreamRef
 from ._transport import CallMetadata, Transport
 from .errors import BridgeError, ProtocolMismatch
@@ -35,6 +35,9 @@ from .wire.constants import (
 )
 from .wire.messages import CallReplyWire, CallRequestWire, StreamBatchWire, StreamRequestWire
 from .wire.pb import v1 as pb
+
+if TYPE_CHECKING:
+    from .codegen.model import ModuleInfo
 
 __all__ = ["Client", "ModuleProxy", "RemoteStream", "Session"]
 
@@ -496,6 +499,7 @@ class Client(_Runtime):
         self._auto_session: str | None = None
         self._client = self
         self.server_version: str | None = None
+        self._current_tokens: list[Any] = []  # contextvars tokens of open 'async with'
 
     @classmethod
     def _with_channel(cls, channel: Any, address: str, **options: Any) -> Client:
@@ -527,11 +531,15 @@ class Client(_Runtime):
             # again (a retry loop on one Client) tries afresh, as it always did.
             await self._shut(for_good=False)
             raise
+        # The current client of this task for generated bindings, until the block ends.
+        self._current_tokens.append(_current.enter(self))
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._current_tokens:
+            _current.leave(self._current_tokens.pop())
         await self.close()
 
     async def connect(self) -> None:
@@ -657,6 +665,40 @@ class Client(_Runtime):
             "ListHelpers", req, pb.ListHelpersRequest, pb.ListHelpersReply, _check_timeout(timeout)
         )
         return [HelperInfo(h.name, h.signature, h.doc) for h in reply.helpers]
+
+    async def introspect(
+        self,
+        module: str,
+        *,
+        names: Sequence[str] = (),
+        submodules: Sequence[str] = (),
+        pool: str | None = None,
+        timeout: float | None = 60.0,
+        version_only: bool = False,
+    ) -> ModuleInfo:
+        """Describe ``module`` as a worker of ``pool`` sees it (under its sandbox and call
+        policy): its functions, classes and constants (only ``names``, if given) and
+        ``submodules`` (relative names), for ``snakebridge generate``. An unknown module or
+        name raises ``RemoteError`` (``ModuleNotFoundError``, ``AttributeError``)."""
+        from .codegen.model import module_info
+
+        req = pb.IntrospectRequest(
+            protocol_version=PROTOCOL_VERSION,
+            module=module,
+            names=list(names),
+            submodules=list(submodules),
+            pool=pool or "",
+            timeout=_check_timeout(timeout) or 0.0,
+            version_only=version_only,
+        )
+        reply: pb.IntrospectReply = await self._unary(
+            "Introspect", req, pb.IntrospectRequest, pb.IntrospectReply, timeout
+        )
+        raw = codec.decode(reply.description, limits=self._limits)
+        try:
+            return module_info(raw)
+        except ValueError as exc:
+            raise ProtocolMismatch(f"a malformed module description: {exc}") from None
 
     # -- plumbing -----------------------------------------------------------------------
 

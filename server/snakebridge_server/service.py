@@ -243,6 +243,9 @@ class BridgeService:
             SERVICE + "ListHelpers": unary(
                 self.list_helpers, pb.ListHelpersRequest, pb.ListHelpersReply
             ),
+            SERVICE + "Introspect": unary(
+                self.introspect, pb.IntrospectRequest, pb.IntrospectReply
+            ),
         }
 
     # -- the methods: request message in, reply message out ------------------------------
@@ -307,6 +310,21 @@ class BridgeService:
         rows = self.bridge.list_helpers(req.pool)
         helpers = [pb.HelperInfo(name=n, signature=sig, doc=doc) for n, sig, doc in rows]
         return pb.ListHelpersReply(helpers=helpers)
+
+    async def introspect(self, req: pb.IntrospectRequest) -> pb.IntrospectReply:
+        check_protocol(req.protocol_version)
+        info = CALL.get()
+        if info is not None:
+            info.kind = "introspect"
+        description = await self.bridge.introspect(
+            req.module,
+            list(req.names),
+            list(req.submodules),
+            pool_name=req.pool,
+            timeout=req.timeout,
+            version_only=req.version_only,
+        )
+        return pb.IntrospectReply(description=description)
 
     async def describe(self, req: pb.DescribeRequest) -> pb.DescribeReply:
         check_protocol(req.protocol_version)

@@ -49,6 +49,7 @@ from ..coalesce import CoalescingTransport
 from ..frames import (
     Call,
     Err,
+    Introspect,
     Ok,
     Ready,
     Release,
@@ -541,6 +542,10 @@ class WorkerHandle:
     async def stream_next(self, ref_id: str, session_id: str, ref_budget: int) -> Ok:
         """One item of a StreamRef; the reply's value is a ``NextItem``."""
         return await self._request(StreamNext(0, ref_id, session_id, ref_budget, self._cid()))
+
+    async def introspect(self, frame: Introspect) -> Ok:
+        """Describe a module (``frame`` built once per request); the value is codec bytes."""
+        return await self._request(frame, cid=self._cid())
 
     async def release(self, ref_ids: list[str], session_id: str) -> dict[str, int]:
         """Free those of ``ref_ids`` that ``session_id`` owns."""
