@@ -6,11 +6,13 @@ Workers import it from the e2e directory (on the test server's PYTHONPATH).
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Optional
 
 __version__ = "1.2.3"
 
+shell = os.system  # the call policy denies it: introspection must leave it out
 _MISSING = object()  # a default the wire cannot carry: only an omitted argument keeps it
 
 
@@ -19,7 +21,9 @@ def scale(values: list[float], factor: float = 2.0, *, offset: float = 0.0) -> l
     return [v * factor + offset for v in values]
 
 
-def greet(name: str, /, greeting: str = "hello", *extra: str, loud: bool = False, **tags: int) -> str:
+def greet(
+    name: str, /, greeting: str = "hello", *extra: str, loud: bool = False, **tags: int
+) -> str:
     """A greeting that shows how every argument arrived."""
     text = f"{greeting} {name}" + "".join(f" {e}" for e in extra)
     if tags:

@@ -30,7 +30,7 @@ INDENT = "    "
 #: Attributes every generated class has already (``Ref``'s and ``create``): a remote
 #: method or property of the same name is generated with a trailing underscore.
 RESERVED_IN_CLASS = frozenset(
-    {"create", "id", "pool", "release", "released", "session_id", "type_name"}
+    {"create", "id", "pool", "release", "released", "session_id", "type_name", "__slots__"}
 )
 #: Module-level names of the generated code itself.
 RESERVED_IN_MODULE = frozenset(
@@ -325,7 +325,13 @@ def _class(cls: ClassInfo, python_name: str, scope: Scope, imports: Imports) -> 
     if cls.truncated:
         doc += "\n\n(Some members were left out: the description was cut at its size limit.)"
     lines += docstring(doc, INDENT)
-    lines += ["", f"{INDENT}_sb_library = _LIB", f'{INDENT}_sb_name = "{cls.name}"', ""]
+    lines += [
+        "",
+        f"{INDENT}__slots__ = ()  # a retyped Ref: the same object layout",
+        f"{INDENT}_sb_library = _LIB",
+        f'{INDENT}_sb_name = "{cls.name}"',
+        "",
+    ]
     init = cls.init
     sig = _signature(init.params, scope, imports, method=False)
     lines += _def_lines(

@@ -119,7 +119,9 @@ _POSITIONAL: Final = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSIT
 
 
 def _call_kind(fn: Any) -> str:
-    target = inspect.unwrap(fn) if inspect.isfunction(fn) else fn
+    # Not unwrapped: a decorator decides what its result is (@contextmanager wraps a
+    # generator function but returns a context manager).
+    target = fn
     if inspect.isasyncgenfunction(target):
         return "async_generator"
     if inspect.isgeneratorfunction(target):
