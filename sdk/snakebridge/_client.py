@@ -502,10 +502,11 @@ class Client(_Runtime):
         self._current_tokens: list[Any] = []  # contextvars tokens of open 'async with'
 
     @classmethod
-    def _with_channel(cls, channel: Any, address: str, **options: Any) -> Client:
+    def over_channel(cls, channel: Any, address: str = "in-memory", **options: Any) -> Client:
         """A client whose RPCs go through ``channel``, a grpclib ``Channel`` opened and
-        closed by its owner (``grpclib.testing.ChannelFor`` in the in-memory harness,
-        ``snakebridge_server.testing``, its only user), not a connection to ``address``.
+        closed by its owner, not a connection of its own: for tests that serve the
+        bridge in memory (``grpclib.testing.ChannelFor``, as ``serve_in_memory`` in
+        ``snakebridge_server.testing`` does). ``address`` only names it in messages;
         ``options`` are ``Client``'s keyword arguments."""
         client = cls(address, **options)
         client._transport = Transport(address, None, channel=channel)

@@ -46,11 +46,15 @@ from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import PoolConfig, ServerConfig
 from .frames import Call, Introspect, Ok, StreamOpen
 from .helper_sources import is_helper_file, source_module_name
+from .logs import note_routed_pool
+from .metrics import queue_depth
 from .refids import WorkerKey, owner_of, parse_ref_id
 from .sandbox import SandboxSpec
 from .sandbox.policy import CallPolicy
+from .sandbox.report import sandbox_report
 from .sandbox.spawn import make_scratch_root
 from .sessions import Session, SessionTable
+from .snapshot import BridgeSnapshot, PoolSnapshot, WorkerSnapshot
 from .supervisor.handle import NeverStarted, StreamReply, WorkerHandle
 from .supervisor.pool import Pool, SupervisionPolicy, WorkerFactory
 from .supervisor.spawn import WorkerSpec
@@ -229,6 +233,14 @@ class Bridge:
                 f"no pool named {name!r}; pools: {', '.join(sorted(self.pools))}"
             ) from None
 
+    def snapshot(self) -> BridgeSnapshot:
+        """Pools, workers, sessions and refs as they are now (for metrics and Describe)."""
+        return BridgeSnapshot(
+            pools=[_pool_snapshot(p) for p in self.pools.values()],
+            sessions=len(self.sessions),
+            refs=self.sessions.total_refs,
+        )
+
     def list_helpers(self, pool: str) -> list[tuple[str, str, str]]:
         """``(name, signature, doc)`` of each helper ``pool`` exposes (empty: the default)."""
         if len(pool) > MAX_ID:
@@ -310,6 +322,7 @@ class Bridge:
                 worker = pool.owner(owner)  # SessionLost once the owner has died
             else:
                 worker = await self._pick(pool, session, affinity)
+            note_routed_pool(pool.name)
             try:
                 result = await run(worker)
             except NeverStarted:
@@ -571,3 +584,34 @@ class Bridge:
                 for key in session.refs_by_worker:
                     with contextlib.suppress(BridgeError):
                         await self.pool(key.pool).owner(key).release_session(session.id)
+
+
+def _pool_snapshot(pool: Pool) -> PoolSnapshot:
+    level, layers = sandbox_report(pool.workers)
+    workers = [
+        WorkerSnapshot(
+            worker_id=str(w.key),
+            slot=w.key.slot,
+            incarnation=w.key.incarnation,
+            pid=w.pid,
+            state="retiring" if w.retiring else str(w.state),
+            in_flight=w.in_flight,
+            calls_done=w.calls_done,
+            refs=w.refs_held,
+        )
+        for w in [*pool.workers, *pool.retiring]
+        if w is not None
+    ]
+    return PoolSnapshot(
+        name=pool.name,
+        in_flight=pool.in_flight,
+        queue_depth=queue_depth(pool.workers, pool.retiring),
+        live=pool.live,
+        size=pool.size,
+        restarts=dict(pool.restarts),
+        state=str(pool.state),
+        max_queued=pool.max_queued,
+        sandbox_level=level,
+        sandbox_layers=tuple(layers),
+        workers=workers,
+    )

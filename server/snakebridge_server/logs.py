@@ -60,6 +60,14 @@ def current_correlation_id() -> str:
     return info.correlation_id if info is not None else ""
 
 
+def note_routed_pool(pool: str) -> None:
+    """Name ``pool`` as the one the current RPC runs in (for its metrics and log lines):
+    the bridge calls this once it has routed the RPC to a worker."""
+    info = CALL.get()
+    if info is not None:
+        info.pool = pool
+
+
 # Record attributes that, when a log call passes them (``extra=``) or the context knows
 # them, become fields of a JSON line and ``key=value`` suffixes of a console line.
 _EXTRA_FIELDS: Final = ("pool", "worker", "stream", "correlation_id")

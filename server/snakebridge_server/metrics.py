@@ -5,7 +5,7 @@ Pure: no I/O, no asyncio (``metrics_http`` serves the text). The hot path only t
 dicts: ``observe_call`` is one dict lookup, one bisect and a few increments per RPC;
 ``stream_batch`` two increments per batch. Gauges (in flight, queue depth, live workers,
 sessions, refs) and the restart counters are not kept here at all: ``render`` is given a
-``Gauges`` snapshot taken at scrape time (``service.BridgeService.gauges``).
+``snapshot.BridgeSnapshot`` taken at scrape time (``bridge.Bridge.snapshot``).
 
 Text exposition format 0.0.4:
 https://prometheus.io/docs/instrumenting/exposition_formats/
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
 from typing import Final, Protocol
+
+from .snapshot import BridgeSnapshot
 
 CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -65,27 +66,6 @@ def _labels(names: Sequence[str], values: Sequence[str]) -> str:
         return ""
     inner = ",".join(f'{n}="{escape_label(v)}"' for n, v in zip(names, values, strict=True))
     return "{" + inner + "}"
-
-
-@dataclass(frozen=True, slots=True)
-class PoolGauges:
-    """One pool's gauges and restart counters, as read at scrape time."""
-
-    name: str
-    in_flight: int
-    queue_depth: int
-    live: int
-    size: int
-    restarts: Mapping[str, int] = field(default_factory=dict)  # reason -> count
-
-
-@dataclass(frozen=True, slots=True)
-class Gauges:
-    """What ``Metrics.render`` reports beside its own counters: a snapshot of the bridge."""
-
-    pools: Sequence[PoolGauges]
-    sessions: int
-    refs: int
 
 
 class Histogram:
@@ -165,7 +145,7 @@ class Metrics:
         self.stream_batches[pool] = self.stream_batches.get(pool, 0) + 1
         self.stream_items[pool] = self.stream_items.get(pool, 0) + items
 
-    def render(self, gauges: Gauges | None = None) -> str:
+    def render(self, gauges: BridgeSnapshot | None = None) -> str:
         """The exposition text: these counters, and ``gauges``."""
         out = Exposition()
         out.family("snakebridge_calls_total", "counter", "RPCs served, by pool, kind and status")
@@ -191,7 +171,7 @@ class Metrics:
         return out.text()
 
 
-def _render_gauges(out: Exposition, gauges: Gauges) -> None:
+def _render_gauges(out: Exposition, gauges: BridgeSnapshot) -> None:
     pools = gauges.pools
 
     def per_pool(name: str, kind: str, help_text: str, values: Iterable[tuple[str, float]]) -> None:

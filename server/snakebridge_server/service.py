@@ -14,6 +14,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import asdict
 from typing import Any, TypeVar
 
 from grpclib.const import Cardinality, Handler, Status
@@ -48,8 +49,8 @@ from snakebridge.wire.text import clip
 from .bridge import Bridge, check_protocol
 from .grpc_server import recv_bounded, stop_reading
 from .logs import CALL, CallInfo, valid_correlation_id
-from .metrics import Gauges, Metrics, PoolGauges, batch_items, queue_depth
-from .sandbox.report import sandbox_report
+from .metrics import Metrics, batch_items
+from .snapshot import BridgeSnapshot
 
 log = logging.getLogger("snakebridge.service")
 
@@ -181,21 +182,9 @@ class BridgeService:
                 extra={"pool": info.pool},
             )
 
-    def gauges(self) -> Gauges:
+    def gauges(self) -> BridgeSnapshot:
         """The bridge's gauges now, for ``Metrics.render``."""
-        bridge = self.bridge
-        pools = [
-            PoolGauges(
-                name=p.name,
-                in_flight=p.in_flight,
-                queue_depth=queue_depth(p.workers, p.retiring),
-                live=p.live,
-                size=p.size,
-                restarts=dict(p.restarts),
-            )
-            for p in bridge.pools.values()
-        ]
-        return Gauges(pools=pools, sessions=len(bridge.sessions), refs=bridge.sessions.total_refs)
+        return self.bridge.snapshot()
 
     def _label(self, req: CallRequestWire, kind: str = "") -> None:
         """Name the RPC's kind and its pool (the one it asks for, if it exists; the
@@ -328,41 +317,25 @@ class BridgeService:
 
     async def describe(self, req: pb.DescribeRequest) -> pb.DescribeReply:
         check_protocol(req.protocol_version)
-        bridge = self.bridge
-        pools = []
-        for pool in bridge.pools.values():
-            level, layers = sandbox_report(pool.workers)
-            workers = [
-                pb.WorkerInfo(
-                    worker_id=str(w.key),
-                    slot=w.key.slot,
-                    incarnation=w.key.incarnation,
-                    pid=w.pid,
-                    state="retiring" if w.retiring else w.state,
-                    in_flight=w.in_flight,
-                    calls_done=w.calls_done,
-                    refs=max(0, w.refs_held),
-                )
-                for w in [*pool.workers, *pool.retiring]
-                if w is not None
-            ]
-            pools.append(
-                pb.PoolInfo(
-                    name=pool.name,
-                    size=pool.size,
-                    workers=workers,
-                    in_flight=pool.in_flight,
-                    max_queued=pool.max_queued,
-                    state=pool.state,
-                    restarts=dict(pool.restarts),
-                    sandbox_level=level,
-                    sandbox_layers=layers,
-                )
+        snapshot = self.bridge.snapshot()
+        pools = [
+            pb.PoolInfo(
+                name=pool.name,
+                size=pool.size,
+                workers=[pb.WorkerInfo(**asdict(w)) for w in pool.workers],
+                in_flight=pool.in_flight,
+                max_queued=pool.max_queued,
+                state=pool.state,
+                restarts=dict(pool.restarts),
+                sandbox_level=pool.sandbox_level,
+                sandbox_layers=list(pool.sandbox_layers),
             )
+            for pool in snapshot.pools
+        ]
         return pb.DescribeReply(
             server_version=__version__,
             protocol_version=PROTOCOL_VERSION,
             pools=pools,
-            sessions=len(bridge.sessions),
-            helpers=[name for name, _, _ in bridge.list_helpers("")],
+            sessions=snapshot.sessions,
+            helpers=[name for name, _, _ in self.bridge.list_helpers("")],
         )

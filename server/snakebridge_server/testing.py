@@ -365,7 +365,7 @@ async def serve_in_memory(
     try:
         service = BridgeService(bridge)
         async with ChannelFor([service]) as channel:
-            client = Client._with_channel(channel, "in-memory", timeout=timeout)
+            client = Client.over_channel(channel, timeout=timeout)
             try:
                 await client.connect()
                 yield InMemoryServer(client, bridge, service, workers)

@@ -19,7 +19,8 @@ from snakebridge_server.connections import (
     PingStrikes,
     ResetWindow,
 )
-from snakebridge_server.metrics import Gauges, Metrics, PoolGauges
+from snakebridge_server.metrics import Metrics
+from snakebridge_server.snapshot import BridgeSnapshot, PoolSnapshot
 
 LIMITS = ConnectionLimits(max_connections=2, max_streams=5, idle_timeout=1.0, handshake_timeout=1.0)
 
@@ -65,7 +66,9 @@ def test_resets_older_than_the_window_are_forgotten() -> None:
 
 
 def test_metrics_render_a_gauges_snapshot_without_a_bridge() -> None:
-    gauges = Gauges(pools=[PoolGauges("default", 3, 1, 2, 2, {"crashed": 4})], sessions=5, refs=7)
+    gauges = BridgeSnapshot(
+        pools=[PoolSnapshot("default", 3, 1, 2, 2, {"crashed": 4})], sessions=5, refs=7
+    )
     text = Metrics().render(gauges)
     for line in (
         'snakebridge_in_flight{pool="default"} 3',

@@ -20,6 +20,7 @@ from snakebridge.errors import (
     WorkerCrashed,
 )
 from snakebridge.wire.constants import KIND_FUNCTION
+from snakebridge_server.metrics import Metrics
 from snakebridge_server.testing import Crash, FakeCall, serve_in_memory
 
 pytestmark = pytest.mark.anyio
@@ -178,3 +179,33 @@ async def test_drain_past_its_grace_cancels_the_stragglers_which_answer_cancelle
         assert await service.drain(0.05) == 1
         with pytest.raises(CallCancelled, match="shut down before the call finished"):
             await running
+
+
+# -- what the bridge reports ---------------------------------------------------------------
+
+
+async def test_describe_and_the_metrics_show_the_same_snapshot_of_the_bridge() -> None:
+    started = asyncio.Event()
+    release = asyncio.Event()
+
+    async def slow(call: FakeCall) -> Any:
+        started.set()
+        await release.wait()
+        return 1
+
+    async with serve_in_memory(slow) as (client, bridge, service, workers):
+        task = asyncio.create_task(client.call("m", "f", session="s1"))
+        await started.wait()
+        reply = await client.describe()
+        (pool,) = reply.pools
+        (worker,) = pool.workers
+        assert (pool.name, pool.size, pool.in_flight, pool.state) == ("default", 1, 1, "serving")
+        assert (worker.pid, worker.in_flight, worker.state) == (workers[0].pid, 1, "ready")
+        assert worker.worker_id == str(workers[0].key)
+        assert reply.sessions == 1
+        text = Metrics().render(service.gauges())
+        assert 'snakebridge_in_flight{pool="default"} 1' in text
+        assert "snakebridge_sessions_live 1" in text
+        release.set()
+        assert await task == 1
+        assert bridge.snapshot().pools[0].workers[0].calls_done == 1

@@ -19,7 +19,6 @@ import shutil
 import signal
 import socket
 import tempfile
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
@@ -61,11 +60,12 @@ from ..frames import (
     StreamOpen,
     StreamPull,
 )
-from ..logs import CALL, LineLimiter, LineSplitter, parse_output_line
+from ..logs import current_correlation_id
 from ..refids import WorkerKey
 from ..sandbox import SandboxSpec
 from ..sandbox.policy import level_at_least
 from ..sandbox.spawn import sandbox_uid, unreadable_by_others, worker_env
+from .output import OutputPump
 from .router import FalseFrame, ReplyRouter
 from .spawn import WorkerSpec, WorkerStartError, check_runtime, read_cpu_seconds, worker_argv
 
@@ -239,14 +239,12 @@ class WorkerHandle:
         self._kill_timers: dict[int, asyncio.TimerHandle] = {}
         self.exited = asyncio.Event()
         self.death_reason = ""
-        self._recent_output: deque[str] = deque(maxlen=12)  # for start-failure reports
+        self._output = OutputPump(key, spec.output_rate)
         self.sandbox_level = "none"
         self._cpu_mark: tuple[int, float] | None = None  # (running call id, CPU seconds)
         self.sandbox_layers: list[str] = []
         self.helper_info: list[tuple[str, str, str]] = []  # (name, signature, doc), from READY
         self.scratch = ""
-        self._output_done = asyncio.Event()
-        self._drop_report: asyncio.TimerHandle | None = None  # "N lines not logged"
 
     def __repr__(self) -> str:
         return f"<WorkerHandle {self.key} pid={self.pid} {self.state} in_flight={self.in_flight}>"
@@ -337,7 +335,8 @@ class WorkerHandle:
         # transport drops them when it closes. _fail reads them through this one first.
         self._spare = parent.dup()
         ctrl_parent.setblocking(False)
-        self._spawn(self._pump_output())
+        assert self._proc.stdout is not None
+        self._spawn(self._output.run(self._proc.stdout))
         self._spawn(self._reap())
         try:
             _, channel = await loop.create_unix_connection(
@@ -358,8 +357,8 @@ class WorkerHandle:
                 # It died on its own: let its last words (a traceback, usually) arrive.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(2.0):
-                        await self._output_done.wait()
-                last = [line for line in self._recent_output if line.strip()][-3:]
+                        await self._output.done.wait()
+                last = self._output.last_lines()
                 if last:
                     exc = WorkerStartError(f"{exc}; its last output: {' | '.join(last)}")
             await self.kill(f"start failed: {exc!r}")
@@ -379,64 +378,6 @@ class WorkerHandle:
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
-
-    async def _pump_output(self) -> None:
-        """Log the worker's stdout and stderr (one pipe) line by line, each line with the
-        worker's id and pool. Memory stays bounded whatever the worker writes: reads are
-        64 KiB at most, a line is cut at ``logs.MAX_OUTPUT_LINE`` bytes, and a worker
-        that outruns ``output_rate`` lines per second has the excess counted, not logged
-        (the pipe then fills and blocks the worker's writes, not the server)."""
-        assert self._proc is not None and self._proc.stdout is not None
-        stream = self._proc.stdout
-        splitter = LineSplitter()
-        loop = asyncio.get_running_loop()
-        limiter = LineLimiter(self.spec.output_rate, loop.time())
-        while True:
-            data = await stream.read(64 * 1024)
-            lines = splitter.feed(data) if data else splitter.flush()
-            for line, cut in lines:
-                self._log_output(line, cut, limiter, loop.time())
-            if limiter.dropped and self._drop_report is None:
-                # Said within a second even if the worker then falls silent.
-                self._drop_report = loop.call_later(1.0, self._report_dropped, limiter)
-            if not data:
-                self._report_dropped(limiter)
-                self._output_done.set()
-                return
-
-    def _log_output(self, line: bytes, cut: int, limiter: LineLimiter, now: float) -> None:
-        out = parse_output_line(line, cut)
-        self._recent_output.append(out.text[:512])
-        if not limiter.allow(now):
-            return
-        where = f"{out.stream} {out.logger}" if out.logger else out.stream
-        log.log(
-            out.level,
-            "[worker %s %s] %s",
-            self.key,
-            where,
-            out.text,
-            extra={
-                "worker": str(self.key),
-                "pool": self.key.pool,
-                "stream": out.stream,
-                "correlation_id": out.correlation_id,
-            },
-        )
-
-    def _report_dropped(self, limiter: LineLimiter) -> None:
-        if self._drop_report is not None:
-            self._drop_report.cancel()
-            self._drop_report = None
-        dropped = limiter.take_dropped()
-        if dropped:
-            log.warning(
-                "[worker %s] %d output line(s) not logged: over %d lines/s",
-                self.key,
-                dropped,
-                limiter.rate,
-                extra={"worker": str(self.key), "pool": self.key.pool},
-            )
 
     async def _reap(self) -> None:
         assert self._proc is not None
@@ -470,16 +411,7 @@ class WorkerHandle:
     async def call(self, frame: Call, ref_budget: int) -> Ok:
         """Run ``frame`` (built once per request; its call id, budget and correlation id
         are filled in here) and await its reply."""
-        return await self._request(frame, ref_budget=ref_budget, cid=self._cid())
-
-    def _cid(self) -> str:
-        """The correlation id user-code frames end with; notes this worker's pool as the
-        pool of the RPC being served (for its metrics)."""
-        info = CALL.get()
-        if info is None:
-            return ""
-        info.pool = self.key.pool
-        return info.correlation_id
+        return await self._request(frame, ref_budget=ref_budget, cid=current_correlation_id())
 
     async def _request(self, frame: Request, **fields: Any) -> Ok:
         """Send one request and await its reply; cancelling the caller cancels the call."""
@@ -514,7 +446,7 @@ class WorkerHandle:
 
     async def stream_open(self, frame: StreamOpen, ref_budget: int) -> StreamReply:
         """Open ``frame``'s stream (built once per request, like ``call``'s frame)."""
-        reply = await self._request(frame, ref_budget=ref_budget, cid=self._cid())
+        reply = await self._request(frame, ref_budget=ref_budget, cid=current_correlation_id())
         batch = _stream_reply(reply)
         if batch.state == STREAM_MORE:
             self.open_streams.add(batch.stream_id)
@@ -524,7 +456,7 @@ class WorkerHandle:
         self, stream_id: int, session_id: str, ref_budget: int, limits: tuple[int, int, float]
     ) -> StreamReply:
         reply = await self._request(
-            StreamPull(0, stream_id, session_id, ref_budget, *limits, self._cid())
+            StreamPull(0, stream_id, session_id, ref_budget, *limits, current_correlation_id())
         )
         batch = _stream_reply(reply)
         if batch.state != STREAM_MORE:
@@ -541,7 +473,9 @@ class WorkerHandle:
 
     async def stream_next(self, ref_id: str, session_id: str, ref_budget: int) -> Ok:
         """One item of a StreamRef; the reply's value is a ``NextItem``."""
-        return await self._request(StreamNext(0, ref_id, session_id, ref_budget, self._cid()))
+        return await self._request(
+            StreamNext(0, ref_id, session_id, ref_budget, current_correlation_id())
+        )
 
     async def introspect(self, frame: Introspect) -> Ok:
         """Describe a module (``frame`` built once per request); the value is codec bytes."""
