@@ -479,7 +479,7 @@ class WorkerHandle:
 
     async def introspect(self, frame: Introspect) -> Ok:
         """Describe a module (``frame`` built once per request); the value is codec bytes."""
-        return await self._request(frame, cid=self._cid())
+        return await self._request(frame, cid=current_correlation_id())
 
     async def release(self, ref_ids: list[str], session_id: str) -> dict[str, int]:
         """Free those of ``ref_ids`` that ``session_id`` owns."""
