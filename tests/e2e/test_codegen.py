@@ -95,7 +95,7 @@ def test_the_package_has_one_module_per_requested_module_and_is_typed(generated:
     assert "def countdown(n: int, *, client: _sb.Caller = None) -> _sb.Stream[int]:" in user
     assert "class Point(_sb.RemoteObject):" in user
     assert "async def maybe(x: int | None = _sb.OMIT, *, client: _sb.Caller = None)" in user
-    assert "shell" not in user  # os.system: the call policy denies it, so it is not described
+    assert "shell" not in user and "contextmanager" not in user  # imports: not the library's
     counter = (root / "collections.py").read_text()
     assert "class Counter(_sb.RemoteIterable):" in counter
     assert "async def most_common(self, n: Any = _sb.OMIT) -> Any:" in counter
@@ -246,6 +246,9 @@ async def test_introspect_reports_import_errors_policy_and_submodules(
             await client.introspect("os")
         with pytest.raises(errors.PolicyError):
             await client.introspect("json", submodules=["_private"])
+        # A name the call policy denies (os.system) is not described, even when asked for.
+        named = await client.introspect("codegen_userlib", names=["shell", "scale"])
+        assert [f.name for f in named.functions] == ["scale"]
         only = await client.introspect("math", names=["sqrt", "pi"])
         assert [f.name for f in only.functions] == ["sqrt"]
         assert [(c.name, c.type_name) for c in only.constants] == [("pi", "float")]

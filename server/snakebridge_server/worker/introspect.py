@@ -208,6 +208,19 @@ def _type_name(value: Any) -> str:
     return kind.__qualname__ if module == "builtins" else f"{module}.{kind.__qualname__}"
 
 
+def _defined_in(value: Any, *modules: str) -> bool:
+    """For a module without ``__all__``: whether ``value`` belongs to it. A function or
+    class must come from the module or a submodule of it (not an import such as
+    ``contextmanager``); a value of a ``typing`` kind (``from __future__ import
+    annotations`` too) is for annotations."""
+    if callable(value):
+        origin = getattr(value, "__module__", None)
+        if not isinstance(origin, str):
+            return True  # a callable instance of a C type (numpy's ufuncs) says nothing
+        return any(origin == m or origin.startswith(m + ".") for m in modules)
+    return type(value).__module__ not in _ANNOTATION_MODULES
+
+
 def _public_names(module: ModuleType) -> tuple[list[str], bool]:
     """The names ``module`` offers and whether it said so itself (``__all__``)."""
     names = getattr(module, "__all__", None)
@@ -264,8 +277,7 @@ def describe(
         value = getattr(module, attr, None)
         if isinstance(value, ModuleType):
             continue  # a submodule: asked for by name, in ``submodules``
-        origin = getattr(value, "__module__", None) if callable(value) else type(value).__module__
-        if not listed and origin in _ANNOTATION_MODULES:
+        if not listed and not _defined_in(value, module.__name__, name):
             continue
         if not allowed(value):
             continue
