@@ -351,7 +351,7 @@ class Bridge:
         timeout: float = 0.0,
         version_only: bool = False,
     ) -> bytes:
-        """The codec bytes of ``module``'s description (docs/wire.md section 6), made by
+        """The codec bytes of ``module``'s description (docs/wire.md, Introspect), made by
         a worker of the pool under its sandbox and call policy."""
         if len(pool_name) > MAX_ID:
             raise BadRequest(f"pool names are limited to {MAX_ID} characters")

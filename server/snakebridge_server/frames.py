@@ -199,7 +199,7 @@ class StreamNext(NamedTuple):
 class Introspect(NamedTuple):
     """``OP_INTROSPECT``: describe ``module`` (only ``names`` if any; ``submodules`` too)
     for code generation; answered by an ``Ok`` whose value is the codec bytes of the
-    description (docs/wire.md section 6). Importing a module runs its code: a user-code
+    description (docs/wire.md, Introspect). Importing a module runs its code: a user-code
     frame, bounded like a call."""
 
     call_id: int

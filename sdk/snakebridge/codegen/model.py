@@ -1,7 +1,7 @@
 """The description of a remote module, as the ``Introspect`` RPC returns it.
 
 Runs in the client process. Pure: ``module_info`` turns the decoded description (plain
-lists, dicts and strings; docs/wire.md section 6) into frozen dataclasses, checking its
+lists, dicts and strings; docs/wire.md, Introspect) into frozen dataclasses, checking its
 shape, so the renderer (``render``) works on typed values only. A description that does
 not have the documented shape raises ``ValueError``.
 """

@@ -3,7 +3,7 @@
 Runs in the worker child process, inside its sandbox, when the server forwards an
 ``Introspect`` RPC. ``describe`` imports the module (its top level is user code, like a
 call's) and returns a plain description made of lists, dicts, strings, bools and None,
-which the worker encodes with the value codec; docs/wire.md section 6 gives its shape and
+which the worker encodes with the value codec; docs/wire.md, Introspect gives its shape and
 ``snakebridge.codegen.model`` reads it on the client. Everything is bounded: the number of
 members, methods, parameters and submodules, and the length of every text, so a huge
 library (numpy) gives a large but finite answer marked ``truncated``.

@@ -214,7 +214,7 @@ class ListHelpersReply(betterproto.Message):
 class IntrospectRequest(betterproto.Message):
     """
     Describe a module for code generation (`snakebridge generate`), in a worker of `pool`,
-     under that pool's sandbox and call policy. docs/wire.md section 6 gives the description.
+     under that pool's sandbox and call policy. docs/wire.md, Introspect gives the description.
     """
 
     protocol_version: int = betterproto.uint32_field(1)
