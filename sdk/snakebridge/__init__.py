@@ -39,8 +39,8 @@ if TYPE_CHECKING:
     from . import errors
     from ._client import Client, HelperInfo, ModuleProxy, Session
     from ._correlation import correlation_id
-    from ._current import NoCurrentClient, use
     from ._refs import Ref, StreamRef
+    from .bindings import NoCurrentClient, use
     from .errors import (
         BridgeError,
         CallTimeout,
@@ -64,8 +64,8 @@ _LAZY = {
     "SessionLost": ".errors",
     "WorkerCrashed": ".errors",
     "correlation_id": "._correlation",
-    "NoCurrentClient": "._current",
-    "use": "._current",
+    "NoCurrentClient": ".bindings",
+    "use": ".bindings",
 }
 
 

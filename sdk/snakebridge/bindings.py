@@ -18,11 +18,12 @@ from __future__ import annotations
 import warnings
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Generator, Mapping, Sequence
+from contextvars import Token
 from types import TracebackType
 from typing import Any, ClassVar, Final, Generic, TypeVar, Union
 
+from . import _current
 from ._client import Client, RemoteStream, Session
-from ._current import current
 from ._refs import Ref, StreamRef
 from .errors import BridgeError, RefNotFound
 
@@ -31,14 +32,18 @@ __all__ = [
     "Caller",
     "Constant",
     "Library",
+    "NoCurrentClient",
     "RemoteIterable",
     "RemoteObject",
     "Stream",
+    "Use",
     "VersionMismatch",
     "attr",
+    "current",
     "method",
     "method_stream",
     "typed",
+    "use",
 ]
 
 _T = TypeVar("_T")
@@ -61,6 +66,50 @@ class _Omitted:
 #: The default of every optional parameter of a wrapper: "not passed, not sent". Typed
 #: ``Any`` so that it is a valid default of a parameter of any type.
 OMIT: Final[Any] = _Omitted()
+
+
+class NoCurrentClient(RuntimeError):
+    """A generated wrapper was called with no client to call through: no ``async with
+    snakebridge.Client(...)`` block is open in this task, no ``snakebridge.use(...)`` set
+    one, and no ``client=`` was passed. Open a client around the call, or pass one."""
+
+
+class Use:
+    """What ``snakebridge.use`` returns: ``with snakebridge.use(session): ...`` restores
+    the previous current client on exit; used as a plain call, the setting stays."""
+
+    __slots__ = ("_token",)
+
+    def __init__(self, token: Token[Any]) -> None:
+        self._token = token
+
+    def __enter__(self) -> Use:
+        return self
+
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        _current.leave(self._token)
+
+
+def use(target: Client | Session | None) -> Use:
+    """Make ``target`` (a ``Client`` or a ``Session``) the current client of this task and
+    of the tasks it starts from now on (they copy its context); None clears it.
+    ``async with Client(...)`` does the same for its block."""
+    if target is not None and not isinstance(target, Client | Session):
+        raise TypeError(f"use() takes a Client or a Session, not {type(target).__name__}")
+    return Use(_current.enter(target))
+
+
+def current() -> Client | Session:
+    """The current client or session; ``NoCurrentClient`` when there is none."""
+    target: Client | Session | None = _current.CURRENT.get()
+    if target is None:
+        raise NoCurrentClient(
+            "no snakebridge client to call through: call inside 'async with "
+            "snakebridge.Client(...)', set one with snakebridge.use(client), or pass client="
+        )
+    return target
 
 
 class VersionMismatch(UserWarning):

@@ -57,20 +57,20 @@ async def test_a_wrapper_without_a_client_raises_no_current_client() -> None:
 async def test_use_sets_the_current_client_for_the_task_and_restores_it() -> None:
     client = snakebridge.Client("127.0.0.1:1")
     session = client.session("s1")
-    assert _current._CURRENT.get() is None
+    assert _current.CURRENT.get() is None
     with snakebridge.use(client):
-        assert _current.current() is client
+        assert bindings.current() is client
         with snakebridge.use(session):
-            assert _current.current() is session
-        assert _current.current() is client
+            assert bindings.current() is session
+        assert bindings.current() is client
 
         async def other_task() -> Any:
-            return _current.current()
+            return bindings.current()
 
         # A task started inside copies the context: it sees the same client.
         assert await asyncio.create_task(other_task()) is client
     with pytest.raises(snakebridge.NoCurrentClient):
-        _current.current()
+        bindings.current()
     with pytest.raises(TypeError):
         snakebridge.use("127.0.0.1:1")  # type: ignore[arg-type]
 
@@ -83,11 +83,11 @@ async def test_current_clients_of_two_tasks_do_not_mix() -> None:
     async def run(name: str, client: snakebridge.Client) -> None:
         snakebridge.use(client)
         await gate.wait()
-        seen[name] = _current.current()
+        seen[name] = bindings.current()
 
     tasks = [asyncio.create_task(run("a", a)), asyncio.create_task(run("b", b))]
     await asyncio.sleep(0)
     gate.set()
     await asyncio.gather(*tasks)
     assert seen == {"a": a, "b": b}
-    assert _current._CURRENT.get() is None
+    assert _current.CURRENT.get() is None

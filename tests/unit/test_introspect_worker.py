@@ -162,6 +162,18 @@ def test_the_description_is_bounded(library: str, monkeypatch: pytest.MonkeyPatc
     assert len(thing["methods"]) + len(thing["properties"]) == 1 and thing["truncated"]
 
 
+def test_the_text_of_a_description_is_bounded_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Counts alone would allow 2000 classes of 300 documented methods: text is bounded too.
+    whole = introspect.describe("json", no_os_system)
+    assert whole["truncated"] is False
+    monkeypatch.setattr(introspect, "MAX_TOTAL_TEXT", 200)
+    cut = introspect.describe("json", no_os_system)
+    assert cut["truncated"] is True
+    assert len(cut["functions"]) + len(cut["classes"]) < len(whole["functions"]) + len(
+        whole["classes"]
+    )
+
+
 def test_the_standard_library_reports_the_python_version() -> None:
     assert introspect.describe("math", no_os_system, version_only=True)["version"].startswith(
         "python 3."

@@ -33,6 +33,9 @@ MAX_NAMES: Final = 2000  # names a request may ask for
 MAX_DOC: Final = 8192  # characters of a docstring
 MAX_TEXT: Final = 2048  # characters of a signature, an annotation or a default's repr
 MAX_DEFAULT: Final = 200
+#: Characters of text (docstrings, signatures) in one description, all members together:
+#: the counts above alone would allow gigabytes (2000 classes of 300 documented methods).
+MAX_TOTAL_TEXT: Final = 16 * 1024 * 1024
 
 _KINDS: Final = {
     inspect.Parameter.POSITIONAL_ONLY: "positional_only",
@@ -48,6 +51,18 @@ _ANNOTATION_MODULES: Final = frozenset(
 )
 
 Allowed = Callable[[Any], bool]
+
+
+class _Budget:
+    """What is left of ``MAX_TOTAL_TEXT`` while one description is built."""
+
+    __slots__ = ("left",)
+
+    def __init__(self) -> None:
+        self.left = MAX_TOTAL_TEXT
+
+    def spend(self, described: dict[str, Any]) -> None:
+        self.left -= len(described.get("doc", "")) + len(described.get("signature", "")) + 64
 
 
 def _clip(text: str, limit: int) -> str:
@@ -159,18 +174,19 @@ def _class_members(cls: type) -> list[tuple[str, Any]]:
 _PROPERTY_TYPES: Final = (property, type(type.__dict__["__name__"]), type(complex.real))
 
 
-def _class(name: str, cls: type, allowed: Allowed) -> dict[str, Any]:
+def _class(name: str, cls: type, allowed: Allowed, budget: _Budget) -> dict[str, Any]:
     methods: list[dict[str, Any]] = []
     properties: list[list[Any]] = []
     truncated = False
     for attr, raw in _class_members(cls):
-        if len(methods) + len(properties) >= MAX_METHODS:
+        if len(methods) + len(properties) >= MAX_METHODS or budget.left <= 0:
             truncated = True
             break
         if isinstance(raw, _PROPERTY_TYPES):
             fget = getattr(raw, "fget", None)
             returns = _signature(fget)[2] if fget is not None else None
             properties.append([attr, returns, _doc(raw)])
+            budget.left -= len(properties[-1][2]) + 64
             continue
         if isinstance(raw, staticmethod | classmethod):
             binding = "static" if isinstance(raw, staticmethod) else "class"
@@ -184,9 +200,11 @@ def _class(name: str, cls: type, allowed: Allowed) -> dict[str, Any]:
         if not allowed(raw if binding == "instance" else fn):
             continue
         described["binding"] = binding
+        budget.spend(described)
         methods.append(described)
     init = _function(name, cls)
     init["kind"] = "function"
+    budget.spend(init)
     return {
         "name": name,
         "doc": _doc(cls),
@@ -251,6 +269,7 @@ def describe(
     names: list[str] | None = None,
     submodules: list[str] | None = None,
     version_only: bool = False,
+    budget: _Budget | None = None,
 ) -> dict[str, Any]:
     """The description of module ``name``. Raises what importing it raises
     (``ModuleNotFoundError``), and ``AttributeError`` for a name in ``names`` it lacks."""
@@ -266,12 +285,13 @@ def describe(
         wanted, listed = sorted(set(names)), True
     else:
         wanted, listed = _public_names(module)
+    budget = budget or _Budget()
     functions: list[dict[str, Any]] = []
     classes: list[dict[str, Any]] = []
     constants: list[list[str]] = []
     truncated = False
     for attr in wanted:
-        if len(functions) + len(classes) + len(constants) >= MAX_MEMBERS:
+        if len(functions) + len(classes) + len(constants) >= MAX_MEMBERS or budget.left <= 0:
             truncated = True
             break
         value = getattr(module, attr, None)
@@ -282,14 +302,17 @@ def describe(
         if not allowed(value):
             continue
         if isinstance(value, type):
-            classes.append(_class(attr, value, allowed))
+            classes.append(_class(attr, value, allowed, budget))
         elif callable(value):
             functions.append(_function(attr, value))
+            budget.spend(functions[-1])
         else:
             constants.append([attr, _clip(_type_name(value), MAX_TEXT)])
+    doc = _doc(module)
+    budget.left -= len(doc)
     described: dict[str, Any] = {
         **head,
-        "doc": _doc(module),
+        "doc": doc,
         "functions": functions,
         "classes": classes,
         "constants": constants,
