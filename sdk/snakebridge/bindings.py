@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping, Sequence
 from contextvars import Token
 from types import TracebackType
 from typing import Any, ClassVar, Final, Generic, TypeVar, Union
@@ -214,7 +214,7 @@ class Library:
         remote = runtime.stream(
             self.module, name, _positional(name, args), _keywords(kwargs), pool=self.pool
         )
-        return Stream(remote, self._check(runtime))
+        return Stream(remote, lambda: self._check(runtime))
 
     async def get(self, client: Caller, name: str) -> Any:
         """``module.name`` (a constant)."""
@@ -229,9 +229,11 @@ class Stream(Generic[_T]):
 
     __slots__ = ("_check", "_remote")
 
-    def __init__(self, remote: RemoteStream, check: Awaitable[None] | None = None) -> None:
+    def __init__(
+        self, remote: RemoteStream, check: Callable[[], Awaitable[None]] | None = None
+    ) -> None:
         self._remote = remote
-        self._check = check
+        self._check = check  # made when iteration starts: a dropped stream leaves nothing
 
     def __aiter__(self) -> Stream[_T]:
         return self
@@ -239,7 +241,7 @@ class Stream(Generic[_T]):
     async def __anext__(self) -> _T:
         if self._check is not None:
             check, self._check = self._check, None
-            await check
+            await check()
         item: _T = await self._remote.__anext__()
         return item
 
@@ -253,9 +255,7 @@ class Stream(Generic[_T]):
 
     async def aclose(self) -> None:
         """Stop iterating: the server closes the generator in the worker."""
-        if self._check is not None:
-            self._check.close()  # type: ignore[attr-defined]  # a coroutine never awaited
-            self._check = None
+        self._check = None
         await self._remote.aclose()
 
 
