@@ -212,7 +212,7 @@ def test_output_is_deterministic_whatever_the_order_of_the_description() -> None
         ("Dict[str, Tuple[int, ...]]", "dict[str, tuple[int, ...]]"),
         ("list", "list[Any]"),
         ("collections.abc.Sequence[float]", "Sequence[float]"),
-        ("Literal['a', 1]", "Literal['a', 1]"),
+        ("Literal['a', 1]", 'Literal["a", 1]'),  # the quotes ruff format keeps
         ("demo.Point", "Point"),
         ("'Point'", "Point"),
         ("list['Point']", "list[Point]"),
@@ -290,7 +290,7 @@ def test_package_files_place_submodules_and_mark_the_package_typed() -> None:
 
 def test_a_pool_is_baked_into_the_library() -> None:
     text = module_source(ModuleInfo("math", "python 3"), command=CMD, pool="science")
-    assert '_LIB = _sb.Library("math", "python 3", pool=\'science\')' in text
+    assert '_LIB = _sb.Library("math", "python 3", pool="science")' in text
 
 
 @pytest.mark.parametrize(
@@ -310,3 +310,64 @@ def test_a_pool_is_baked_into_the_library() -> None:
 def test_a_malformed_description_is_refused(raw: Any) -> None:
     with pytest.raises(ValueError):
         module_info(raw)
+
+
+# -- a hostile description: text from a worker never becomes code ------------------------
+
+HOSTILE = ModuleInfo(
+    module="demo",
+    version='1"); import os; os.system("echo pwned"); ("\nimport os  # and a line',
+    doc='"""\nimport os\n"""',
+    functions=(
+        fn(
+            "run",
+            p("x=1): import os #", annotation="int"),  # not a name: the generic wrapper
+            signature='(x=1): import os #")',
+            doc="ends with a backslash \\",
+        ),
+        fn("pick", p("mode", annotation="Literal['a\"); import os; (\"', 'b']")),
+        fn("evil", p("x", annotation="__import__('os').system('x')")),
+    ),
+    constants=(ConstantInfo("c", 'int"); import os; ("'),),
+)
+
+
+def _statements(source: str) -> list[str]:
+    """Every import and call made at import time (module and class bodies)."""
+    tree = ast.parse(source)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            found.append(ast.unparse(node))
+    return found
+
+
+def test_text_from_a_worker_never_becomes_code() -> None:
+    source = module_source(HOSTILE, command="snakebridge generate demo\nimport os", pool='p"x')
+    compile(source, "demo.py", "exec")
+    assert _statements(source) == [
+        "from __future__ import annotations",
+        "from typing import Any, Literal",
+        "from snakebridge import bindings as _sb",
+    ]
+    tree = ast.parse(source)
+    library = next(
+        n for n in tree.body if isinstance(n, ast.Assign) and ast.unparse(n.targets[0]) == "_LIB"
+    )
+    assert ast.literal_eval(library.value.args[1]) == HOSTILE.version  # type: ignore[attr-defined]
+    assert ast.literal_eval(library.value.keywords[0].value) == 'p"x'  # type: ignore[attr-defined]
+    assert "async def run(*args: Any, client: _sb.Caller = None, **kwargs: Any)" in source
+    assert 'mode: Literal["a\\"); import os; (\\"", "b"]' in source
+    assert "x: Any" in _def(source, "evil")
+    assert all(line.startswith("#") for line in source.splitlines()[:4] if "import os" in line)
+
+
+@pytest.mark.parametrize("name", ["../../etc/cron", "a/b", "os..path", "", "1up", "a.b-c"])
+def test_a_module_name_that_is_not_dotted_python_writes_nothing(name: str) -> None:
+    with pytest.raises(ValueError, match="not a dotted module name"):
+        package_files([ModuleInfo(name, "")], package="remote", command=CMD)
+
+
+def test_a_package_name_that_is_not_a_python_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="not a Python name"):
+        package_files([ModuleInfo("math", "")], package="../x", command=CMD)

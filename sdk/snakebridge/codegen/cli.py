@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from .._client import Client
-from ..errors import BridgeError
+from ..errors import BridgeError, ProtocolMismatch
 from .model import ModuleInfo
 from .render import package_files
 
@@ -63,9 +63,15 @@ def _ssl_context(ns: argparse.Namespace) -> ssl.SSLContext | None:
 async def describe_all(
     client: Client, modules: Sequence[str], ns: argparse.Namespace
 ) -> list[ModuleInfo]:
-    return [
-        await client.introspect(m, pool=ns.pool, timeout=ns.timeout) for m in dict.fromkeys(modules)
-    ]
+    """One description per module, in order; a description of another module than the
+    one asked for is refused (it would be written under that module's name)."""
+    infos = []
+    for module in dict.fromkeys(modules):
+        info = await client.introspect(module, pool=ns.pool, timeout=ns.timeout)
+        if info.module != module or info.submodules:
+            raise ProtocolMismatch(f"asked to describe {module!r}, the server described another")
+        infos.append(info)
+    return infos
 
 
 def write_package(out: Path, package: str, files: dict[str, str]) -> list[Path]:
@@ -101,7 +107,11 @@ async def run(ns: argparse.Namespace) -> int:
         print(f"snakebridge generate: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     command = command_line(ns.modules, ns.package, ns.pool)
-    files = package_files(infos, package=ns.package, command=command, pool=ns.pool)
+    try:
+        files = package_files(infos, package=ns.package, command=command, pool=ns.pool)
+    except ValueError as exc:  # a module name that is not a dotted Python name
+        print(f"snakebridge generate: {exc}", file=sys.stderr)
+        return 2
     written = write_package(ns.out, ns.package, files)
     for info in infos:
         note = " (truncated: the library is larger than one description)" if info.truncated else ""

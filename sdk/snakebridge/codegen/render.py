@@ -22,6 +22,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .. import __version__
+from .literals import literal, one_line
 from .model import ClassInfo, ConstantInfo, FunctionInfo, ModuleInfo, Param
 from .types import Imports, Scope, constant_type, item_type, resolve, shadows_builtin
 
@@ -372,7 +373,7 @@ def _constant(const: ConstantInfo, python_name: str, scope: Scope, imports: Impo
 
 def _comment(text: str) -> list[str]:
     return textwrap.wrap(
-        text,
+        one_line(text),
         LINE,
         initial_indent="# ",
         subsequent_indent="#   ",
@@ -440,8 +441,9 @@ def module_source(info: ModuleInfo, *, command: str, pool: str | None = None) ->
         doc += "\n\n" + info.doc.strip()
     if info.truncated:
         doc += "\n\n(Some members were left out: the description was cut at its size limit.)"
-    pool_arg = f", pool={pool!r}" if pool else ""
-    library = f'_LIB = _sb.Library("{info.module}", "{info.version}"{pool_arg})'
+    check_module_name(info.module)
+    pool_arg = f", pool={literal(pool)}" if pool else ""
+    library = f"_LIB = _sb.Library({literal(info.module)}, {literal(info.version)}{pool_arg})"
     lines = [*_header(info, command), *docstring(doc, ""), "", *_imports(imports), "", library]
     if constants:
         lines += ["", *constants]
@@ -474,6 +476,13 @@ def _noqa(text: str) -> str:
     return "\n".join(lines)
 
 
+def check_module_name(name: str) -> None:
+    """``ValueError`` unless ``name`` is a dotted Python name: it becomes file paths and
+    code, and comes from the server."""
+    if not name or not all(_identifier(part) for part in name.split(".")):
+        raise ValueError(f"{name!r} is not a dotted module name")
+
+
 def _package_doc(package: str, modules: Sequence[str], command: str) -> str:
     text = f"Generated snakebridge bindings of {', '.join(modules)}.\n\n" + textwrap.fill(
         f"Import a module from it (``from {package} import {modules[0].split('.')[0]}``)"
@@ -498,11 +507,15 @@ def package_files(
     """Every file of the generated package, by path relative to the output directory:
     ``os.path`` becomes ``<package>/os/path.py``, or ``<package>/os/path/__init__.py``
     when another requested module lies under it; ``py.typed`` marks it typed."""
+    if not _identifier(package):
+        raise ValueError(f"{package!r} is not a Python name")
     by_name = {}
     for info in infos:
         for one in (info, *info.submodules):
             by_name[one.module] = one
     names = sorted(by_name)
+    for name in names:
+        check_module_name(name)
     files: dict[str, str] = {f"{package}/py.typed": ""}
     parents = {n.rsplit(".", k)[0] for n in names for k in range(1, n.count(".") + 1)}
     for name in names:

@@ -16,6 +16,8 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Final
 
+from .literals import literal
+
 #: Builtin types a value can be annotated with; all of them travel by value but ``object``.
 BUILTIN_TYPES: Final = frozenset(
     {
@@ -164,7 +166,8 @@ class _Rewriter:
                 ):
                     raise _Unresolved
                 self.typing.add("Literal")
-                return f"Literal[{', '.join(ast.unparse(a) for a in args)}]"
+                values = [_literal_value(a.value) for a in args]  # type: ignore[attr-defined]
+                return f"Literal[{', '.join(values)}]"
             head = self.name(base) if base else ""
             if not head or head == "object" or head in self.scope.classes:
                 raise _Unresolved
@@ -175,6 +178,10 @@ class _Rewriter:
             return f"{head}[{', '.join(parts)}]"
         finally:
             self.depth -= 1
+
+
+def _literal_value(value: str | int | bool) -> str:
+    return literal(value) if isinstance(value, str) else repr(value)
 
 
 def _dotted(node: ast.expr) -> str:
