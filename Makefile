@@ -34,7 +34,7 @@ $(BENCH_STAMP): $(STAMP) pyproject.toml
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench $(ARGS)
 
-CODE := sdk server tests bench
+CODE := sdk server tests bench examples
 
 lint: $(STAMP)
 	$(BIN)/ruff check $(CODE)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 
-import snakebridge
 from remote import collections, itertools, json, math
+
+import snakebridge
 
 
 async def main() -> None:
