@@ -466,10 +466,11 @@ class Client(_Runtime):
     ``SerializationError`` before the memory is spent. None (the default) applies the
     limits the server applies to arguments: 32 MiB plus 16 bytes per received byte, at
     most 1 GiB (docs/wire.md, section 3.5). Use as ``async with Client(...) as client:``;
-    leaving releases the auto session and closes the client. A client opens its connection
-    on first use (``connect()``, which ``async with`` calls, also checks the protocol
-    version); once closed, every RPC through it raises ``ClientClosed``: it never
-    reconnects.
+    leaving releases the auto session and closes the client. Inside the block the client is
+    the task's current client, which generated bindings call through (docs/codegen.md). A
+    client opens its connection on first use (``connect()``, which ``async with`` calls,
+    also checks the protocol version); once closed, every RPC through it raises
+    ``ClientClosed``: it never reconnects.
     """
 
     def __init__(

@@ -17,6 +17,7 @@ SOURCE = '''
 """A library."""
 from __future__ import annotations
 import os
+import functools
 from contextlib import contextmanager
 from typing import Any, Iterator
 
@@ -57,6 +58,11 @@ class Thing:
     def double(self) -> int:
         """Twice a."""
         return 2 * self.a
+
+    @functools.cached_property
+    def triple(self) -> int:
+        """Three times a."""
+        return 3 * self.a
 
     def method(self, k: int = 1) -> int:
         return k
@@ -115,7 +121,8 @@ def test_functions_classes_and_constants_are_described(library: str) -> None:
     build = next(m for m in thing.methods if m.name == "build")
     assert [p.name for p in build.params or ()] == ["a"]  # cls dropped
     assert [(p.name, p.annotation, p.doc) for p in thing.properties] == [
-        ("double", "int", "Twice a.")
+        ("double", "int", "Twice a."),
+        ("triple", "int", "Three times a."),
     ]
 
 

@@ -15,6 +15,7 @@ members: what no call could reach is not described either. Stdlib only, import-l
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.metadata
 import inspect
@@ -171,7 +172,12 @@ def _class_members(cls: type) -> list[tuple[str, Any]]:
     return sorted(seen.items())
 
 
-_PROPERTY_TYPES: Final = (property, type(type.__dict__["__name__"]), type(complex.real))
+_PROPERTY_TYPES: Final = (
+    property,
+    functools.cached_property,
+    type(type.__dict__["__name__"]),  # getset_descriptor
+    type(complex.real),  # member_descriptor (__slots__)
+)
 
 
 def _class(name: str, cls: type, allowed: Allowed, budget: _Budget) -> dict[str, Any]:
@@ -183,7 +189,7 @@ def _class(name: str, cls: type, allowed: Allowed, budget: _Budget) -> dict[str,
             truncated = True
             break
         if isinstance(raw, _PROPERTY_TYPES):
-            fget = getattr(raw, "fget", None)
+            fget = getattr(raw, "fget", None) or getattr(raw, "func", None)
             returns = _signature(fget)[2] if fget is not None else None
             properties.append([attr, returns, _doc(raw)])
             budget.left -= len(properties[-1][2]) + 64
