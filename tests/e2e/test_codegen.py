@@ -21,6 +21,7 @@ import snakebridge
 from snakebridge import bindings, errors
 
 from .conftest import ServerProcess
+from .test_auth import token_file
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -314,3 +315,23 @@ def test_the_example_runs_against_generated_bindings(server: ServerProcess, tmp_
         capture_output=True, text=True, timeout=300, env={**env, "MYPYPATH": str(tmp_path)},
     )  # fmt: skip
     assert mypy.returncode == 0, mypy.stdout
+
+
+def test_the_cli_sends_the_token_of_token_file_and_bakes_in_the_pool(
+    make_server: Any, tmp_path: Path
+) -> None:
+    token = token_file(tmp_path)
+    srv = make_server("--workers", "1", "--token-file", str(token))
+    base = [sys.executable, "-m", "snakebridge", "generate", "math", "--address", srv.address]
+    refused = subprocess.run(
+        [*base, "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 1 and "Unauthenticated" in refused.stderr
+    done = subprocess.run(
+        [*base, "--out", str(tmp_path / "b"), "--token-file", str(token), "--pool", "default"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "b" / "remote" / "math.py").read_text()
+    assert '_LIB = _sb.Library("math", "python 3.' in text and 'pool="default")' in text
+    assert "--pool default" in text and "s3cret" not in text
