@@ -303,8 +303,9 @@ class BridgeService:
     async def introspect(self, req: pb.IntrospectRequest) -> pb.IntrospectReply:
         check_protocol(req.protocol_version)
         info = CALL.get()
-        if info is not None:
-            info.kind = "introspect"
+        if info is not None:  # the pool asked for, as _label names it for calls
+            pool = req.pool or self.bridge.default_pool
+            info.pool = pool if pool in self.bridge.pools else ""
         description = await self.bridge.introspect(
             req.module,
             list(req.names),
