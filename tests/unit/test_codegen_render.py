@@ -17,6 +17,7 @@ from snakebridge.codegen.model import (
     FunctionInfo,
     ModuleInfo,
     Param,
+    PropertyInfo,
     module_info,
 )
 from snakebridge.codegen.render import Group, docstring, layout, module_source, package_files
@@ -371,3 +372,31 @@ def test_a_module_name_that_is_not_dotted_python_writes_nothing(name: str) -> No
 def test_a_package_name_that_is_not_a_python_name_is_refused() -> None:
     with pytest.raises(ValueError, match="not a Python name"):
         package_files([ModuleInfo("math", "")], package="../x", command=CMD)
+
+
+def test_members_that_shadow_decorators_make_them_builtins_dot() -> None:
+    # The ``builtins`` module itself: its classes ``classmethod`` and ``property`` would
+    # otherwise decorate every generated class.
+    shadowing = ModuleInfo(
+        "builtins",
+        "python 3",
+        classes=tuple(
+            ClassInfo(
+                name,
+                "",
+                fn(name),
+                (fn("m", binding="class"),),
+                (PropertyInfo("p", None, ""),),
+                iterable=False,
+                truncated=False,
+            )
+            for name in ("classmethod", "property")
+        ),  # fmt: skip
+        constants=(ConstantInfo("A_VERY_LONG_CONSTANT_NAME_THAT_DOES_NOT_FIT_ON_ONE_LINE", "int"),),
+    )
+    source = module_source(shadowing, command=CMD)
+    compile(source, "builtins.py", "exec")
+    assert "@classmethod" not in source and "@property" not in source
+    assert source.count("@builtins.classmethod") == 4 and source.count("@builtins.property") == 2
+    assert "import builtins" in source
+    assert max(len(line) for line in source.splitlines() if not line.startswith(" ")) <= 100

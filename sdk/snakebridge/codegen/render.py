@@ -111,6 +111,8 @@ def docstring(text: str, indent: str) -> list[str]:
     if not lines or not lines[0]:
         lines = ["(no docstring)", *lines]
     first = lines[0].lstrip()
+    if first.startswith('"'):
+        first = " " + first  # not four quotes in a row (ruff format adds the same space)
     if len(lines) == 1:
         if first.endswith('"'):
             first += " "  # not four quotes in a row
@@ -258,6 +260,15 @@ def _call_lines(
     return [*layout(f"result: {returns} = await ", group, "", indent), f"{indent}return result"]
 
 
+def _decorator(name: str, scope: Scope, imports: Imports) -> str:
+    """``@name``, or ``@builtins.name`` where a member of that name shadows it (the
+    ``builtins`` module's own ``classmethod`` and ``property`` classes)."""
+    if name in scope.shadowed:
+        imports.builtins = True
+        return f"@builtins.{name}"
+    return f"@{name}"
+
+
 def _def_lines(
     decorators: Iterable[str],
     name: str,
@@ -266,7 +277,10 @@ def _def_lines(
     indent: str,
     *,
     is_async: bool,
+    imports: Imports,
 ) -> list[str]:
+    if is_async and any(p.startswith("timeout:") for p in params):
+        imports.noqa.add("ASYNC109")  # the remote signature has it: kept as it is
     head = f"{'async def' if is_async else 'def'} {name}("
     return [
         *(f"{indent}{d}" for d in decorators),
@@ -277,7 +291,9 @@ def _def_lines(
 def _function(fn: FunctionInfo, python_name: str, scope: Scope, imports: Imports) -> list[str]:
     sig = _signature(fn.params, scope, imports, method=False)
     returns, streams = _result(fn, scope, imports)
-    lines = _def_lines((), python_name, sig.params, returns, "", is_async=not streams)
+    lines = _def_lines(
+        (), python_name, sig.params, returns, "", is_async=not streams, imports=imports
+    )
     lines += docstring(_doc_with_signature(fn.doc, _remote(fn.name, fn.signature)), INDENT)
     target = "_LIB.stream" if streams else "_LIB.call"
     args = (sig.client, f'"{fn.name}"', sig.positional, sig.keywords)
@@ -304,14 +320,16 @@ def _method(
             if p != "*" or (at + 1 < len(kept) and not kept[at + 1].startswith("**"))
         )
         lines = _def_lines(
-            (), python_name, ("self", *params), returns, INDENT, is_async=not streams
-        )
+            (), python_name, ("self", *params), returns, INDENT, is_async=not streams,
+            imports=imports,
+        )  # fmt: skip
         target = "_sb.method_stream" if streams else "_sb.method"
         args: tuple[Item, ...] = ("self", f'"{fn.name}"', sig.positional, sig.keywords)
     else:
         lines = _def_lines(
-            ("@classmethod",), python_name, ("cls", *sig.params), returns, INDENT,
-            is_async=not streams,
+            (_decorator("classmethod", scope, imports),), python_name, ("cls", *sig.params),
+            returns, INDENT,
+            is_async=not streams, imports=imports,
         )  # fmt: skip
         target = "_LIB.stream" if streams else "_LIB.call"
         args = (sig.client, f'"{cls.name}.{fn.name}"', sig.positional, sig.keywords)
@@ -336,8 +354,10 @@ def _class(cls: ClassInfo, python_name: str, scope: Scope, imports: Imports) -> 
     init = cls.init
     sig = _signature(init.params, scope, imports, method=False)
     lines += _def_lines(
-        ("@classmethod",), "create", ("cls", *sig.params), python_name, INDENT, is_async=True
-    )
+        (_decorator("classmethod", scope, imports),), "create", ("cls", *sig.params),
+        python_name, INDENT, is_async=True,
+        imports=imports,
+    )  # fmt: skip
     remote = _remote(cls.name, init.signature)
     note = f"A new remote ``{scope.module}.{cls.name}``, as a typed ref."
     lines += docstring(_doc_with_signature(note, remote), INDENT * 2)
@@ -356,16 +376,21 @@ def _class(cls: ClassInfo, python_name: str, scope: Scope, imports: Imports) -> 
         if returns in scope.classes:
             imports.typing.add("Any")
             returns = "Any"  # a property's ref is not retyped
-        lines += ["", f"{INDENT}@property", f"{INDENT}def {name}(self) -> Awaitable[{returns}]:"]
+        lines += [
+            "",
+            f"{INDENT}{_decorator('property', scope, imports)}",
+            f"{INDENT}def {name}(self) -> Awaitable[{returns}]:",
+        ]
         doc = prop.doc.strip() or f"The remote attribute ``{prop.name}``"
         lines += docstring(f"{doc}\n\nAwait it: ``await obj.{name}``.", INDENT * 2)
         lines.append(f'{INDENT * 2}return _sb.attr(self, "{prop.name}")')
     return lines
 
 
-def _constant(const: ConstantInfo, python_name: str, scope: Scope, imports: Imports) -> str:
+def _constant(const: ConstantInfo, python_name: str, scope: Scope, imports: Imports) -> list[str]:
     kind = constant_type(const.type_name, scope, imports)
-    return f'{python_name}: _sb.Constant[{kind}] = _sb.Constant(_LIB, "{const.name}")'
+    args = Group("(", ("_LIB", literal(const.name)), ")")
+    return layout(f"{python_name}: _sb.Constant[{kind}] = _sb.Constant", args, "", "")
 
 
 # -- modules and packages -------------------------------------------------------------
@@ -420,9 +445,10 @@ def module_source(info: ModuleInfo, *, command: str, pool: str | None = None) ->
     imports = Imports()
     body: list[list[str]] = []
     constants = [
-        _constant(const, python[const.name], scope, imports)
+        line
         for const in sorted(info.constants, key=lambda c: c.name)
         if const.name in python
+        for line in _constant(const, python[const.name], scope, imports)
     ]
     body += [
         _function(fn, python[fn.name], scope, imports)
@@ -450,7 +476,7 @@ def module_source(info: ModuleInfo, *, command: str, pool: str | None = None) ->
     for block in body:
         lines += ["", "", *block]
     text = "\n".join(lines) + "\n"
-    return _noqa(text)
+    return _noqa(text, imports.noqa)
 
 
 # A parameter, class or function named l, I or O (numpy's matrix.I).
@@ -461,13 +487,14 @@ _AMBIGUOUS = (
 )
 
 
-def _noqa(text: str) -> str:
+def _noqa(text: str, also: Iterable[str] = ()) -> str:
     """A file-level ``# ruff: noqa`` for what docstrings carried verbatim may contain
     (long lines, ambiguous unicode), placed after the header."""
     codes = []
     if any(len(line) > LINE for line in text.split("\n")):
         codes.append("E501")
     codes += [code for code, pattern in _AMBIGUOUS if pattern.search(text)]
+    codes += sorted(also)
     if not codes:
         return text
     lines = text.split("\n")

@@ -70,11 +70,12 @@ class _Unresolved(Exception):
 
 @dataclass
 class Imports:
-    """Names the generated module must import, by module."""
+    """Names the generated module must import, by module (and the lint it waives)."""
 
     typing: set[str] = field(default_factory=set)
     abc: set[str] = field(default_factory=set)
     builtins: bool = False
+    noqa: set[str] = field(default_factory=set)  # ruff codes the file must waive
 
 
 @dataclass(frozen=True, slots=True)
