@@ -391,7 +391,7 @@ def test_members_that_shadow_decorators_make_them_builtins_dot() -> None:
                 truncated=False,
             )
             for name in ("classmethod", "property")
-        ),  # fmt: skip
+        ),
         constants=(ConstantInfo("A_VERY_LONG_CONSTANT_NAME_THAT_DOES_NOT_FIT_ON_ONE_LINE", "int"),),
     )
     source = module_source(shadowing, command=CMD)
