@@ -400,3 +400,22 @@ def test_members_that_shadow_decorators_make_them_builtins_dot() -> None:
     assert source.count("@builtins.classmethod") == 4 and source.count("@builtins.property") == 2
     assert "import builtins" in source
     assert max(len(line) for line in source.splitlines() if not line.startswith(" ")) <= 100
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("None | int", "int | None"),
+        ("Optional[Union[int, None, str]]", "int | str | None"),
+        ("list[int | None] | None", "list[int | None] | None"),
+        ("Literal['a | b'] | None", 'Literal["a | b"] | None'),
+        ("Optional[int, str]", "Any"),
+    ],
+)
+def test_unions_are_flat_with_none_last(text: str, expected: str) -> None:
+    assert resolve(text, SCOPE, Imports()) == expected
+
+
+def test_a_type_too_long_for_one_line_is_any() -> None:
+    many = ", ".join(f"'c{i}'" for i in range(30))
+    assert resolve(f"Collection[Literal[{many}]] | None", SCOPE, Imports()) == "Any"

@@ -117,7 +117,10 @@ def docstring(text: str, indent: str) -> list[str]:
         if first.endswith('"'):
             first += " "  # not four quotes in a row
         return [f'{indent}"""{first}"""']
-    rest = [f"{indent}{line}" if line else "" for line in lines[1:]]
+    # Continuation lines keep their indentation relative to each other only (as ruff
+    # format leaves them): their common margin goes.
+    margin = min((len(line) - len(line.lstrip()) for line in lines[1:] if line), default=0)
+    rest = [f"{indent}{line[margin:]}" if line else "" for line in lines[1:]]
     return [f'{indent}"""{first}', *rest, f'{indent}"""']
 
 

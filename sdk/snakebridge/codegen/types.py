@@ -18,6 +18,8 @@ from typing import Final
 
 from .literals import literal
 
+#: Characters of the longest type written; a longer one is ``Any``.
+MAX_TYPE: Final = 60
 #: Builtin types a value can be annotated with; all of them travel by value but ``object``.
 BUILTIN_TYPES: Final = frozenset(
     {
@@ -136,11 +138,26 @@ class _Rewriter:
             raise _Unresolved
         if isinstance(node, ast.Name | ast.Attribute):
             return self.bare(self.name(_dotted(node)))
-        if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-            return f"{self.node(node.left)} | {self.node(node.right)}"
+        if _union_base(node):
+            return _union(self.members(node))
         if isinstance(node, ast.Subscript):
             return self.subscript(node)
         raise _Unresolved
+
+    def members(self, node: ast.expr) -> list[str]:
+        """The members of a union (``A | B``, ``Optional[A]``, ``Union[A, B]``), flat."""
+        kind = _union_base(node)
+        if kind == "|":
+            assert isinstance(node, ast.BinOp)
+            return self.members(node.left) + self.members(node.right)
+        if kind:
+            assert isinstance(node, ast.Subscript)
+            args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
+            if kind == "Optional" and len(args) != 1:
+                raise _Unresolved
+            extra = ["None"] if kind == "Optional" else []
+            return [m for a in args for m in self.members(a)] + extra
+        return [self.node(node)]
 
     def bare(self, name: str) -> str:
         """A generic written without parameters, with ``Any`` ones."""
@@ -157,10 +174,6 @@ class _Rewriter:
         args = list(node.slice.elts) if isinstance(node.slice, ast.Tuple) else [node.slice]
         self.depth += 1
         try:
-            if base == "Optional" and len(args) == 1:
-                return f"{self.node(args[0])} | None"
-            if base == "Union":
-                return " | ".join(self.node(a) for a in args)
             if base == "Literal":
                 if not all(
                     isinstance(a, ast.Constant) and type(a.value) in (str, int, bool) for a in args
@@ -179,6 +192,26 @@ class _Rewriter:
             return f"{head}[{', '.join(parts)}]"
         finally:
             self.depth -= 1
+
+
+def _union_base(node: ast.expr) -> str:
+    """``"|"``, ``"Optional"`` or ``"Union"`` when ``node`` is a union, else ""."""
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return "|"
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name | ast.Attribute):
+        try:
+            base = _dotted(node.value)
+        except _Unresolved:
+            return ""
+        base = base.removeprefix("typing.").removeprefix("typing_extensions.")
+        return base if base in ("Optional", "Union") else ""
+    return ""
+
+
+def _union(members: list[str]) -> str:
+    """``A | B | None``: each member once, ``None`` last (ruff RUF036)."""
+    unique = list(dict.fromkeys(m for m in members if m != "None"))
+    return " | ".join(unique + (["None"] if "None" in members else []))
 
 
 def _literal_value(value: str | int | bool) -> str:
@@ -210,6 +243,11 @@ def resolve(text: str | None, scope: Scope, imports: Imports, *, result: bool = 
     try:
         resolved = rewriter.node(_parse(text))
     except _Unresolved:
+        imports.typing.add("Any")
+        return "Any"
+    if len(resolved) > MAX_TYPE:
+        # One parameter per line must fit in 100 columns: a long type (a Literal of 37
+        # strings) would need a layout of its own.
         imports.typing.add("Any")
         return "Any"
     if result and rewriter.local and resolved not in scope.classes:
