@@ -419,3 +419,10 @@ def test_unions_are_flat_with_none_last(text: str, expected: str) -> None:
 def test_a_type_too_long_for_one_line_is_any() -> None:
     many = ", ".join(f"'c{i}'" for i in range(30))
     assert resolve(f"Collection[Literal[{many}]] | None", SCOPE, Imports()) == "Any"
+
+
+def test_the_client_override_takes_a_free_name() -> None:
+    both = ModuleInfo("demo", "", functions=(fn("f", p("client"), p("_client")),))
+    source = module_source(both, command=CMD)
+    assert "f(client: Any, _client: Any, *, sb_client: _sb.Caller = None)" in source
+    assert '_LIB.call(sb_client, "f", (), {"client": client, "_client": _client})' in source

@@ -153,12 +153,9 @@ class _Signature:
     client: str  # the name of the client= parameter
 
 
-def _signature(
-    params: tuple[Param, ...] | None, scope: Scope, imports: Imports, *, method: bool
-) -> _Signature:
+def _signature(params: tuple[Param, ...] | None, scope: Scope, imports: Imports) -> _Signature:
     """The wrapper's parameter list for ``params`` (None: unknown, ``*args, **kwargs``)."""
-    usable = params is not None and _usable(params, method=method)
-    if params is None or not usable:
+    if params is None or not _usable(params):
         imports.typing.add("Any")
         return _Signature(
             ("*args: Any", "client: _sb.Caller = None", "**kwargs: Any"),
@@ -167,7 +164,7 @@ def _signature(
             "client",
         )
     names = {p.name for p in params}
-    client = "client" if "client" not in names else "_client"
+    client = next(n for n in ("client", "_client", "sb_client") if n not in names)
     has_star = any(p.kind == "var_positional" for p in params)
     rendered: list[str] = []
     positional: list[str] = []
@@ -208,10 +205,11 @@ def _signature(
     )
 
 
-_BODY_NAMES = frozenset({"_LIB", "_sb", "self", "cls", "result"})
+# Names the wrapper's body uses; "sb_client" is the last name client= may take.
+_BODY_NAMES = frozenset({"_LIB", "_sb", "self", "cls", "result", "sb_client"})
 
 
-def _usable(params: tuple[Param, ...], *, method: bool) -> bool:
+def _usable(params: tuple[Param, ...]) -> bool:
     """Whether ``params`` can be written as a Python signature as they are."""
     seen: set[str] = set()
     order = ("positional_only", "positional_or_keyword", "var_positional", "keyword_only")
@@ -292,7 +290,7 @@ def _def_lines(
 
 
 def _function(fn: FunctionInfo, python_name: str, scope: Scope, imports: Imports) -> list[str]:
-    sig = _signature(fn.params, scope, imports, method=False)
+    sig = _signature(fn.params, scope, imports)
     returns, streams = _result(fn, scope, imports)
     lines = _def_lines(
         (), python_name, sig.params, returns, "", is_async=not streams, imports=imports
@@ -311,7 +309,7 @@ def _method(
     cls: ClassInfo, fn: FunctionInfo, python_name: str, scope: Scope, imports: Imports
 ) -> list[str]:
     indent = INDENT * 2
-    sig = _signature(fn.params, scope, imports, method=True)
+    sig = _signature(fn.params, scope, imports)
     returns, streams = _result(fn, scope, imports)
     doc = _doc_with_signature(fn.doc, _remote(f"{cls.name}.{fn.name}", fn.signature))
     if fn.binding == "instance":
@@ -355,7 +353,7 @@ def _class(cls: ClassInfo, python_name: str, scope: Scope, imports: Imports) -> 
         "",
     ]
     init = cls.init
-    sig = _signature(init.params, scope, imports, method=False)
+    sig = _signature(init.params, scope, imports)
     lines += _def_lines(
         (_decorator("classmethod", scope, imports),), "create", ("cls", *sig.params),
         python_name, INDENT, is_async=True,
