@@ -22,6 +22,7 @@ from snakebridge import bindings, errors
 
 from .conftest import ServerProcess
 from .test_auth import token_file
+from .test_tls import Pki
 
 pytestmark = [pytest.mark.anyio, pytest.mark.e2e]
 
@@ -335,3 +336,21 @@ def test_the_cli_sends_the_token_of_token_file_and_bakes_in_the_pool(
     text = (tmp_path / "b" / "remote" / "math.py").read_text()
     assert '_LIB = _sb.Library("math", "python 3.' in text and 'pool="default")' in text
     assert "--pool default" in text and "s3cret" not in text
+
+
+def test_the_cli_speaks_mtls_with_the_clients_options(make_server: Any, tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    srv = make_server("--workers", "1", *pki.server_args(mtls=True))
+    base = [sys.executable, "-m", "snakebridge", "generate", "json", "--address", srv.address]
+    ca = ["--tls-ca", str(pki.ca_cert)]
+    without_cert = subprocess.run(
+        [*base, *ca, "--out", str(tmp_path / "a")], capture_output=True, text=True, timeout=120
+    )
+    assert without_cert.returncode == 1, without_cert.stderr
+    assert without_cert.stderr.startswith("snakebridge generate: ")  # a message, no traceback
+    done = subprocess.run(
+        [*base, *ca, "--tls-cert", str(pki.client_cert), "--out", str(tmp_path / "b")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "b" / "remote" / "json.py").exists()
