@@ -41,3 +41,12 @@ def test_the_entry_point_names_its_command(capsys: pytest.CaptureFixture[str]) -
         main(["generate", "--help"])
     assert exc.value.code == 0
     assert "--package" in capsys.readouterr().out
+
+
+def test_a_credential_file_that_does_not_load_is_a_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = str(tmp_path / "missing.pem")
+    for option in ("--token-file", "--tls-ca"):
+        assert main(["generate", "math", "--out", str(tmp_path), option, missing]) == 2
+        assert capsys.readouterr().err.startswith("snakebridge generate: ")

@@ -98,8 +98,13 @@ async def run(ns: argparse.Namespace) -> int:
             f"snakebridge generate: --package {ns.package!r} is not a Python name", file=sys.stderr
         )
         return 2
-    token = ns.token_file.read_text().strip() if ns.token_file else None
-    client = Client(ns.address, token=token, ssl=_ssl_context(ns))
+    try:
+        token = ns.token_file.read_text().strip() if ns.token_file else None
+        context = _ssl_context(ns)
+    except (OSError, ssl.SSLError) as exc:  # a credential file that does not load
+        print(f"snakebridge generate: {exc}", file=sys.stderr)
+        return 2
+    client = Client(ns.address, token=token, ssl=context)
     try:
         async with client:
             infos = await describe_all(client, ns.modules, ns)
