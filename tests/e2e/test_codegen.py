@@ -276,7 +276,7 @@ async def test_the_cli_reports_a_server_error_and_writes_nothing(
     assert list(tmp_path.iterdir()) == []
 
 
-async def test_introspection_streams_nothing_and_leaves_no_session(
+async def test_introspection_opens_no_session(
     server: ServerProcess,
 ) -> None:
     async with snakebridge.Client(server.address) as client:
