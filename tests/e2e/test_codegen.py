@@ -194,6 +194,8 @@ async def test_calls_through_the_wrappers(server: ServerProcess, package: Any) -
         assert seen == [5, 6, 7]
         assert await rnp.mean([1, 2, 3]) == 2.0
         assert (await rnp.sqrt([4.0, 9.0])).tolist() == [2.0, 3.0]
+    with pytest.raises(snakebridge.NoCurrentClient):
+        await rmath.sqrt(16)  # leaving 'async with' made the client no longer current
 
 
 async def test_a_wrapper_without_a_client_says_how_to_get_one(package: Any) -> None:
