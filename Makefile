@@ -19,8 +19,10 @@ run: $(STAMP)
 test: $(STAMP) proto-check lint
 	$(BIN)/python -m pytest -q $(ARGS)
 
+# PYTHONDONTWRITEBYTECODE= : a shell that sets it makes pytest re-rewrite every test module
+# and Python recompile every source module on each run (about 2 s of the unit suite's CPU).
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q tests/unit $(ARGS)
+	PYTHONDONTWRITEBYTECODE= $(BIN)/python -m pytest -q tests/unit $(ARGS)
 
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -q tests/e2e $(ARGS)

@@ -42,6 +42,7 @@ from snakebridge.wire.constants import (
 )
 from snakebridge.wire.messages import CallRequestWire
 
+from .background import Background
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import PoolConfig, ServerConfig
 from .frames import Call, Introspect, Ok, StreamOpen
@@ -170,7 +171,7 @@ class Bridge:
                 worker_factory=worker_factory,
             )
             uid_offset += pc.workers
-        self._sweeper: asyncio.Task[None] | None = None
+        self._background = Background("bridge")  # the session sweeper
 
     def _worker_spec(self, pc: PoolConfig, uid_offset: int) -> WorkerSpec:
         config = self.config
@@ -214,13 +215,11 @@ class Bridge:
             self.helper_info[pool.name] = next(
                 (w.helper_info for w in pool.workers if w is not None), []
             )
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_sessions())
+        await self._background.start()
+        self._background.start_soon(self._sweep_sessions, name="session sweeper")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
+        await self._background.aclose()
         await asyncio.gather(*(p.close() for p in self.pools.values()))
         if self.scratch_root:
             shutil.rmtree(self.scratch_root, ignore_errors=True)

@@ -2,7 +2,7 @@
 
 Runs in both processes: the server (``supervisor``) packs requests and unpacks replies,
 the worker child (``worker``) unpacks requests and packs replies. Kept as light as
-``channel`` (msgpack and the stdlib only): ``tests/unit/test_public_api.py`` checks the
+``channel`` (msgpack and the stdlib only): ``tests/unit/snakebridge/test_public_api.py`` checks the
 worker's import closure.
 
 Each frame is a ``NamedTuple``: built as fast as a tuple, and ``pack()`` gives the msgpack

@@ -20,7 +20,8 @@ Adding a setting:
    below: ``at_least``, ``in_range``, ``positive_seconds``, ``one_of``, ``each``, …);
 2. a rule that relates it to another setting, if any: a small function returning
    ``(key, reason)`` or None, listed in ``config.POOL_RULES`` or ``config.SERVER_RULES``;
-3. its row in docs/configuration.md (``tests/unit/test_settings.py`` fails until it is).
+3. its row in docs/configuration.md (``tests/unit/snakebridge_server/test_settings.py``
+   fails until it is).
 
 Porting one added the old way (a field, a ``cli._FLAGS`` entry, lines in ``validate``):
 keep the field, move the help text and the check into ``setting(...)``, and drop the

@@ -275,14 +275,14 @@ class FakeWorker(WorkerHandle):
         self.script = script
         self.calls: list[FakeCall] = []
         self._process: _FakeProcess | None = None
-        self._serving: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         child.setblocking(False)
         self._process = _FakeProcess(self, child, self.script)
-        self._serving = loop.create_task(self._process.serve())
+        # The handle's own background tasks stand for the process (as pump and reaper do).
+        self._background.start_soon(self._process.serve, name=f"fake worker {self.key}")
         self._spare = parent.dup()  # as WorkerHandle.start: leftover replies are read
         _, channel = await loop.create_unix_connection(
             lambda: _Channel(self, self.spec.max_frame), sock=parent
@@ -324,9 +324,7 @@ class FakeWorker(WorkerHandle):
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self.exited.wait())
-        if self._serving is not None:
-            self._serving.cancel()
-            await asyncio.gather(self._serving, return_exceptions=True)
+        await self._background.aclose()
 
 
 class InMemoryServer(NamedTuple):

@@ -3,8 +3,8 @@
 betterproto 2.0.0b7 spends ~56 µs constructing, ~81 µs encoding and ~129 µs decoding a
 CallRequest on this machine class, close to half of grpclib's own per-call cost. These
 classes produce and parse exactly the protobuf wire format of the generated messages
-(tests/unit/test_wire.py checks both directions against betterproto), so a client in
-any language still speaks plain bridge.proto. grpclib's ProtoCodec works with them
+(tests/unit/snakebridge/wire/test_wire.py checks both directions against betterproto),
+so a client in any language still speaks plain bridge.proto. grpclib's ProtoCodec works with them
 unchanged: it only needs ``SerializeToString`` and ``FromString``.
 """
 

@@ -33,6 +33,7 @@ from snakebridge.errors import (
     remote_error,
 )
 
+from ..background import Background
 from ..channel import (
     CANCEL,
     R_ERR,
@@ -235,7 +236,8 @@ class WorkerHandle:
         self._channel: _Channel | None = None
         self._ctrl: socket.socket | None = None
         self._spare: socket.socket | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Owns the output pump and the reaper; _wait_exited ends them.
+        self._background = Background(f"worker {key}")
         self._kill_timers: dict[int, asyncio.TimerHandle] = {}
         self.exited = asyncio.Event()
         self.death_reason = ""
@@ -336,8 +338,11 @@ class WorkerHandle:
         self._spare = parent.dup()
         ctrl_parent.setblocking(False)
         assert self._proc.stdout is not None
-        self._spawn(self._output.run(self._proc.stdout))
-        self._spawn(self._reap())
+        # No await before the try below: a cancelled start must still kill the process.
+        self._background.start_soon(
+            self._output.run, self._proc.stdout, name=f"worker {self.key} output"
+        )
+        self._background.start_soon(self._reap, name=f"worker {self.key} reaper")
         try:
             _, channel = await loop.create_unix_connection(
                 lambda: _Channel(self, self.spec.max_frame), sock=parent
@@ -373,11 +378,6 @@ class WorkerHandle:
             raise
         self.state = READY
         log.debug("worker %s ready pid=%d", self.key, self.pid)
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     async def _reap(self) -> None:
         assert self._proc is not None
@@ -631,7 +631,4 @@ class WorkerHandle:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await asyncio.shield(self.exited.wait())
-        for task in list(self._tasks):
-            task.cancel()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.aclose()

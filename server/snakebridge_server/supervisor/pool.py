@@ -16,13 +16,16 @@ import os
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
+
+import anyio
 
 from snakebridge.errors import PoolSaturated, PoolUnavailable, SessionLost
 
+from ..background import Background
 from ..config import PoolConfig, default_of
 from ..refids import WorkerKey
 from ..sandbox.spawn import worker_env
@@ -241,8 +244,9 @@ class Pool:
             policy.crash_loop_max, policy.crash_loop_window, policy.crash_loop_cooldown
         )
         self._any_ready = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._replacing: dict[int, asyncio.Task[None]] = {}
+        # Owns the supervisor, replacements, recovery and retirements; close() ends them.
+        self._background = Background(f"pool {name}")
+        self._replacing: dict[int, anyio.CancelScope] = {}
         self._recycled: dict[WorkerKey, str] = {}  # recently recycled workers, for SessionLost
         self.closing = False
         self.restarts: dict[str, int] = {}  # workers lost or recycled, by reason
@@ -278,12 +282,6 @@ class Pool:
         if self.on_health is not None:
             self.on_health(self.healthy)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-        return task
-
     async def start(self) -> None:
         env = worker_env(
             os.environ, level=self.spec.sandbox.level, scratch="", extra=dict(self.spec.env)
@@ -294,6 +292,7 @@ class Pool:
                 await check_runtime(self.spec.python, env)
         except WorkerStartError as exc:
             raise WorkerStartError(f"pool {self.name}: {exc}") from None
+        await self._background.start()
         try:
             async with asyncio.TaskGroup() as tg:
                 for slot in range(self.size):
@@ -304,7 +303,7 @@ class Pool:
             first = next((e for e in errors if isinstance(e, WorkerStartError)), errors[0])
             raise first from None
         if self.policy.recycle_calls or self.policy.recycle_rss or self.spec.sandbox.max_call_cpu:
-            self._spawn(self._supervise())
+            self._background.start_soon(self._supervise, name=f"pool {self.name} supervisor")
         self._notify_health()
 
     async def _start_slot(self, slot: int) -> None:
@@ -345,32 +344,33 @@ class Pool:
         reason = "killed" if killed else "crash"
         self.restarts[reason] = self.restarts.get(reason, 0) + 1
         self._crashes.append(now)
-        if not killed and self._record_death(now, f"{handle.key}: {handle.death_reason}"):
+        if not killed and self._record_death(now, f"{handle.key}: {handle.death_reason}", None):
             return  # tripped: the recovery task restarts the pool after the cooldown
         if self._breaker.tripped:
             return
         recent = sum(1 for t in self._crashes if now - t < 60.0)
         self._schedule_replace(slot, restart_delay(recent), handle)
 
-    def _record_death(self, now: float, reason: str) -> bool:
-        """Count a death toward the crash loop; True if the pool is (now) tripped."""
+    def _record_death(self, now: float, reason: str, caller: anyio.CancelScope | None) -> bool:
+        """Count a death toward the crash loop; True if the pool is (now) tripped.
+        ``caller``: the scope of the replacement that counts it, which a trip leaves to
+        return by itself."""
         if self._breaker.record(now, reason):
-            self._trip(now)
+            self._trip(now, caller)
         return self._breaker.tripped
 
-    def _trip(self, now: float) -> None:
+    def _trip(self, now: float, caller: anyio.CancelScope | None) -> None:
         log.error(
             "pool %s: crash loop: %s; not restarting workers until then",
             self.name,
             self._breaker.describe(now),
         )
-        current = asyncio.current_task()
-        for task in list(self._replacing.values()):
-            if task is not current:
-                task.cancel()
+        for scope in list(self._replacing.values()):
+            if scope is not caller:
+                scope.cancel()
         self._any_ready.set()  # wake the calls waiting for a worker: they fail now
         self._notify_health()
-        self._spawn(self._recover())
+        self._background.start_soon(self._recover, name=f"pool {self.name} recovery")
 
     def _unavailable(self) -> PoolUnavailable:
         return PoolUnavailable(
@@ -416,16 +416,30 @@ class Pool:
         return w is not None and w.state == WorkerState.READY
 
     def _schedule_replace(self, slot: int, delay: float, dead: WorkerHandle | None) -> None:
-        task = self._spawn(self._replace(slot, delay, dead))
-        self._replacing[slot] = task
+        # A trip cancels it through this scope; the task knows it as its own.
+        scope = self._replacing[slot] = anyio.CancelScope()
+        self._background.start_soon(
+            self._replace_slot,
+            slot,
+            delay,
+            dead,
+            scope,
+            name=f"pool {self.name} replace slot {slot}",
+            scope=scope,
+        )
 
-        def forget(t: asyncio.Task[None]) -> None:
-            if self._replacing.get(slot) is t:
+    async def _replace_slot(
+        self, slot: int, delay: float, dead: WorkerHandle | None, scope: anyio.CancelScope
+    ) -> None:
+        try:
+            await self._replace(slot, delay, dead, scope)
+        finally:
+            if self._replacing.get(slot) is scope:
                 del self._replacing[slot]
 
-        task.add_done_callback(forget)
-
-    async def _replace(self, slot: int, delay: float, dead: WorkerHandle | None) -> None:
+    async def _replace(
+        self, slot: int, delay: float, dead: WorkerHandle | None, scope: anyio.CancelScope
+    ) -> None:
         if dead is not None:
             await dead.exited.wait()
         while not self.closing and not self._breaker.tripped:
@@ -437,7 +451,7 @@ class Pool:
                 await self._start_slot(slot)
             except (WorkerStartError, OSError) as exc:
                 log.error("pool %s: replacing worker slot %d failed: %s", self.name, slot, exc)
-                if self._record_death(time.monotonic(), f"start failed: {exc}"):
+                if self._record_death(time.monotonic(), f"start failed: {exc}", scope):
                     return
                 delay = min(5.0, max(0.1, delay * 2))
                 continue
@@ -511,7 +525,9 @@ class Pool:
             self._any_ready.clear()
         self._notify_health()
         self._schedule_replace(slot, 0.0, None)
-        self._spawn(self._close_retired(handle))
+        self._background.start_soon(
+            self._close_retired, handle, name=f"pool {self.name} retire {handle.key}"
+        )
 
     async def _close_retired(self, handle: WorkerHandle) -> None:
         try:
@@ -579,9 +595,7 @@ class Pool:
         self._any_ready.set()  # waiting calls fail with "shutting down"
         self._notify_health()
         retiring = list(self.retiring)  # their tasks forget them when cancelled
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._background.aclose()
         await asyncio.gather(
             *(w.close() for w in [*self.workers, *retiring] if w is not None),
             return_exceptions=True,

@@ -5,6 +5,6 @@
 (name resolution and what names reach), ``streams`` (batched iteration), ``helpers`` (the
 operator's helper callables), ``output`` (stdout, stderr and logging as records the server
 reads). The frames it speaks are ``snakebridge_server.frames``, shared with the server.
-Import-light on purpose: no grpclib, betterproto or anyio (``tests/unit/test_public_api.py``
-checks it).
+Import-light on purpose: no grpclib, betterproto or anyio
+(``tests/unit/snakebridge/test_public_api.py`` checks it).
 """

@@ -17,7 +17,7 @@ from snakebridge_server.supervisor.pool import SupervisionPolicy
 
 SETTINGS = (*SERVER_SETTINGS, *POOL_SETTINGS)
 NAMED = [s for s in SETTINGS if s.key]
-DOCS = Path(__file__).parents[2] / "docs" / "configuration.md"
+DOCS = Path(__file__).parents[3] / "docs" / "configuration.md"
 
 
 def doc_rows() -> dict[str, list[str]]:

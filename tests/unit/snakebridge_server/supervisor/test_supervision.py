@@ -187,3 +187,27 @@ async def test_kills_after_ignored_cancellation_do_not_trip_the_pool() -> None:
         assert not pool.tripped and pool.restarts == {"killed": 1}
     finally:
         await pool.close()
+
+
+@pytest.mark.anyio
+async def test_a_trip_cancels_the_replacements_still_waiting() -> None:
+    import anyio
+
+    policy = SupervisionPolicy(crash_loop_max=2, crash_loop_window=30, crash_loop_cooldown=60)
+    pool = Pool("default", 2, SPEC, max_queued=10, on_worker_lost=lambda k: None, policy=policy)
+    try:
+        first = WorkerHandle(WorkerKey("default", 0, 1), SPEC, lambda h: None)
+        first.state, first.death_reason = WorkerState.DEAD, "boom"
+        pool.workers[0] = first
+        pool._worker_exited(first)  # its replacement waits for it to exit: it never does
+        await anyio.wait_all_tasks_blocked()
+        assert list(pool._replacing) == [0]
+        second = WorkerHandle(WorkerKey("default", 1, 1), SPEC, lambda h: None)
+        second.state, second.death_reason = WorkerState.DEAD, "boom"
+        pool.workers[1] = second
+        pool._worker_exited(second)  # trips the breaker
+        assert pool.tripped
+        await anyio.wait_all_tasks_blocked()
+        assert pool._replacing == {}  # cancelled, and forgotten when it ended
+    finally:
+        await pool.close()

@@ -2,7 +2,7 @@
 in-memory harness (``snakebridge_server.testing``): strict affinity, the idempotent retry,
 re-routing of calls that never started, and the reply router seen from the client
 (running vs never started, a late reply after a cancel, replies left in the channel when
-the worker exits). The router's own rules are unit-tested in test_reply_router.py."""
+the worker exits). The router's own rules are unit-tested in supervisor/test_reply_router.py."""
 
 from __future__ import annotations
 
