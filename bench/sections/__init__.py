@@ -14,7 +14,16 @@ from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 
 from bench.measure import Settings, Target, Unavailable
-from bench.sections import cpu, grpclib_floor, lifecycle, payloads, peers, snakebridge_sdk, streams
+from bench.sections import (
+    concurrency,
+    cpu,
+    grpclib_floor,
+    lifecycle,
+    payloads,
+    peers,
+    snakebridge_sdk,
+    streams,
+)
 
 __all__ = ["BASELINE", "SECTIONS", "Section", "Unavailable"]
 
@@ -28,6 +37,7 @@ SECTIONS: dict[str, Section] = {
     "cpu": cpu.targets,
     "payloads": payloads.targets,
     "lifecycle": lifecycle.targets,
+    "concurrency": concurrency.targets,
 }
 
 BASELINE = "grpclib"

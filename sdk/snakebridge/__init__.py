@@ -24,7 +24,9 @@ __all__ = [
     "NoCurrentClient",
     "Ref",
     "RefNotFound",
+    "RemoteEnum",
     "RemoteError",
+    "RemoteRecord",
     "Session",
     "SessionLost",
     "StreamRef",
@@ -32,6 +34,8 @@ __all__ = [
     "__version__",
     "correlation_id",
     "errors",
+    "register_type",
+    "unregister_type",
     "use",
 ]
 
@@ -49,6 +53,7 @@ if TYPE_CHECKING:
         SessionLost,
         WorkerCrashed,
     )
+    from .wire.values import RemoteEnum, RemoteRecord, register_type, unregister_type
 
 _LAZY = {
     "Client": "._client",
@@ -66,6 +71,10 @@ _LAZY = {
     "correlation_id": "._correlation",
     "NoCurrentClient": ".bindings",
     "use": ".bindings",
+    "RemoteEnum": ".wire.values",
+    "RemoteRecord": ".wire.values",
+    "register_type": ".wire.values",
+    "unregister_type": ".wire.values",
 }
 
 

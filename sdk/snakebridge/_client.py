@@ -8,21 +8,24 @@ its wire message in one place (``Client._request``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import os
 import ssl as _ssl
 import uuid
-from collections.abc import AsyncIterator, Coroutine, Generator, Mapping, Sequence
+from collections.abc import AsyncIterator, Coroutine, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import _correlation, _current
+from ._defaults import CallDefaults, check_affinity, retry_delay
+from ._gc_release import GcReleaser
 from ._refs import Ref, StreamRef
 from ._transport import CallMetadata, Transport
-from .errors import BridgeError, ProtocolMismatch
+from .errors import BridgeError, LimitExceeded, ProtocolMismatch
 from .wire import codec
 from .wire.constants import (
-    AFFINITY_STRICT,
     CORRELATION_METADATA,
     DEFAULT_HOST,
     DEFAULT_PORT,
@@ -222,13 +225,14 @@ class _Runtime:
         pool: str | None = None,
         timeout: float | None = None,
         idempotent: bool = False,
+        affinity: str | None = None,
     ) -> Any:
         """Call a helper the server operator registered (``bridge-server --helpers``)."""
         return await self._client._invoke(
             Invocation(
                 kind=KIND_HELPER, module="", name=name,
                 session_id=self._session_id(session), args=args, kwargs=kwargs,
-                pool=pool, timeout=timeout, idempotent=idempotent,
+                pool=pool, timeout=timeout, idempotent=idempotent, affinity=affinity,
             )
         )  # fmt: skip
 
@@ -242,6 +246,7 @@ class _Runtime:
         session: str | Session | None = None,
         pool: str | None = None,
         timeout: float | None = None,
+        affinity: str | None = None,
     ) -> RemoteStream:
         """Iterate a remote iterable: ``async for item in client.stream("mod", "gen", [..])``.
 
@@ -251,7 +256,9 @@ class _Runtime:
         worker produces only while you consume. Leaving the loop early (or the ``async
         with`` block) closes the remote generator: its ``finally`` blocks run.
         ``timeout`` bounds the whole iteration: once it has passed, asking for the next
-        item raises ``CallTimeout`` even if items are buffered locally.
+        item raises ``CallTimeout`` even if items are buffered locally (the client's and
+        ``defaults()``' timeouts do not apply to streams). ``affinity`` places the stream
+        as it places a call.
         """
         timeout = _check_timeout(timeout)
         if isinstance(module_or_ref, Ref):
@@ -266,6 +273,7 @@ class _Runtime:
             Invocation(
                 kind=kind, module=module, name=function, target_ref=target,
                 session_id=session_id, args=args, kwargs=kwargs, pool=pool, timeout=timeout,
+                affinity=affinity,
             )
         )  # fmt: skip
         # Only an explicit timeout bounds a stream: the client's per-call default would
@@ -465,7 +473,10 @@ class Client(_Runtime):
     the memory a result or stream batch may decode into, in bytes: past it the call raises
     ``SerializationError`` before the memory is spent. None (the default) applies the
     limits the server applies to arguments: 32 MiB plus 16 bytes per received byte, at
-    most 1 GiB (docs/wire.md, section 3.5). Use as ``async with Client(...) as client:``;
+    most 1 GiB (docs/wire.md, section 3.5). With ``release_on_gc`` (the default), a
+    ``Ref`` or ``StreamRef`` Python garbage-collects is released on the server within
+    about a second, in batches, by a background task of the client (``False``: refs live
+    until released or their session ends). Use as ``async with Client(...) as client:``;
     leaving releases the auto session and closes the client. Inside the block the client is
     the task's current client, which generated bindings call through (docs/codegen.md). A
     client opens its connection on first use (``connect()``, which ``async with`` calls,
@@ -482,6 +493,7 @@ class Client(_Runtime):
         timeout: float | None = None,
         correlation_id: str | None = None,
         max_decoded_size: int | None = None,
+        release_on_gc: bool = True,
     ) -> None:
         self.address = address or os.environ.get(_ADDRESS_ENV) or f"{DEFAULT_HOST}:{DEFAULT_PORT}"
         # An explicit size replaces the ratio: how results are shaped is the remote
@@ -497,7 +509,14 @@ class Client(_Runtime):
         self._transport = Transport(self.address, ssl)
         self._metadata = {"authorization": f"Bearer {token}"} if token else None
         self.timeout = _check_timeout(timeout)
+        # What the innermost ``defaults()`` block of this task or thread set (None: none).
+        self._defaults: contextvars.ContextVar[CallDefaults | None] = contextvars.ContextVar(
+            "snakebridge_call_defaults", default=None
+        )
         self._auto_session: str | None = None
+        # Refs this client garbage-collects are released remotely, in batches, by a
+        # background task it owns (``_gc_release``); None: left to their sessions.
+        self._gc = GcReleaser(self._release_collected) if release_on_gc else None
         self._client = self
         self.server_version: str | None = None
         self._current_tokens: list[Any] = []  # contextvars tokens of open 'async with'
@@ -564,6 +583,8 @@ class Client(_Runtime):
         await self._shut(for_good=True)
 
     async def _shut(self, *, for_good: bool) -> None:
+        if self._gc is not None:
+            await self._gc.close()
         try:
             if self._auto_session is not None and self._transport.connected:
                 session, self._auto_session = self._auto_session, None
@@ -580,7 +601,39 @@ class Client(_Runtime):
     # -- sessions -----------------------------------------------------------------------
 
     def _session_id(self, session: str | Session | None) -> str:
-        return self.current_session() if session is None else _session_value(session)
+        if session is not None:
+            return _session_value(session)
+        defaults = self._defaults.get()
+        if defaults is not None and defaults.session is not None:
+            return defaults.session
+        return self.current_session()
+
+    @contextlib.contextmanager
+    def defaults(
+        self,
+        *,
+        timeout: float | None = None,
+        pool: str | None = None,
+        session: str | Session | None = None,
+        affinity: str | None = None,
+    ) -> Iterator[CallDefaults]:
+        """Defaults for the calls made inside the ``with`` block, by this task (or
+        thread) and the tasks it starts there: ``with client.defaults(timeout=5,
+        pool="gpu"):``. An argument of the call itself wins; what the block leaves None
+        comes from an enclosing block, then from the client. ``session`` is used by the
+        client's own methods (a ``Session``'s calls stay in that session); ``timeout`` does
+        not bound streams (only ``stream(timeout=)`` does)."""
+        scoped = CallDefaults(
+            timeout=_check_timeout(timeout),
+            pool=pool,
+            session=None if session is None else _session_value(session),
+            affinity=check_affinity(affinity),
+        ).over(self._defaults.get())
+        token = self._defaults.set(scoped)
+        try:
+            yield scoped
+        finally:
+            self._defaults.reset(token)
 
     def current_session(self) -> str:
         """The auto session's id, created on first use."""
@@ -705,11 +758,26 @@ class Client(_Runtime):
     # -- plumbing -----------------------------------------------------------------------
 
     def _effective_timeout(self, timeout: float | None) -> float | None:
-        """The per-call timeout, else the client's default; validated."""
-        return _check_timeout(self.timeout if timeout is None else timeout)
+        """The per-call timeout, else the ``defaults()`` block's, else the client's;
+        validated."""
+        if timeout is None:
+            defaults = self._defaults.get()
+            timeout = (
+                self.timeout if defaults is None or defaults.timeout is None else (defaults.timeout)
+            )
+        return _check_timeout(timeout)
 
     def _make_ref(self, payload: codec.RefPayload) -> Ref:
-        return (StreamRef if payload.stream else Ref)(payload, self)
+        ref = (StreamRef if payload.stream else Ref)(payload, self)
+        return ref if self._gc is None else self._gc.adopt(ref)
+
+    async def _release_collected(self, session_id: str, ref_ids: list[str]) -> int:
+        """One ``ReleaseRef`` for refs the client garbage-collected (``_gc_release``)."""
+        req = pb.ReleaseRefRequest(
+            protocol_version=PROTOCOL_VERSION, ref_ids=ref_ids, session_id=session_id
+        )
+        reply = await self._unary("ReleaseRef", req, pb.ReleaseRefRequest, pb.ReleaseRefReply, 10.0)
+        return int(reply.released)
 
     def _decode(self, data: bytes) -> Any:
         return codec.decode(data, limits=self._limits, ref_factory=self._make_ref)
@@ -717,8 +785,44 @@ class Client(_Runtime):
     async def _invoke(self, invocation: Invocation) -> Any:
         """Send one ``Call`` and decode its result."""
         req = self._request(invocation)
-        reply = await self._unary("Call", req, CallRequestWire, CallReplyWire, req.timeout or None)
+        if invocation.idempotent:
+            return self._decode((await self._retrying(req)).result)
+        try:
+            reply = await self._unary(
+                "Call", req, CallRequestWire, CallReplyWire, req.timeout or None
+            )
+        except LimitExceeded:
+            # Over a ref cap while refs we dropped wait to be released: release them now
+            # and try once more.
+            if self._gc is None or not await self._gc.flush():
+                raise
+            reply = await self._unary(
+                "Call", req, CallRequestWire, CallReplyWire, req.timeout or None
+            )
         return self._decode(reply.result)
+
+    async def _retrying(self, req: CallRequestWire) -> CallReplyWire:
+        """An idempotent call, retried after a retryable error on the schedule of
+        ``_defaults.RETRY_BACKOFF``, within its timeout."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + req.timeout if req.timeout else None
+        attempt = 0
+        while True:
+            try:
+                return await self._unary(
+                    "Call", req, CallRequestWire, CallReplyWire, req.timeout or None
+                )
+            except BridgeError as exc:
+                attempt += 1
+                delay = retry_delay(attempt, exc)
+                if delay is None:
+                    raise
+                if deadline is not None:
+                    left = deadline - loop.time() - delay
+                    if left <= 0:
+                        raise
+                    req.timeout = left
+            await asyncio.sleep(delay)
 
     def _request(self, invocation: Invocation) -> CallRequestWire:
         """The wire message of ``invocation``; raises ``TypeError``/``ValueError`` (and
@@ -733,9 +837,15 @@ class Client(_Runtime):
             if kwargs is not None and not all(isinstance(k, str) for k in kwargs):
                 raise TypeError("kwargs keys must be strings")
             encoded = codec.encode([list(args), dict(kwargs or {})], ref_ids=ref_ids)
-        if affinity not in (None, "", AFFINITY_STRICT):
-            raise ValueError(f"affinity must be None or 'strict', not {affinity!r}")
-        timeout = self._effective_timeout(invocation.timeout)
+        pool, timeout = invocation.pool, invocation.timeout
+        defaults = self._defaults.get()
+        if defaults is not None:  # inside a ``defaults()`` block
+            pool = pool or defaults.pool
+            affinity = defaults.affinity if affinity is None else affinity
+            timeout = defaults.timeout if timeout is None else timeout
+        if affinity:
+            check_affinity(affinity)
+        timeout = _check_timeout(self.timeout if timeout is None else timeout)
         return CallRequestWire(
             protocol_version=PROTOCOL_VERSION,
             kind=invocation.kind,
@@ -747,7 +857,7 @@ class Client(_Runtime):
             arg_refs=ref_ids,
             timeout=timeout or 0.0,
             idempotent=invocation.idempotent,
-            pool=invocation.pool or "",
+            pool=pool or "",
             affinity=affinity or "",
         )
 

@@ -33,7 +33,16 @@ class Ref:
     ``async with ref:``) every use raises ``RefNotFound`` without a round trip.
     """
 
-    __slots__ = ("_client", "_released", "id", "pool", "session_id", "type_name")
+    __slots__ = (
+        "__weakref__",
+        "_client",
+        "_finalizer",
+        "_released",
+        "id",
+        "pool",
+        "session_id",
+        "type_name",
+    )
 
     def __init__(self, payload: RefPayload, client: RefOwner | None = None) -> None:
         self.id = payload.id
@@ -42,6 +51,8 @@ class Ref:
         self.type_name = payload.type_name
         self._client = client
         self._released = False
+        # Set by a client that releases the refs it garbage-collects (``_gc_release``).
+        self._finalizer: Any = None
 
     @property
     def released(self) -> bool:
@@ -60,6 +71,8 @@ class Ref:
 
     def _mark_released(self) -> None:
         self._released = True
+        if self._finalizer is not None:
+            self._finalizer.detach()  # released already: nothing to do when collected
 
     def __repr__(self) -> str:
         state = " released" if self._released else ""

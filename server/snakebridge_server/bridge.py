@@ -24,12 +24,13 @@ from snakebridge.errors import (
     LimitExceeded,
     PoolUnavailable,
     ProtocolMismatch,
+    RemoteError,
     SessionLost,
     WorkerCrashed,
     remote_error,
 )
 from snakebridge.wire.constants import (
-    AFFINITY_STRICT,
+    AFFINITIES,
     KIND_CLASS,
     KIND_FUNCTION,
     KIND_GET_ATTR,
@@ -120,8 +121,8 @@ def validate_call(req: CallRequestWire, *, iterate_ref: bool = False) -> None:
         raise BadRequest(f"a {KIND_NAMES[kind]} call needs a name")
     if kind in (KIND_FUNCTION, KIND_CLASS) and not (req.module or "." in req.name):
         raise BadRequest("a call needs a module, or a dotted name such as 'os.path.join'")
-    if req.affinity not in ("", AFFINITY_STRICT):
-        raise BadRequest(f"affinity must be '' or 'strict', not {req.affinity!r}")
+    if req.affinity not in AFFINITIES:
+        raise BadRequest(f"affinity must be one of {AFFINITIES}, not {req.affinity!r}")
     if req.timeout < 0 or req.timeout != req.timeout:
         raise BadRequest("timeout must be a positive number of seconds (0 = server default)")
     if kind != KIND_SET_ATTR and kind != KIND_HELPER and req.module.startswith("."):
@@ -206,6 +207,8 @@ class Bridge:
             scratch_root=self.scratch_root,
             log_level=config.log_level,
             output_rate=config.worker_output_rate,
+            concurrency=pc.concurrency,
+            threads=pc.threads,
         )
 
     async def start(self) -> None:
@@ -292,6 +295,8 @@ class Bridge:
                         raise
                     log.info("retrying idempotent call after a crash: %s", exc)
                     worker, reply = await self._on_worker(pool, owner, session, req.affinity, run)
+        except RemoteError:
+            raise  # the user's own TimeoutError (a remote one subclasses it) is not ours
         except TimeoutError:
             raise CallTimeout(f"call did not finish within {timeout:g}s") from None
         finally:
@@ -332,7 +337,7 @@ class Bridge:
     @staticmethod
     async def _pick(pool: Pool, session: Session, affinity: str) -> WorkerHandle:
         try:
-            return await pool.pick(session.last_worker, affinity == AFFINITY_STRICT)
+            return await pool.pick(session.last_worker, affinity=affinity)
         except SessionLost:
             # Said once: the next strict call starts the session afresh on a live worker.
             session.last_worker = None
@@ -445,6 +450,8 @@ class Bridge:
                     try:
                         async with asyncio.timeout(pull_timeout):
                             return await w.stream_open(frame, self.sessions.ref_budget(session))
+                    except RemoteError:
+                        raise
                     except TimeoutError:
                         raise CallTimeout(
                             f"the iterator produced nothing for {pull_timeout:g}s"
@@ -469,8 +476,8 @@ class Bridge:
                         raise remote_error(*reply.error)
                     assert prefetch is not None
                     reply, prefetch = await prefetch, None
-        except CallTimeout:
-            raise  # a pull's own timeout, with its own message
+        except (CallTimeout, RemoteError):
+            raise  # a pull's own timeout, with its own message; the user's TimeoutError
         except TimeoutError:
             raise CallTimeout("the stream did not finish within its timeout") from None
         finally:
@@ -493,6 +500,8 @@ class Bridge:
                     self.sessions.ref_budget(session),
                     self._stream_limits(first=False),
                 )
+        except RemoteError:
+            raise
         except TimeoutError:
             raise CallTimeout(f"the iterator produced nothing for {timeout:g}s") from None
 
@@ -518,6 +527,8 @@ class Bridge:
                 # Queued behind a crash, it is routed again: to SessionLost (owner is dead).
                 worker, reply = await self._on_worker(pool, key, session, "", next_on)
             new_refs = reply.new_refs
+        except RemoteError:
+            raise
         except TimeoutError:
             raise CallTimeout(
                 f"StreamNext did not finish within {self._timeout(pool, timeout):g}s"
@@ -604,7 +615,7 @@ def _pool_snapshot(pool: Pool) -> PoolSnapshot:
     return PoolSnapshot(
         name=pool.name,
         in_flight=pool.in_flight,
-        queue_depth=queue_depth(pool.workers, pool.retiring),
+        queue_depth=queue_depth(pool.workers, pool.retiring, pool.spec.concurrency),
         live=pool.live,
         size=pool.size,
         restarts=dict(pool.restarts),

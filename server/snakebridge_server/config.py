@@ -135,6 +135,12 @@ class PoolConfig:
         (), "expose only these helper names (comma list)", each(_public_name), unique
     )
     max_queued: int = setting(4096, "calls queued per pool before PoolSaturated", at_least(1))
+    concurrency: int = setting(
+        1, "calls one worker runs at once (coroutines; sync ones with threads)", in_range(1, 1024)
+    )
+    threads: bool = setting(
+        False, "with concurrency > 1, run sync functions in a thread pool of that size"
+    )
     call_timeout: float = setting(300.0, "default per-call timeout, seconds", positive_seconds)
     max_call_timeout: float = setting(3600.0, "largest per-call timeout, seconds", positive_seconds)
     # -- sandbox (docs/sandbox.md) --
@@ -218,11 +224,22 @@ def _sandbox_not_below_min(pc: PoolConfig) -> Problem:
     return None
 
 
+def _threads_within_max_threads(pc: PoolConfig) -> Problem:
+    # A worker's own threads (main, streams) need room beside the pool of ``concurrency``.
+    if pc.threads and pc.concurrency > 1 and pc.concurrency + 8 > pc.max_threads:
+        return "concurrency", (
+            f"{pc.concurrency} threads (threads = true) do not fit max_threads "
+            f"{pc.max_threads}: raise max_threads to at least {pc.concurrency + 8}"
+        )
+    return None
+
+
 POOL_SETTINGS: Final = bind(PoolConfig, "pool")
 POOL_RULES: Final[tuple[Callable[[PoolConfig], Problem], ...]] = (
     _helper_allow_needs_helpers,
     _call_timeout_within_max,
     _sandbox_not_below_min,
+    _threads_within_max_threads,
 )
 
 

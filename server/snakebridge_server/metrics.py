@@ -188,7 +188,7 @@ def _render_gauges(out: Exposition, gauges: BridgeSnapshot) -> None:
     per_pool(
         "snakebridge_queue_depth",
         "gauge",
-        "Requests waiting behind the one each worker is running",
+        "Requests waiting behind the ones each worker is running",
         ((p.name, p.queue_depth) for p in pools),
     )
     per_pool(
@@ -203,6 +203,16 @@ def _render_gauges(out: Exposition, gauges: BridgeSnapshot) -> None:
         "Workers the pool is configured to run",
         ((p.name, p.size) for p in pools),
     )
+    out.family(
+        "snakebridge_worker_in_flight",
+        "gauge",
+        "Requests on one worker, running or queued (up to the pool's concurrency run at once)",
+    )
+    for p in pools:
+        for w in p.workers:
+            if w.state != "retiring":  # its slot's new worker is the one reported
+                labels = (p.name, str(w.slot))
+                out.sample("snakebridge_worker_in_flight", ("pool", "slot"), labels, w.in_flight)
     out.family(
         "snakebridge_worker_restarts_total",
         "counter",
@@ -224,12 +234,15 @@ class _Loaded(Protocol):
     def in_flight(self) -> int: ...
 
 
-def queue_depth(workers: Iterable[_Loaded | None], retiring: Iterable[_Loaded] = ()) -> int:
-    """Requests queued behind the running one: a worker runs one request at a time."""
+def queue_depth(
+    workers: Iterable[_Loaded | None], retiring: Iterable[_Loaded] = (), concurrency: int = 1
+) -> int:
+    """Requests queued behind the ones running: a worker runs ``concurrency`` requests
+    at a time (the pool's setting)."""
     depth = 0
     for w in (*workers, *retiring):
-        if w is not None and w.in_flight > 1:
-            depth += w.in_flight - 1
+        if w is not None and w.in_flight > concurrency:
+            depth += w.in_flight - concurrency
     return depth
 
 

@@ -12,11 +12,20 @@ the objects themselves (``worker.refs``) and reports what it makes and frees.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 from snakebridge.errors import LimitExceeded
 
 from .refids import WorkerKey
+
+log = logging.getLogger("snakebridge.sessions")
+
+#: A session past this fraction of ``max_refs_per_session`` is logged (once, until it
+#: falls below ``NEAR_CAP_RESET``): the client is leaking refs, and its calls will soon
+#: fail with ``LimitExceeded``.
+NEAR_CAP: float = 0.8
+NEAR_CAP_RESET: float = 0.5
 
 
 @dataclass(slots=True)
@@ -26,6 +35,7 @@ class Session:
     refs_by_worker: dict[WorkerKey, int] = field(default_factory=dict)
     last_worker: WorkerKey | None = None
     in_flight: int = 0
+    near_cap: bool = False  # warned about its ref count (``NEAR_CAP``)
 
     @property
     def refs(self) -> int:
@@ -68,6 +78,24 @@ class SessionTable:
         else:
             self._by_worker.pop(worker, None)
         self.total_refs += delta
+        if delta > 0 and not session.near_cap:
+            refs = session.refs
+            if refs >= NEAR_CAP * self.max_refs_per_session:
+                session.near_cap = True
+                log.warning(
+                    "session %s holds %d refs, over %d%% of its cap of %d: release refs "
+                    "it no longer needs (client.release_ref, a Session block, or let the "
+                    "SDK release refs it garbage-collects), or calls will fail with "
+                    "LimitExceeded",
+                    session.id,
+                    refs,
+                    round(NEAR_CAP * 100),
+                    self.max_refs_per_session,
+                    extra={"session": session.id},
+                )
+        elif delta < 0 and session.near_cap:
+            if session.refs < NEAR_CAP_RESET * self.max_refs_per_session:
+                session.near_cap = False
 
     def get(self, session_id: str) -> Session | None:
         return self._sessions.get(session_id)

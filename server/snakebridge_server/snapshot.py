@@ -31,7 +31,7 @@ class PoolSnapshot:
 
     name: str
     in_flight: int  # requests on its workers, running or queued (open streams count)
-    queue_depth: int  # requests waiting behind the one each worker runs
+    queue_depth: int  # requests waiting behind the ones each worker runs (its concurrency)
     live: int  # workers running and taking calls
     size: int  # workers configured
     restarts: Mapping[str, int] = field(default_factory=dict)  # reason -> count

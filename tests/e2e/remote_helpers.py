@@ -295,3 +295,14 @@ class PrefixProbe:
         import sys
 
         return sys.prefix
+
+
+def raise_timeout(message: str) -> None:
+    """User code whose own TimeoutError must reach the caller as that, not a deadline."""
+    raise TimeoutError(message)
+
+
+def timeout_after(count: int) -> Any:
+    """A generator that yields ``count`` items, then raises its own TimeoutError."""
+    yield from range(count)
+    raise TimeoutError("upstream timed out")

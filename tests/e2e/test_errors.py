@@ -386,3 +386,24 @@ async def test_well_formed_ref_of_another_server_start_is_still_session_lost(
     )
     error, trailer = await _raw_call(server, req)
     assert (error.status, trailer["code"]) == (Status.FAILED_PRECONDITION, "SessionLost")
+
+
+async def test_user_codes_own_timeout_error_is_a_remote_error_not_a_call_timeout(
+    server: ServerProcess,
+) -> None:
+    # The bridge's deadline handler caught the remote TimeoutError (a RemoteError that
+    # subclasses the builtin) and answered CallTimeout, as if the call had overrun.
+    async with snakebridge.Client(server.address) as client:
+        with pytest.raises(TimeoutError) as info:
+            await client.call("remote_helpers", "raise_timeout", ["db read timed out"])
+        assert isinstance(info.value, errors.RemoteError)
+        assert not isinstance(info.value, errors.CallTimeout)
+        assert info.value.message == "db read timed out"
+        items: list[int] = []
+        with pytest.raises(TimeoutError) as streamed:
+            async for item in client.stream("remote_helpers", "timeout_after", [3]):
+                items.append(item)
+        assert items == [0, 1, 2]
+        assert isinstance(streamed.value, errors.RemoteError)
+        assert not isinstance(streamed.value, errors.CallTimeout)
+        assert await client.call("math", "sqrt", [16]) == 4.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import pathlib
 import uuid
 from decimal import Decimal
 from typing import Any
@@ -143,7 +144,8 @@ async def test_dotted_function_names_resolve_attribute_by_attribute(
 ) -> None:
     async with snakebridge.Client(server.address) as client:
         home = await client.call("pathlib", "Path.home")
-        assert isinstance(home, Ref) and home.type_name == "pathlib.PosixPath"
+        # A path travels by value (docs/wire.md, EXT_PATH): the worker's HOME, its scratch dir.
+        assert isinstance(home, pathlib.PosixPath) and home.is_absolute(), home
         assert await client.call_dynamic("os.path.join", ["a", "b"]) == "a/b"
         # A submodule its parent does not import by itself.
         root = await client.call("xml", "etree.ElementTree.fromstring", ["<a><b/></a>"])

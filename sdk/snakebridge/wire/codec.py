@@ -19,6 +19,7 @@ This module must stay importable without grpclib/betterproto: the worker imports
 from __future__ import annotations
 
 import datetime as _dt
+import enum
 import itertools
 import operator
 import re
@@ -33,6 +34,25 @@ from typing import Any, Final
 import msgpack
 
 from ..errors import SerializationError
+from . import values as _values
+from .values import (
+    EXT_CUSTOM,
+    EXT_ENUM,
+    EXT_PATH,
+    EXT_RECORD,
+    MAX_TYPE_NAME,
+    PATH_KINDS,
+    RemoteEnum,
+    RemoteRecord,
+    TypeResolver,
+    enum_member,
+    loaded_type,
+    make_record,
+    path_class,
+    record_fields,
+    registered_for,
+    registered_named,
+)
 
 __all__ = [
     "DECODE_ALLOWANCE",
@@ -62,6 +82,7 @@ EXT_NDARRAY: Final = 13
 EXT_NPSCALAR: Final = 14
 EXT_REF: Final = 15
 EXT_STREAM_REF: Final = 16
+# 17 EXT_PATH, 18 EXT_ENUM, 19 EXT_RECORD, 20 EXT_CUSTOM: see ``values``.
 
 _COMPLEX: Final = struct.Struct(">dd")
 # Plain numeric / string dtypes only: an object dtype decoded from raw bytes would forge
@@ -362,7 +383,54 @@ class _Encoder:
             return ref_ext(payload)
         if t.__module__ == "numpy":
             return self._numpy(obj)
+        return self._typed(t, obj)
+
+    def _typed(self, t: type, obj: Any) -> Any:
+        """Paths, registered types, enum members, dataclasses and namedtuples (``values``);
+        ``_Unsupported`` for anything else, or when a field cannot be encoded."""
+        kind = PATH_KINDS.get(t)
+        if kind is not None:
+            return msgpack.ExtType(EXT_PATH, _pack([kind, str(obj)], _no_default))
+        registered = registered_for(t)
+        if registered is not None:
+            try:
+                value = registered.encode(obj)
+            except Exception as exc:
+                raise SerializationError(
+                    f"the encoder registered for {registered.name!r} raised {exc!r}"
+                ) from None
+            return msgpack.ExtType(EXT_CUSTOM, self.by_value([registered.name, value], obj))
+        if t is RemoteEnum:
+            fields = [obj.type_name, obj.name, obj.value]
+            return msgpack.ExtType(EXT_ENUM, self.by_value(fields, obj))
+        if t is RemoteRecord:
+            if obj.kind == "registered":
+                payload = self.by_value([obj.type_name, obj.fields.get("value")], obj)
+                return msgpack.ExtType(EXT_CUSTOM, payload)
+            fields = [obj.type_name, obj.kind, list(obj.fields), list(obj.fields.values())]
+            return msgpack.ExtType(EXT_RECORD, self.by_value(fields, obj))
+        if isinstance(obj, enum.Enum):
+            fields = [_values.type_name(t), obj.name or "", obj.value]
+            return msgpack.ExtType(EXT_ENUM, self.by_value(fields, obj))
+        record = record_fields(obj)
+        if record is not None:
+            kind, names, values = record
+            payload = self.by_value([_values.type_name(t), kind, names, values], obj)
+            return msgpack.ExtType(EXT_RECORD, payload)
         raise _Unsupported(obj)
+
+    def by_value(self, fields: list[Any], obj: Any) -> bytes:
+        """``fields`` packed with no fallback: if any part cannot be encoded, ``obj`` as a
+        whole is unsupported (a ref in place in the worker), never half a value."""
+        on_unencodable, self.on_unencodable = self.on_unencodable, None
+        try:
+            return self.nested(fields)
+        except SerializationError:
+            if on_unencodable is None:
+                raise
+            raise _Unsupported(obj) from None
+        finally:
+            self.on_unencodable = on_unencodable
 
     def _numpy(self, obj: Any) -> Any:
         np = sys.modules["numpy"]
@@ -449,7 +517,17 @@ _EXT_CONTAINERS: Final = {EXT_TUPLE: tuple, EXT_SET: set, EXT_FROZENSET: frozens
 # Extension values whose hash an attacker can steer (see MAX_HASH_COLLISIONS); datetimes
 # hash their bytes with the randomized hash, sets, bytearrays and arrays are unhashable.
 _CENSUS_CODES: Final = frozenset(
-    {EXT_TUPLE, EXT_FROZENSET, EXT_BIGINT, EXT_COMPLEX, EXT_DECIMAL, EXT_UUID, EXT_NPSCALAR}
+    {
+        EXT_TUPLE,
+        EXT_FROZENSET,
+        EXT_BIGINT,
+        EXT_COMPLEX,
+        EXT_DECIMAL,
+        EXT_UUID,
+        EXT_NPSCALAR,
+        EXT_RECORD,  # a namedtuple hashes as the tuple of its fields
+        EXT_CUSTOM,
+    }
 )
 
 
@@ -463,13 +541,21 @@ class _Decoder:
         "hashed",
         "limits",
         "ref_factory",
+        "resolve_type",
         "size",
         "spent",
     )
 
-    def __init__(self, limits: Limits, ref_factory: RefFactory | None, size: int) -> None:
+    def __init__(
+        self,
+        limits: Limits,
+        ref_factory: RefFactory | None,
+        size: int,
+        resolve_type: TypeResolver = loaded_type,
+    ) -> None:
         self.limits = limits
         self.ref_factory = ref_factory
+        self.resolve_type = resolve_type
         self.depth = 0
         self.size = size
         # Big inputs count each container as msgpack finishes it and each extension value
@@ -670,6 +756,17 @@ class _Decoder:
         if code == EXT_NPSCALAR:
             dtype_str, body = self._fields(data, 2)
             return _ndarray([dtype_str, [], body])[()]
+        return self._ext_typed(code, data)
+
+    def _ext_typed(self, code: int, data: bytes) -> Any:
+        """Refs and the values of ``values`` (paths, enums, records, registered types)."""
+        if code == EXT_PATH:
+            kind, text = self._fields(data, 2)
+            if not isinstance(kind, str) or not isinstance(text, str):
+                raise SerializationError("malformed path")
+            return path_class(kind)(text)
+        if code == EXT_ENUM or code == EXT_RECORD or code == EXT_CUSTOM:
+            return self._typed(code, self.nested_list(data))
         if code in (EXT_REF, EXT_STREAM_REF):
             ref_id, session_id, pool, type_name = self._fields(data, 4)
             if not all(isinstance(x, str) for x in (ref_id, session_id, pool, type_name)):
@@ -679,6 +776,42 @@ class _Decoder:
                 raise SerializationError("refs are not accepted here")
             return self.ref_factory(payload)
         raise SerializationError(f"unknown extension type {code}")
+
+    def _typed(self, code: int, fields: list[Any]) -> Any:
+        """An enum member, a record or a registered value from its decoded fields."""
+        name = fields[0] if fields else None
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_TYPE_NAME:
+            raise SerializationError("malformed type name")
+        if code == EXT_CUSTOM:
+            if len(fields) != 2:
+                raise SerializationError("malformed registered value")
+            registered = registered_named(name)
+            if registered is None:
+                return RemoteRecord(name, "registered", {"value": fields[1]})
+            try:
+                return registered.decode(fields[1])
+            except Exception as exc:
+                raise SerializationError(
+                    f"the decoder registered for {name!r} raised {exc!r}"
+                ) from None
+        if code == EXT_ENUM:
+            if len(fields) != 3:
+                raise SerializationError("malformed enum member")
+            return enum_member(self.resolve_type(name), fields[1], fields[2], name)
+        if len(fields) != 4:
+            raise SerializationError("malformed record")
+        _, kind, names, values = fields
+        if (
+            kind not in ("dataclass", "namedtuple")
+            or type(names) is not list
+            or type(values) is not list
+            or len(names) != len(values)
+            or not all(isinstance(n, str) for n in names)
+            or len(set(names)) != len(names)
+        ):
+            raise SerializationError("malformed record")
+        fields_by_name = dict(zip(names, values, strict=True))
+        return make_record(self.resolve_type(name), name, kind, fields_by_name)
 
     def _fields(self, data: bytes, n: int) -> list[Any]:
         fields = msgpack.unpackb(data, raw=False, max_array_len=_MAX_NDIM, max_map_len=0)
@@ -734,15 +867,19 @@ def decode(
     *,
     limits: Limits = DEFAULT_LIMITS,
     ref_factory: RefFactory | None = None,
+    resolve_type: TypeResolver = loaded_type,
 ) -> Any:
     """Decode bytes produced by ``encode``. Refs are passed to ``ref_factory``; without one
-    they are rejected. Every malformed or over-limit input raises ``SerializationError``,
-    over-limit ones before the memory or work they would take is spent."""
+    they are rejected. ``resolve_type`` finds the class of an enum member or record by
+    its "module:qualname" (default: only in modules already loaded; None gives a
+    ``RemoteEnum``/``RemoteRecord``). Every malformed or over-limit input raises
+    ``SerializationError``, over-limit ones before the memory or work they would take is
+    spent."""
     if len(data) > limits.max_size:
         raise SerializationError(
             f"encoded value is {len(data)} bytes, over the {limits.max_size}-byte limit"
         )
-    dec = _Decoder(limits, ref_factory, len(data))
+    dec = _Decoder(limits, ref_factory, len(data), resolve_type)
     try:
         return dec.unpack(data)
     except SerializationError:

@@ -42,4 +42,11 @@ KIND_NAMES: Final = {
     KIND_SET_ATTR: "set_attr",
 }
 
+#: Placement of a call without refs (docs/wire.md): "" the least-loaded worker; "hint" the
+#: session's last worker unless it is busy (or gone); "strict" that worker always
+#: (``SessionLost`` once it died); "strict_fail_fast" that worker, ``PoolSaturated`` at
+#: once when it is busy.
+AFFINITY_HINT: Final = "hint"
 AFFINITY_STRICT: Final = "strict"
+AFFINITY_STRICT_FAIL_FAST: Final = "strict_fail_fast"
+AFFINITIES: Final = ("", AFFINITY_HINT, AFFINITY_STRICT, AFFINITY_STRICT_FAIL_FAST)

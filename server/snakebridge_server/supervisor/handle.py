@@ -67,7 +67,7 @@ from ..sandbox import SandboxSpec
 from ..sandbox.policy import level_at_least
 from ..sandbox.spawn import sandbox_uid, unreadable_by_others, worker_env
 from .output import OutputPump
-from .router import FalseFrame, ReplyRouter
+from .router import ConcurrentReplyRouter, FalseFrame, ReplyRouter
 from .spawn import WorkerSpec, WorkerStartError, check_runtime, read_cpu_seconds, worker_argv
 
 log = logging.getLogger("snakebridge.worker")
@@ -143,6 +143,8 @@ class _Channel(asyncio.Protocol):
             frames = self.decoder.feed(data)
             for body in frames:
                 self._dispatch(unpack_reply(body))
+            if frames and self.handle._concurrent:
+                self.handle._send_held()
         except WorkerLied as exc:
             self.handle._lied(str(exc))
         except Exception as exc:  # FrameTooLarge, a malformed frame, ...: never silence
@@ -231,7 +233,12 @@ class WorkerHandle:
         self.pid = 0
         self.calls_done = 0
         self.open_streams: set[int] = set()  # streams open on this worker count as load
-        self._router: ReplyRouter[asyncio.Future[Ok]] = ReplyRouter()
+        # A worker of concurrency 1 answers in order (``ReplyRouter``); above 1 it answers
+        # in any order and the router holds back what it cannot start yet.
+        self._concurrent = spec.concurrency > 1
+        self._router: (
+            ReplyRouter[asyncio.Future[Ok]] | ConcurrentReplyRouter[asyncio.Future[Ok]]
+        ) = ConcurrentReplyRouter(spec.concurrency) if self._concurrent else ReplyRouter()
         self._proc: asyncio.subprocess.Process | None = None
         self._channel: _Channel | None = None
         self._ctrl: socket.socket | None = None
@@ -254,6 +261,11 @@ class WorkerHandle:
     @property
     def in_flight(self) -> int:
         return self._router.load + len(self.open_streams)
+
+    @property
+    def concurrency(self) -> int:
+        """Calls this worker runs at once (its pool's setting)."""
+        return self.spec.concurrency
 
     @property
     def refs_held(self) -> int:
@@ -401,12 +413,23 @@ class WorkerHandle:
         if self.state != READY or self._channel is None or self._channel.transport is None:
             raise WorkerCrashed(f"worker {self.key} is not running")
         fut: asyncio.Future[Ok] = asyncio.get_running_loop().create_future()
-        message = self._router.send(frame, fut, self.spec.max_refs, **fields)
-        call_id: int = message[1]
-        transport = self._channel.transport
-        for part in pack_frame_parts(message):
-            transport.write(part)
+        router = self._router
+        call_id = router.next_id
+        message = router.send(frame, fut, self.spec.max_refs, **fields)
+        if message is not None:  # None: held back until a running call is answered
+            transport = self._channel.transport
+            for part in pack_frame_parts(message):
+                transport.write(part)
         return call_id, fut
+
+    def _send_held(self) -> None:
+        """Send the requests the concurrent router held back that may run now."""
+        if self.state != READY or self._channel is None or self._channel.transport is None:
+            return
+        transport = self._channel.transport
+        for message in self._router.sendable():
+            for part in pack_frame_parts(message):
+                transport.write(part)
 
     async def call(self, frame: Call, ref_budget: int) -> Ok:
         """Run ``frame`` (built once per request; its call id, budget and correlation id
@@ -501,8 +524,8 @@ class WorkerHandle:
         # Still unanswered. (A timeout cancels the awaited future before we get here, so
         # "done" does not mean "answered".)
         fut.cancel()
-        if not live or self._ctrl is None:
-            return
+        if not live or self._ctrl is None or self._router.answered(call_id):
+            return  # (answered: a held-back call, dropped before it was ever sent)
         try:
             self._ctrl.send(CANCEL.pack(call_id))
             os.kill(self.pid, signal.SIGUSR1)
@@ -520,11 +543,18 @@ class WorkerHandle:
         self._kill_timers.pop(call_id, None)
         if self.state != READY or self._router.answered(call_id):
             return  # answered (interrupted, or skipped while queued)
-        if self._router.running < call_id:
+        if not self._router.started(call_id):
             self._arm_kill_timer(call_id)  # still busy with an earlier call; check again later
             return
         log.warning("worker %s ignored cancellation of call %d; killing it", self.key, call_id)
-        self._fail(f"killed: call {call_id} ignored cancellation for {self.spec.cancel_grace}s")
+        grace = self.spec.cancel_grace
+        self._fail(
+            f"killed: call {call_id} ignored cancellation for {grace}s",
+            blamed=call_id,
+            others=f"worker {self.key} was killed: another call on it (call {call_id}) "
+            f"could not be interrupted within {grace:g}s of its cancellation; this call "
+            "had started and may have run in part",
+        )
 
     # -- CPU budget backstop ------------------------------------------------------------
 
@@ -547,13 +577,30 @@ class WorkerHandle:
         if used - self._cpu_mark[1] > budget + self.spec.cancel_grace + 1.0:
             log.warning("worker %s: call %d ran past its CPU budget; killing it", self.key, running)
             text = f"the call used more than its {budget:g} CPU seconds"
-            self._fail(f"killed: {text}", LimitExceeded(f"{text}; its worker was killed"))
+            self._fail(
+                f"killed: {text}",
+                LimitExceeded(f"{text}; its worker was killed"),
+                blamed=running,
+                others=f"worker {self.key} was killed: it used more than {budget:g} CPU "
+                f"seconds while call {running} ran; this call had started and may have run "
+                "in part",
+            )
 
     # -- death --------------------------------------------------------------------------
 
-    def _fail(self, reason: str, running_error: BridgeError | None = None) -> None:
+    def _fail(
+        self,
+        reason: str,
+        running_error: BridgeError | None = None,
+        *,
+        blamed: int = 0,
+        others: str = "",
+    ) -> None:
         """Mark dead, fail all pending calls, kill the process. Idempotent, synchronous.
-        The running call gets ``running_error`` if given, else ``WorkerCrashed``."""
+        The running call (``blamed``, if given) gets ``running_error`` if given, else
+        ``WorkerCrashed``; other started calls of a concurrent worker get
+        ``WorkerCrashed(others)`` when ``others`` says why; calls never started get
+        ``NeverStarted``."""
         if self.state == DEAD:
             return
         self._read_leftover_replies()
@@ -563,10 +610,12 @@ class WorkerHandle:
         for timer in self._kill_timers.values():
             timer.cancel()
         self._kill_timers.clear()
-        for _, fut, running in self._router.close():  # frames run strictly in order
+        for call_id, fut, running in self._router.close():
             if fut.done():
                 continue
-            if running and running_error is not None:
+            if running and blamed and call_id != blamed and others:
+                fut.set_exception(WorkerCrashed(others))
+            elif running and running_error is not None and (not blamed or call_id == blamed):
                 fut.set_exception(running_error)
             else:
                 cls = WorkerCrashed if running else NeverStarted

@@ -24,6 +24,11 @@ from typing import Protocol, TypeVar
 import anyio
 
 from snakebridge.errors import PoolSaturated, PoolUnavailable, SessionLost
+from snakebridge.wire.constants import (
+    AFFINITY_HINT,
+    AFFINITY_STRICT,
+    AFFINITY_STRICT_FAIL_FAST,
+)
 
 from ..background import Background
 from ..config import PoolConfig, default_of
@@ -47,22 +52,47 @@ class _Routable(Protocol):
 W = TypeVar("W", bound=_Routable)
 
 
+def _busy(worker: _Routable) -> bool:
+    """Whether ``worker`` runs as many calls as it can at once (its pool's concurrency)."""
+    return worker.in_flight >= getattr(worker, "concurrency", 1)
+
+
 def choose_worker(
-    workers: Sequence[W | None], *, previous: WorkerKey | None, strict: bool
+    workers: Sequence[W | None],
+    *,
+    previous: WorkerKey | None,
+    strict: bool = False,
+    affinity: str = "",
 ) -> W | None:
     """The worker for a call that carries no refs.
 
-    ``strict`` affinity sends it to the session's previous worker (``SessionLost`` if that
-    worker has died since); otherwise the least-loaded live worker, lowest slot on ties.
-    None when no worker is live. A retiring (recycled) worker is not ``alive``: it only
+    ``affinity`` (``strict=True`` is ``affinity="strict"``): ``"strict"`` sends it to the
+    session's previous worker (``SessionLost`` if that worker has died since);
+    ``"strict_fail_fast"`` too, but ``PoolSaturated`` at once when that worker is busy;
+    ``"hint"`` prefers that worker unless it is busy or gone. Otherwise, and for a session
+    without a previous worker, the least-loaded live worker, lowest slot on ties. None
+    when no worker is live. A retiring (recycled) worker is not ``alive``: it only
     finishes what it already has.
     """
     live = [w for w in workers if w is not None and w.alive]
-    if strict and previous is not None:
-        for w in live:
-            if w.key == previous:
-                return w
-        raise SessionLost(f"the session's worker {previous} has restarted (affinity='strict')")
+    if strict:
+        affinity = AFFINITY_STRICT
+    if affinity and previous is not None:
+        mine = next((w for w in live if w.key == previous), None)
+        if affinity == AFFINITY_HINT:
+            if mine is not None and not _busy(mine):
+                return mine
+        elif mine is None:
+            raise SessionLost(
+                f"the session's worker {previous} has restarted (affinity={affinity!r})"
+            )
+        elif affinity == AFFINITY_STRICT_FAIL_FAST and _busy(mine):
+            raise PoolSaturated(
+                f"the session's worker {previous} is busy ({mine.in_flight} calls in "
+                "flight) and affinity='strict_fail_fast' forbids waiting or another worker"
+            )
+        else:
+            return mine
     if not live:
         return None
     return min(live, key=lambda w: w.in_flight)
@@ -576,14 +606,19 @@ class Pool:
                 f"pool {self.name!r} has {self.max_queued} calls queued, its maximum"
             )
 
-    async def pick(self, previous: WorkerKey | None, strict: bool) -> WorkerHandle:
-        """A worker for a call without refs; waits for one to start when none is live."""
+    async def pick(
+        self, previous: WorkerKey | None, strict: bool = False, *, affinity: str = ""
+    ) -> WorkerHandle:
+        """A worker for a call without refs (``choose_worker``); waits for one to start
+        when none is live."""
         while True:
             if self.closing:
                 raise PoolUnavailable(f"pool {self.name!r} is shutting down")
             if self._breaker.tripped:
                 raise self._unavailable()
-            chosen = choose_worker(self.workers, previous=previous, strict=strict)
+            chosen = choose_worker(
+                self.workers, previous=previous, strict=strict, affinity=affinity
+            )
             if chosen is not None:
                 return chosen
             if self.live == 0:

@@ -51,6 +51,8 @@ class WorkerSpec:
     scratch_root: str = ""  # where worker scratch dirs go (the server's own directory)
     log_level: str = "info"  # the root level of ``logging`` in the worker
     output_rate: int = 1000  # output lines per second logged per worker; 0: all
+    concurrency: int = 1  # user-code requests one worker runs at once
+    threads: bool = False  # sync functions run in a thread pool of ``concurrency``
 
 
 def worker_argv(
@@ -74,6 +76,8 @@ def worker_argv(
         f"--preload={','.join(spec.preload)}",
         f"--sandbox={sandbox.to_json()}",
         f"--log-level={spec.log_level}",
+        *([f"--concurrency={spec.concurrency}"] if spec.concurrency > 1 else []),
+        *(["--threads"] if spec.threads and spec.concurrency > 1 else []),
     ]
 
 

@@ -46,6 +46,7 @@ from snakebridge.wire.constants import (
     KIND_SET_ATTR,
 )
 from snakebridge.wire.text import clip
+from snakebridge.wire.values import loaded_type
 
 from ..channel import (
     CANCEL,
@@ -110,6 +111,7 @@ from .streams import (
 )
 
 _NO_SANDBOX: Final = SandboxSpec()
+_CALLING_KINDS: Final = frozenset({KIND_FUNCTION, KIND_CLASS, KIND_METHOD, KIND_HELPER})
 _MAX_REFS: Final = 100_000
 _MAX_RESULT: Final = 64 * 1024 * 1024
 _MAX_STREAMS: Final = 1024
@@ -132,6 +134,8 @@ class WorkerArgs:
     max_streams: int = _MAX_STREAMS
     sandbox: SandboxSpec = _NO_SANDBOX
     log_level: str = "info"
+    concurrency: int = 1  # above 1: ``worker.concurrent`` serves the channel
+    threads: bool = False  # sync functions in a thread pool of ``concurrency``
 
     @classmethod
     def parse(cls, argv: list[str] | None = None) -> WorkerArgs:
@@ -149,6 +153,8 @@ class WorkerArgs:
         parser.add_argument("--max-streams", type=int, default=_MAX_STREAMS)
         parser.add_argument("--sandbox", default="{}")  # SandboxSpec as JSON
         parser.add_argument("--log-level", default="info")
+        parser.add_argument("--concurrency", type=int, default=1)
+        parser.add_argument("--threads", action="store_true")
         ns = parser.parse_args(argv)
         return cls(
             fd=ns.fd,
@@ -164,6 +170,8 @@ class WorkerArgs:
             max_streams=ns.max_streams,
             sandbox=SandboxSpec.from_json(ns.sandbox),
             log_level=ns.log_level,
+            concurrency=max(1, ns.concurrency),
+            threads=ns.threads,
         )
 
 
@@ -197,6 +205,7 @@ class Worker:
         self.last_done = 0
         self.cancelled: set[int] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self.concurrent: Any = None  # the ``worker.concurrent.ConcurrentServer``, if any
         self.streams: dict[int, WorkerStream] = {}
         self.max_streams = args.max_streams
         self._next_stream = 1
@@ -221,7 +230,10 @@ class Worker:
     # -- cancellation -------------------------------------------------------------------
 
     def _cpu_exceeded(self) -> None:
-        if self.current:
+        # With concurrency, only a sync call running on the main thread can be stopped
+        # here; the server's CPU backstop handles the rest.
+        running = self.current if self.concurrent is None else self.concurrent.inline
+        if running:
             raise CpuExceeded
 
     def on_cancel_signal(self, signum: int, frame: FrameType | None) -> None:
@@ -258,7 +270,7 @@ class Worker:
             return None
         return body
 
-    def serve(self) -> None:
+    def send_ready(self) -> None:
         self.send(
             Ready(
                 os.getpid(),
@@ -268,6 +280,11 @@ class Worker:
                 describe_helpers(self.helpers),
             )
         )
+
+    def serve(self) -> None:
+        """Answer requests one at a time, in order, until the server closes the channel
+        (a pool of concurrency 1; ``worker.concurrent`` serves the others)."""
+        self.send_ready()
         while True:
             body = self.read_frame()
             if body is None:
@@ -552,7 +569,17 @@ class Worker:
         owns it (the ``session_id`` a client wrote into the ref payload means nothing)."""
         if not args:
             return None
-        return codec.decode(args, ref_factory=lambda payload: self._lookup(payload, session_id))
+        return codec.decode(
+            args,
+            ref_factory=lambda payload: self._lookup(payload, session_id),
+            resolve_type=self._resolve_type,
+        )
+
+    def _resolve_type(self, name: str) -> type | None:
+        """The class of an enum member or record in the arguments, if its module is loaded
+        and the call policy lets calls reach it (building a record calls its class)."""
+        cls = loaded_type(name)
+        return None if cls is None else self._vetted(cls, callee=True)
 
     def _lookup(self, payload: RefPayload, session_id: str) -> Any:
         # The server never decodes args, so a malformed id inside them is first seen here:
@@ -561,26 +588,41 @@ class Worker:
         # A ref passed as an argument is vetted too: map(<posix.system>, ...) would call it.
         return self._vetted(self.refs.get(payload.id, session_id))
 
+    def callee(
+        self, kind: int, module: str, name: str, target: Any, decoded: Any
+    ) -> tuple[Callable[..., Any], list[Any], dict[str, Any]] | None:
+        """What a calling request (function, class, method, helper) calls, with its
+        arguments, checked against the policy; None for the attribute kinds."""
+        if kind not in _CALLING_KINDS:
+            return None
+        args, kwargs = _split_args(decoded)
+        if kind == KIND_METHOD:
+            fn = self._vetted(walk(target, name), callee=True)
+        elif kind == KIND_HELPER:
+            try:
+                fn = self.helpers[name]
+            except KeyError:
+                raise HelperNotFound(f"no helper named {name!r}") from None
+        else:
+            fn = self._vetted(resolve(module, name), callee=True)
+        if self.policy is not None and kind != KIND_HELPER:
+            for text, field_name in format_strings(fn, args, kwargs):
+                self.policy.check_format(text, field_name=field_name)
+        return fn, args, kwargs
+
     def run_user_code(self, kind: int, module: str, name: str, target: Any, decoded: Any) -> Any:
-        if kind in (KIND_FUNCTION, KIND_CLASS, KIND_METHOD, KIND_HELPER):
-            args, kwargs = _split_args(decoded)
-            if kind == KIND_METHOD:
-                fn = self._vetted(walk(target, name), callee=True)
-            elif kind == KIND_HELPER:
-                try:
-                    fn = self.helpers[name]
-                except KeyError:
-                    raise HelperNotFound(f"no helper named {name!r}") from None
-            else:
-                fn = self._vetted(resolve(module, name), callee=True)
-            if self.policy is not None and kind != KIND_HELPER:
-                for text, field_name in format_strings(fn, args, kwargs):
-                    self.policy.check_format(text, field_name=field_name)
+        called = self.callee(kind, module, name, target, decoded)
+        if called is not None:
+            fn, args, kwargs = called
             result = fn(*args, **kwargs)
             if inspect.iscoroutine(result):
                 result = self._run_coroutine(result)
             # pydoc.locate("os.system") must not hand out what a name could not reach.
             return self._vetted(result)
+        return self.attribute(kind, module, name, target, decoded)
+
+    def attribute(self, kind: int, module: str, name: str, target: Any, decoded: Any) -> Any:
+        """Run an attribute request (module attribute, get, set): no user function."""
         if kind == KIND_MODULE_ATTR:
             return self._vetted(resolve(module, name))
         if kind == KIND_GET_ATTR:
@@ -776,8 +818,13 @@ def main(argv: list[str] | None = None) -> None:
             traceback.print_exception(exc.__cause__, file=sys.stderr)
         print(f"snakebridge worker: {exc}", file=sys.stderr, flush=True)
         raise SystemExit(1) from None
-    signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
     try:
-        worker.serve()
+        if args.concurrency > 1:
+            from .concurrent import ConcurrentServer
+
+            ConcurrentServer(worker, args.concurrency, threads=args.threads).serve()
+        else:
+            signal.signal(signal.SIGUSR1, worker.on_cancel_signal)
+            worker.serve()
     except (BrokenPipeError, ConnectionResetError):
         pass

@@ -11,6 +11,7 @@ worker reports every ref it makes (``new_refs``) or frees itself (``released``).
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -85,23 +86,27 @@ class RefTable:
         self._objects: dict[str, tuple[Any, str]] = {}  # token -> (object, owning session)
         # session -> id(obj) -> token: the same object in one session keeps one ref.
         self._by_session: dict[str, dict[int, str]] = {}
+        # A worker of concurrency > 1 runs stream requests on a thread of their own while
+        # its event loop serves calls: changes to the table are made under this lock.
+        self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._objects)
 
     def add(self, obj: Any, session_id: str, *, stream: bool) -> tuple[RefPayload, bool]:
         """The ref for ``obj`` in ``session_id``; the flag says whether it is new."""
-        seen = self._by_session.setdefault(session_id, {})
-        token = seen.get(id(obj))
-        is_new = token is None
-        if token is None:
-            if len(self._objects) >= self.max_refs:
-                raise LimitExceeded(f"worker holds {self.max_refs} refs, its maximum")
-            token = new_ref_token()
-            while token in self._objects:  # 2**-128 per pair: never, but stay correct
+        with self._lock:
+            seen = self._by_session.setdefault(session_id, {})
+            token = seen.get(id(obj))
+            is_new = token is None
+            if token is None:
+                if len(self._objects) >= self.max_refs:
+                    raise LimitExceeded(f"worker holds {self.max_refs} refs, its maximum")
                 token = new_ref_token()
-            self._objects[token] = (obj, session_id)
-            seen[id(obj)] = token
+                while token in self._objects:  # 2**-128 per pair: never, but stay correct
+                    token = new_ref_token()
+                self._objects[token] = (obj, session_id)
+                seen[id(obj)] = token
         payload = RefPayload(stream, f"{self.prefix}{token}", session_id, self.pool, type_name(obj))
         return payload, is_new
 
@@ -129,20 +134,22 @@ class RefTable:
         """Drop the refs of ``ids`` that ``session_id`` owns; returns released counts per
         session (only ever ``session_id``). Unknown ids and other sessions' are skipped."""
         count = 0
-        for ref_id in ref_ids:
-            try:
-                token = self._token(ref_id, session_id)
-            except BridgeError:
-                continue
-            obj, _ = self._objects.pop(token)
-            self._by_session.get(session_id, {}).pop(id(obj), None)
-            count += 1
+        with self._lock:
+            for ref_id in ref_ids:
+                try:
+                    token = self._token(ref_id, session_id)
+                except BridgeError:
+                    continue
+                obj, _ = self._objects.pop(token)
+                self._by_session.get(session_id, {}).pop(id(obj), None)
+                count += 1
         return {session_id: count} if count else {}
 
     def release_session(self, session_id: str) -> int:
-        seen = self._by_session.pop(session_id, {})
-        for token in seen.values():
-            self._objects.pop(token, None)
+        with self._lock:
+            seen = self._by_session.pop(session_id, {})
+            for token in seen.values():
+                self._objects.pop(token, None)
         return len(seen)
 
 
