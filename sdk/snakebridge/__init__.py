@@ -24,6 +24,7 @@ __all__ = [
     "Client",
     "HelperInfo",
     "ModuleProxy",
+    "NoCurrentClient",
     "Ref",
     "RefNotFound",
     "RemoteEnum",
@@ -40,6 +41,7 @@ __all__ = [
     "register_type",
     "remote_type",
     "unregister_type",
+    "use",
 ]
 
 if TYPE_CHECKING:
@@ -48,6 +50,7 @@ if TYPE_CHECKING:
     from ._correlation import correlation_id
     from ._refs import Ref, StreamRef
     from ._sync import SyncClient
+    from .bindings import NoCurrentClient, use
     from .errors import (
         BridgeError,
         CallTimeout,
@@ -74,6 +77,8 @@ _LAZY = {
     "SessionLost": ".errors",
     "WorkerCrashed": ".errors",
     "correlation_id": "._correlation",
+    "NoCurrentClient": ".bindings",
+    "use": ".bindings",
     "RemoteEnum": ".wire.values",
     "RemoteRecord": ".wire.values",
     "register_type": ".wire.values",

@@ -27,9 +27,9 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
-from . import _correlation
+from . import _correlation, _current
 from ._defaults import CallDefaults, check_affinity, retry_delay
 from ._exchange import CallExchange
 from ._gc_release import GcReleaser
@@ -52,6 +52,9 @@ from .wire.constants import (
 from .wire.messages import CallReplyWire, CallRequestWire, StreamBatchWire, StreamRequestWire
 from .wire.pb import v1 as pb
 from .wire.text import call_label
+
+if TYPE_CHECKING:
+    from .codegen.model import ModuleInfo
 
 __all__ = ["Client", "ModuleProxy", "RemoteStream", "Session"]
 
@@ -513,10 +516,11 @@ class Client(_Runtime):
     ``Ref`` or ``StreamRef`` Python garbage-collects is released on the server within
     about a second, in batches, by a background task of the client (``False``: refs live
     until released or their session ends). Use as ``async with Client(...) as client:``;
-    leaving releases the auto session and closes the client. A client opens its connection
-    on first use (``connect()``, which ``async with`` calls, also checks the protocol
-    version); once closed, every RPC through it raises ``ClientClosed``: it never
-    reconnects.
+    leaving releases the auto session and closes the client. Inside the block the client is
+    the task's current client, which generated bindings call through (docs/codegen.md). A
+    client opens its connection on first use (``connect()``, which ``async with`` calls,
+    also checks the protocol version); once closed, every RPC through it raises
+    ``ClientClosed``: it never reconnects.
 
     ``batching`` (default True) sends ``call``, ``call_class``, ``call_method``,
     ``call_helper`` and ``get_module_attr`` over one long-lived ``Exchange`` stream instead
@@ -567,6 +571,7 @@ class Client(_Runtime):
         self.server_version: str | None = None
         #: ``batching=True``: calls go over one ``Exchange`` stream (micro-batched).
         self._exchange = CallExchange(self._transport, self._stream_metadata) if batching else None
+        self._current_tokens: list[Any] = []  # contextvars tokens of open 'async with'
 
     @classmethod
     def over_channel(cls, channel: Any, address: str = "in-memory", **options: Any) -> Client:
@@ -616,11 +621,15 @@ class Client(_Runtime):
             # again (a retry loop on one Client) tries afresh, as it always did.
             await self._shut(for_good=False)
             raise
+        # The current client of this task for generated bindings, until the block ends.
+        self._current_tokens.append(_current.enter(self))
         return self
 
     async def __aexit__(
         self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
     ) -> None:
+        if self._current_tokens:
+            _current.leave(self._current_tokens.pop())
         await self.close()
 
     async def connect(self) -> None:
@@ -784,6 +793,40 @@ class Client(_Runtime):
             "ListHelpers", req, pb.ListHelpersRequest, pb.ListHelpersReply, _check_timeout(timeout)
         )
         return [HelperInfo(h.name, h.signature, h.doc) for h in reply.helpers]
+
+    async def introspect(
+        self,
+        module: str,
+        *,
+        names: Sequence[str] = (),
+        submodules: Sequence[str] = (),
+        pool: str | None = None,
+        timeout: float | None = 60.0,
+        version_only: bool = False,
+    ) -> ModuleInfo:
+        """Describe ``module`` as a worker of ``pool`` sees it (under its sandbox and call
+        policy): its functions, classes and constants (only ``names``, if given) and
+        ``submodules`` (relative names), for ``snakebridge generate``. An unknown module or
+        name raises ``RemoteError`` (``ModuleNotFoundError``, ``AttributeError``)."""
+        from .codegen.model import module_info
+
+        req = pb.IntrospectRequest(
+            protocol_version=PROTOCOL_VERSION,
+            module=module,
+            names=list(names),
+            submodules=list(submodules),
+            pool=pool or "",
+            timeout=_check_timeout(timeout) or 0.0,
+            version_only=version_only,
+        )
+        reply: pb.IntrospectReply = await self._unary(
+            "Introspect", req, pb.IntrospectRequest, pb.IntrospectReply, timeout
+        )
+        raw = codec.decode(reply.description, limits=self._limits)
+        try:
+            return module_info(raw)
+        except ValueError as exc:
+            raise ProtocolMismatch(f"a malformed module description: {exc}") from None
 
     # -- plumbing -----------------------------------------------------------------------
 

@@ -49,7 +49,7 @@ from .background import Background
 from .channel import STREAM_DONE, STREAM_ERROR, STREAM_MORE
 from .config import PoolConfig, ServerConfig
 from .faults import FaultLedger
-from .frames import Call, Ok, StreamOpen
+from .frames import Call, Introspect, Ok, StreamOpen
 from .handover import Handover
 from .helper_sources import is_helper_file, source_module_name
 from .isolation import SESSION, TENANT, owner_key
@@ -90,6 +90,8 @@ def check_protocol(version: int) -> None:
 MAX_NAME = 1024  # module / attribute path, characters
 MAX_ID = 256  # session and ref ids, characters
 MAX_ARG_REFS = 10_000
+MAX_INTROSPECT_NAMES = 2000  # worker.introspect.MAX_NAMES
+MAX_SUBMODULES = 64
 
 
 def check_policy(policy: CallPolicy, req: CallRequestWire) -> None:
@@ -410,6 +412,58 @@ class Bridge:
             # Said once: the next strict call starts the session afresh on a live worker.
             session.last_worker = None
             raise
+
+    # -- introspection ------------------------------------------------------------------
+
+    async def introspect(
+        self,
+        module: str,
+        names: list[str],
+        submodules: list[str],
+        *,
+        pool_name: str = "",
+        timeout: float = 0.0,
+        version_only: bool = False,
+    ) -> bytes:
+        """The codec bytes of ``module``'s description (docs/wire.md, Introspect), made by
+        a worker of the pool under its sandbox and call policy."""
+        if len(pool_name) > MAX_ID:
+            raise BadRequest(f"pool names are limited to {MAX_ID} characters")
+        if not module or module.startswith(".") or len(module) > MAX_NAME:
+            raise BadRequest(f"a module name of 1 to {MAX_NAME} characters, not relative")
+        if len(names) > MAX_INTROSPECT_NAMES or len(submodules) > MAX_SUBMODULES:
+            raise BadRequest(
+                f"at most {MAX_INTROSPECT_NAMES} names and {MAX_SUBMODULES} submodules"
+            )
+        if any(not n or len(n) > MAX_NAME or "." in n for n in names) or any(
+            not s or len(s) > MAX_NAME for s in submodules
+        ):
+            raise BadRequest(f"names and submodules of 1 to {MAX_NAME} characters")
+        if not timeout >= 0:
+            raise BadRequest("timeout must be a positive number of seconds (0 = server default)")
+        pool = self.pool(pool_name)
+        policy = self.policies[pool.name]
+        policy.check_path(module, "")
+        for sub in submodules:
+            policy.check_path(f"{module}.{sub}", "")
+        for name in names:
+            policy.check_path(module, name)
+        pool.check_capacity()
+        limit = self._timeout(pool, timeout)
+        # Not in the session table: introspection makes no refs and belongs to no session.
+        session = Session("", time.monotonic())
+        frame = Introspect(0, module, names, submodules, version_only, "")
+        try:
+            async with asyncio.timeout(limit):
+
+                async def run(w: WorkerHandle) -> Ok:
+                    return await w.introspect(frame)
+
+                _, reply = await self._on_worker(pool, None, session, "", run)
+        except TimeoutError:
+            raise CallTimeout(f"introspection did not finish within {limit:g}s") from None
+        description: bytes = reply.value
+        return description
 
     # -- streams ------------------------------------------------------------------------
 

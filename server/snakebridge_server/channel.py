@@ -16,6 +16,7 @@ server -> worker
    cid]                                        -> [stream_id, batch, state, error, released]
   [OP_STREAM_CLOSE, call_id, stream_id]        -> closed: bool
   [OP_STREAM_NEXT, call_id, ref_id, session_id, ref_budget, cid] -> [done, item, released]
+  [OP_INTROSPECT, call_id, module, names, submodules, version_only, cid] -> codec bytes
   (cid: the correlation id of the call, "" if none; the frames that run user code end
   with it, so the worker's log records carry it)
   (released: [[session_id, count], ...] of refs the worker freed itself: an exhausted
@@ -50,6 +51,7 @@ OP_STREAM_OPEN: Final = 4
 OP_STREAM_PULL: Final = 5
 OP_STREAM_CLOSE: Final = 6
 OP_STREAM_NEXT: Final = 7
+OP_INTROSPECT: Final = 16  # apart from the others: room for more call-like opcodes
 
 # Stream batch states (the worker's ``worker.streams`` module produces them).
 STREAM_MORE: Final = 0
@@ -215,7 +217,7 @@ def false_reply(message: list[Any], op: int, limit: int) -> str:
     budget = limit if op in BUDGETED_OPS else 0
     if not _count(new_refs, budget):
         return f"new_refs={new_refs!r} for a request with a ref budget of {budget}"
-    if op == OP_CALL:
+    if op == OP_CALL or op == OP_INTROSPECT:
         ok = type(value) is bytes
     elif op in (OP_STREAM_OPEN, OP_STREAM_PULL):
         ok = (

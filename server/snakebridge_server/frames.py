@@ -19,6 +19,7 @@ from typing import Any, Final, NamedTuple
 
 from .channel import (
     OP_CALL,
+    OP_INTROSPECT,
     OP_RELEASE,
     OP_RELEASE_SESSION,
     OP_STREAM_CLOSE,
@@ -195,7 +196,49 @@ class StreamNext(NamedTuple):
         return self.ref_budget
 
 
-Request = Call | Release | ReleaseSession | StreamOpen | StreamPull | StreamClose | StreamNext
+class Introspect(NamedTuple):
+    """``OP_INTROSPECT``: describe ``module`` (only ``names`` if any; ``submodules`` too)
+    for code generation; answered by an ``Ok`` whose value is the codec bytes of the
+    description (docs/wire.md, Introspect). Importing a module runs its code: a user-code
+    frame, bounded like a call."""
+
+    call_id: int
+    module: str
+    names: list[str]
+    submodules: list[str]
+    version_only: bool
+    cid: str
+
+    def pack(self) -> list[Any]:
+        return [OP_INTROSPECT, *self]
+
+    @classmethod
+    def unpack(cls, message: list[Any]) -> Introspect:
+        frame = cls._make(_fields(message, 6, "introspect"))
+        if (
+            type(frame.module) is not str
+            or type(frame.names) is not list
+            or not all(type(n) is str for n in frame.names)
+            or type(frame.submodules) is not list
+            or not all(type(n) is str for n in frame.submodules)
+        ):
+            raise ValueError("a malformed introspect frame")
+        return frame
+
+    def reply_bound(self, max_refs: int) -> int:
+        return 0  # makes no refs
+
+
+Request = (
+    Call
+    | Release
+    | ReleaseSession
+    | StreamOpen
+    | StreamPull
+    | StreamClose
+    | StreamNext
+    | Introspect
+)
 
 #: Each request frame by its opcode.
 REQUESTS: Final[dict[int, type[Request]]] = {
@@ -206,9 +249,12 @@ REQUESTS: Final[dict[int, type[Request]]] = {
     OP_STREAM_PULL: StreamPull,
     OP_STREAM_CLOSE: StreamClose,
     OP_STREAM_NEXT: StreamNext,
+    OP_INTROSPECT: Introspect,
 }
 #: Opcodes whose frames run user code: they end with the correlation id.
-USER_CODE_OPS: Final = frozenset({OP_CALL, OP_STREAM_OPEN, OP_STREAM_PULL, OP_STREAM_NEXT})
+USER_CODE_OPS: Final = frozenset(
+    {OP_CALL, OP_STREAM_OPEN, OP_STREAM_PULL, OP_STREAM_NEXT, OP_INTROSPECT}
+)
 
 
 # -- values of Ok replies -----------------------------------------------------------------
@@ -272,7 +318,7 @@ class Ready(NamedTuple):
 
 class Ok(NamedTuple):
     """``R_OK``: the request ``call_id`` succeeded. ``value`` depends on the request:
-    codec bytes (``Call``), a ``StreamBatch``, a ``NextItem``, released pairs
+    codec bytes (``Call``, ``Introspect``), a ``StreamBatch``, a ``NextItem``, released pairs
     (``Release``), a count (``ReleaseSession``), a bool (``StreamClose``)."""
 
     call_id: int

@@ -299,6 +299,9 @@ class BridgeService:
                 ExchangeRequestWire,
                 ExchangeReplyWire,
             ),
+            SERVICE + "Introspect": unary(
+                self.introspect, pb.IntrospectRequest, pb.IntrospectReply
+            ),
         }
 
     def _set_tenant(self, stream: Stream[Any, Any]) -> None:
@@ -392,6 +395,22 @@ class BridgeService:
         rows = self.bridge.list_helpers(req.pool)
         helpers = [pb.HelperInfo(name=n, signature=sig, doc=doc) for n, sig, doc in rows]
         return pb.ListHelpersReply(helpers=helpers)
+
+    async def introspect(self, req: pb.IntrospectRequest) -> pb.IntrospectReply:
+        check_protocol(req.protocol_version)
+        info = CALL.get()
+        if info is not None:  # the pool asked for, as _label names it for calls
+            pool = req.pool or self.bridge.default_pool
+            info.pool = pool if pool in self.bridge.pools else ""
+        description = await self.bridge.introspect(
+            req.module,
+            list(req.names),
+            list(req.submodules),
+            pool_name=req.pool,
+            timeout=req.timeout,
+            version_only=req.version_only,
+        )
+        return pb.IntrospectReply(description=description)
 
     async def describe(self, req: pb.DescribeRequest) -> pb.DescribeReply:
         check_protocol(req.protocol_version)

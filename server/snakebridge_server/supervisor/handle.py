@@ -49,6 +49,7 @@ from ..coalesce import CoalescingTransport
 from ..frames import (
     Call,
     Err,
+    Introspect,
     Ok,
     Ready,
     Release,
@@ -569,6 +570,10 @@ class WorkerHandle:
         return await self._request(
             StreamNext(0, ref_id, session_id, ref_budget, current_correlation_id())
         )
+
+    async def introspect(self, frame: Introspect) -> Ok:
+        """Describe a module (``frame`` built once per request); the value is codec bytes."""
+        return await self._request(frame, cid=current_correlation_id())
 
     async def release(self, ref_ids: list[str], session_id: str) -> dict[str, int]:
         """Free those of ``ref_ids`` that ``session_id`` owns."""

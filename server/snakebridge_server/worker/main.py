@@ -52,6 +52,7 @@ from ..channel import (
     DEFAULT_MAX_FRAME,
     HEADER,
     OP_CALL,
+    OP_INTROSPECT,
     OP_RELEASE,
     OP_RELEASE_SESSION,
     OP_STREAM_CLOSE,
@@ -65,6 +66,7 @@ from ..frames import (
     USER_CODE_OPS,
     Call,
     Err,
+    Introspect,
     NextItem,
     Ok,
     Ready,
@@ -85,6 +87,7 @@ from ..sandbox.apply import apply as apply_sandbox
 from ..sandbox.explain import SandboxFacts
 from ..sandbox.policy import CallPolicy
 from .helpers import HelperLoadError, describe_helpers, load_helpers
+from .introspect import describe
 from .names import (
     ROUTINE_TYPES,
     format_strings,
@@ -227,6 +230,7 @@ class Worker:
             OP_STREAM_PULL: (StreamPull, self.stream_pull),
             OP_STREAM_CLOSE: (StreamClose, self.stream_close_frame),
             OP_STREAM_NEXT: (StreamNext, self.stream_next),
+            OP_INTROSPECT: (Introspect, self.introspect),
         }
 
     def describe(self, exc: BaseException) -> list[Any]:
@@ -538,6 +542,40 @@ class Worker:
             released = self.refs.release([ref_id], session_id)
             return Ok(call_id, NextItem(True, b"", _pairs(released)), 0)
         return Ok(call_id, NextItem(False, outcome, []), len(mint.created))
+
+    def introspect(self, frame: Introspect) -> Reply:
+        """Describe a module for code generation (``worker.introspect``): its import is
+        user code, run and bounded like a call's; members the call policy denies are left
+        out, and a denied module is a ``PolicyError``."""
+        policy = self.policy
+
+        def allowed(obj: Any) -> bool:
+            try:
+                self._vetted(obj, callee=True)
+            except PolicyError:
+                return False
+            return True
+
+        def run() -> Any:
+            for name in (frame.module, *(f"{frame.module}.{s}" for s in frame.submodules)):
+                if policy is not None:
+                    policy.check_path(name, "")
+                    self._vetted(importlib.import_module(name))
+            return describe(
+                frame.module,
+                allowed,
+                names=frame.names,
+                submodules=frame.submodules,
+                version_only=frame.version_only,
+            )
+
+        mint = RefMinter(self.refs, "", 0, self._vetted)
+        outcome = self._user_step(
+            frame.call_id, mint, run, codec.encode, "the description", "ask for fewer names"
+        )
+        if not isinstance(outcome, bytes):
+            return outcome
+        return Ok(frame.call_id, outcome, 0)
 
     def _get_loop(self) -> asyncio.AbstractEventLoop:
         if self._loop is None:

@@ -11,6 +11,7 @@ import pytest
 
 from snakebridge_server.channel import (
     OP_CALL,
+    OP_INTROSPECT,
     OP_RELEASE,
     OP_RELEASE_SESSION,
     OP_STREAM_CLOSE,
@@ -35,6 +36,7 @@ from snakebridge_server.frames import (
     Call,
     Err,
     FalseReply,
+    Introspect,
     NextItem,
     Ok,
     Ready,
@@ -72,6 +74,10 @@ REQUEST_CASES: list[tuple[Any, list[Any]]] = [
     ),
     (StreamClose(13, 3), [OP_STREAM_CLOSE, 13, 3]),
     (StreamNext(14, "b.p.0.1.t", "s", 2, "c"), [OP_STREAM_NEXT, 14, "b.p.0.1.t", "s", 2, "c"]),
+    (
+        Introspect(15, "json", ["dumps"], ["decoder"], False, "c"),
+        [OP_INTROSPECT, 15, "json", ["dumps"], ["decoder"], False, "c"],
+    ),
 ]
 
 
@@ -146,7 +152,29 @@ OK_CASES: list[tuple[int, int, Any, int, Any]] = [
     (OP_RELEASE, 2, [["s", 2]], 0, [["s", 2]]),
     (OP_RELEASE_SESSION, 100, 7, 0, 7),
     (OP_STREAM_CLOSE, 100, True, 0, True),
+    (OP_INTROSPECT, 100, b"\x80", 0, b"\x80"),
 ]
+
+
+@pytest.mark.parametrize(
+    "array",
+    [
+        [OP_INTROSPECT, 1, 7, [], [], False, ""],  # a module that is not a name
+        [OP_INTROSPECT, 1, "m", "names", [], False, ""],
+        [OP_INTROSPECT, 1, "m", [], [1], False, ""],
+    ],
+)
+def test_a_malformed_introspect_frame_is_refused(array: list[Any]) -> None:
+    with pytest.raises(ValueError, match="malformed introspect"):
+        Introspect.unpack(array)
+
+
+def test_an_introspect_reply_makes_no_refs_and_is_bytes() -> None:
+    assert Introspect(0, "m", [], [], False, "").reply_bound(100) == 0
+    with pytest.raises(FalseReply, match="new_refs"):
+        unpack_ok([R_OK, 1, b"\x80", 1], OP_INTROSPECT, 0)
+    with pytest.raises(FalseReply, match="malformed"):
+        unpack_ok([R_OK, 1, [1, 2], 0], OP_INTROSPECT, 0)
 
 
 @pytest.mark.parametrize(("op", "bound", "wire_value", "new_refs", "value"), OK_CASES)

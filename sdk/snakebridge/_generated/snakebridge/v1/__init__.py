@@ -269,6 +269,27 @@ class ExchangeResult(betterproto.Message):
     status: int = betterproto.uint32_field(4)
 
 
+@dataclass(eq=False, repr=False)
+class IntrospectRequest(betterproto.Message):
+    """
+    Describe a module for code generation (`snakebridge generate`), in a worker of `pool`,
+     under that pool's sandbox and call policy. docs/wire.md, Introspect gives the description.
+    """
+
+    protocol_version: int = betterproto.uint32_field(1)
+    module: str = betterproto.string_field(2)
+    names: List[str] = betterproto.string_field(3)
+    submodules: List[str] = betterproto.string_field(4)
+    pool: str = betterproto.string_field(5)
+    timeout: float = betterproto.double_field(6)
+    version_only: bool = betterproto.bool_field(7)
+
+
+@dataclass(eq=False, repr=False)
+class IntrospectReply(betterproto.Message):
+    description: bytes = betterproto.bytes_field(1)
+
+
 class BridgeStub(betterproto.ServiceStub):
     async def call(
         self,
@@ -445,6 +466,23 @@ class BridgeStub(betterproto.ServiceStub):
         ):
             yield response
 
+    async def introspect(
+        self,
+        introspect_request: "IntrospectRequest",
+        *,
+        timeout: Optional[float] = None,
+        deadline: Optional["Deadline"] = None,
+        metadata: Optional["MetadataLike"] = None
+    ) -> "IntrospectReply":
+        return await self._unary_unary(
+            "/snakebridge.v1.Bridge/Introspect",
+            introspect_request,
+            IntrospectReply,
+            timeout=timeout,
+            deadline=deadline,
+            metadata=metadata,
+        )
+
 
 class BridgeBase(ServiceBase):
 
@@ -491,6 +529,11 @@ class BridgeBase(ServiceBase):
     ) -> AsyncIterator[ExchangeReply]:
         raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
         yield ExchangeReply()
+
+    async def introspect(
+        self, introspect_request: "IntrospectRequest"
+    ) -> "IntrospectReply":
+        raise grpclib.GRPCError(grpclib.const.Status.UNIMPLEMENTED)
 
     async def __rpc_call(
         self, stream: "grpclib.server.Stream[CallRequest, CallReply]"
@@ -569,6 +612,13 @@ class BridgeBase(ServiceBase):
             request,
         )
 
+    async def __rpc_introspect(
+        self, stream: "grpclib.server.Stream[IntrospectRequest, IntrospectReply]"
+    ) -> None:
+        request = await stream.recv_message()
+        response = await self.introspect(request)
+        await stream.send_message(response)
+
     def __mapping__(self) -> Dict[str, grpclib.const.Handler]:
         return {
             "/snakebridge.v1.Bridge/Call": grpclib.const.Handler(
@@ -630,5 +680,11 @@ class BridgeBase(ServiceBase):
                 grpclib.const.Cardinality.STREAM_STREAM,
                 ExchangeRequest,
                 ExchangeReply,
+            ),
+            "/snakebridge.v1.Bridge/Introspect": grpclib.const.Handler(
+                self.__rpc_introspect,
+                grpclib.const.Cardinality.UNARY_UNARY,
+                IntrospectRequest,
+                IntrospectReply,
             ),
         }
