@@ -159,6 +159,7 @@ def test_every_command_shown_exists_with_its_flags(where: str, tokens: list[str]
 
 def test_every_flag_named_in_prose_exists() -> None:
     programs = [("bridge-server",), ("bridge-server", "check"), ("worker",), ("bench",)]
+    programs += [("snakebridge", "generate")]
     programs += [(name,) for name in _scripts() if name != "bridge-server"]
     known = set().union(*(flags_of(*p) for p in programs))
     missing = set()
